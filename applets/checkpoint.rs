@@ -1,0 +1,145 @@
+//! checkpoint: freeze, unfreeze, list and checkpoint applications (D2.2.11 §2.1).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
+use xos::registry::{self, Registry};
+
+use crate::common;
+
+/// Freeze, unfreeze or checkpoint an application started by krgcr-run.
+///
+/// APP is an application id (as printed by `krgcr-run --print-id`) or the pid of any
+/// process of the application; an id takes precedence over a pid with the same number.
+#[derive(Debug, Parser)]
+#[command(name = "checkpoint", version = common::version(), after_help = AFTER)]
+#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list"])))]
+struct Args {
+    /// Freeze every process of APP (cgroup freezer) and wait until the kernel says FROZEN
+    #[arg(long, requires = "app")]
+    freeze: bool,
+
+    /// Thaw a frozen APP
+    #[arg(long, requires = "app")]
+    unfreeze: bool,
+
+    /// Write the next checkpoint version of APP (not built yet)
+    #[arg(short = 'c', long = "checkpoint", requires = "app")]
+    checkpoint: bool,
+
+    /// With -c: kill APP once the checkpoint is written (for migration)
+    #[arg(long, requires = "checkpoint")]
+    kill: bool,
+
+    /// List the applications in the registry with their state
+    #[arg(short, long)]
+    list: bool,
+
+    /// How long to wait for the kernel to freeze or thaw, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    timeout: f64,
+
+    /// State directory holding the registry
+    #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// Application id, or pid of a process of the application
+    #[arg(value_name = "APP")]
+    app: Option<String>,
+}
+
+const AFTER: &str = "\
+Examples:
+  checkpoint --freeze 6
+  checkpoint --unfreeze 6
+  checkpoint --list";
+
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+pub fn main(args: Vec<OsString>) -> i32 {
+    let a = match Args::command()
+        .try_get_matches_from(args)
+        .and_then(|m| Args::from_arg_matches(&m))
+    {
+        Ok(a) => a,
+        Err(e) => common::clap_exit(e),
+    };
+    let reg = match Registry::open(&a.state_dir) {
+        Ok(r) => r,
+        Err(e) => return common::fail("checkpoint", e),
+    };
+    if a.list {
+        return list(&reg);
+    }
+    if a.checkpoint {
+        eprintln!(
+            "checkpoint: -c (writing a checkpoint image) is not built yet in this version of xos"
+        );
+        return 2;
+    }
+    if !(a.timeout.is_finite() && a.timeout > 0.0) {
+        eprintln!(
+            "checkpoint: invalid --timeout '{}': must be a positive number of seconds",
+            a.timeout
+        );
+        return 2;
+    }
+    let timeout = Duration::from_secs_f64(a.timeout);
+    let spec = a.app.as_deref().unwrap_or_default();
+    let rec = match reg.resolve(spec) {
+        Ok(r) => r,
+        Err(e) => return common::fail("checkpoint", e),
+    };
+    if !rec.alive() {
+        eprintln!(
+            "checkpoint: application {} is not running (its root process {} is gone)",
+            rec.id, rec.root_pid
+        );
+        return 1;
+    }
+    let r = if a.freeze {
+        rec.cgroup.freeze(timeout)
+    } else {
+        rec.cgroup.thaw(timeout)
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => common::fail(
+            "checkpoint",
+            anyhow::anyhow!("application {}: {}", rec.id, common::one_line(&e)),
+        ),
+    }
+}
+
+fn list(reg: &Registry) -> i32 {
+    let records = match reg.list() {
+        Ok(r) => r,
+        Err(e) => return common::fail("checkpoint", e),
+    };
+    let mut status = 0;
+    println!(
+        "{:<6} {:<9} {:>8} {:<20} COMMAND",
+        "ID", "STATE", "PID", "STARTED"
+    );
+    for r in records {
+        match r {
+            Ok(rec) => println!(
+                "{:<6} {:<9} {:>8} {:<20} {}",
+                rec.id,
+                rec.state(),
+                rec.root_pid,
+                common::fmt_time(rec.started),
+                rec.command.join(" ")
+            ),
+            Err(e) => {
+                status = 1;
+                common::fail("checkpoint", e);
+            }
+        }
+    }
+    status
+}

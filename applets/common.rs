@@ -1,0 +1,121 @@
+//! What every applet shares: error reporting, logging, option parsers, formatting.
+
+use std::fmt::Write;
+
+/// Version line, with the OpenSSL built into the binary.
+pub fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            openssl::version::version()
+        )
+    })
+}
+
+/// Logging through env_logger, quiet unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+}
+
+/// One line: the error and the causes its message does not already contain.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            let _ = write!(s, ": {t}");
+        }
+        cur = c.source();
+    }
+    s.replace('\n', " ")
+}
+
+/// Prints `applet: error` on stderr and returns exit status 1.
+pub fn fail<E: Into<anyhow::Error>>(applet: &str, err: E) -> i32 {
+    let err: anyhow::Error = err.into();
+    eprintln!("{applet}: {}", one_line(err.as_ref()));
+    1
+}
+
+/// Prints a clap error (or the help/version it carries) and returns its status.
+pub fn clap_exit(e: clap::Error) -> ! {
+    e.exit()
+}
+
+/// Parses a size such as `512M`, `2G`, `1048576` or `64k` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (t, 1u64),
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_lowercase();
+            let m = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => return Err(format!("unknown unit in '{s}' (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("'{s}' must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn fmt_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(fmt_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(fmt_time(1_795_395_600), "2026-11-22T01:00:00Z");
+        assert_eq!(fmt_time(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

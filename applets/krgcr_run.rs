@@ -1,0 +1,175 @@
+//! krgcr-run: start an application so that it can be checkpointed (D2.2.11 §2.1).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use xos::app::{self, Detached, Launch, LaunchSpec};
+use xos::cgroup::{CpuMax, Limits};
+use xos::registry::{self, Registry};
+
+use crate::common;
+
+/// Start CMD as a checkpointable application.
+///
+/// The application gets its own job cgroup (under the cgroup parent), its own PID
+/// namespace (CMD runs as pid 2 under a small init of xos, pid 1), its own IPC
+/// namespace and a private /proc. stdin, stdout, stderr and the working directory are
+/// inherited, so `krgcr-run ./myapp 2> error.log` works as with the program alone.
+/// By default krgcr-run waits until the application's last process has ended and
+/// exits with CMD's status (128+N if a signal N killed it); SIGTERM, SIGHUP, SIGUSR1
+/// and SIGUSR2 sent to krgcr-run are passed on to every process of the application.
+#[derive(Debug, Parser)]
+#[command(name = "krgcr-run", version = common::version(), after_help = AFTER)]
+struct Args {
+    /// Return as soon as the application runs, leaving it under a background supervisor
+    #[arg(short, long)]
+    detach: bool,
+
+    /// Print the application id on stdout, on a line of its own, once it runs
+    #[arg(short = 'i', long)]
+    print_id: bool,
+
+    /// State directory holding the registry
+    #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// cgroup under which the application's group (NAME/app-ID) is created
+    #[arg(long, value_name = "NAME", env = app::CGROUP_PARENT_ENV, default_value = app::DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: String,
+
+    /// Memory limit, e.g. 512M or 2G
+    #[arg(short, long, value_name = "SIZE", value_parser = common::parse_size)]
+    memory: Option<u64>,
+
+    /// CPU bandwidth limit in CPUs, e.g. 0.5 or 2
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+
+    /// CPU weight relative to other groups, 1..10000 (default of the kernel: 100)
+    #[arg(long, value_name = "W")]
+    cpu_weight: Option<u64>,
+
+    /// Maximum number of tasks (processes and threads)
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+
+    /// CPUs the application may run on, e.g. 0-1
+    #[arg(long, value_name = "LIST")]
+    cpuset_cpus: Option<String>,
+
+    /// Memory nodes the application may use, e.g. 0
+    #[arg(long, value_name = "LIST")]
+    cpuset_mems: Option<String>,
+
+    /// Connect the application's stdin to FILE
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
+
+    /// Connect the application's stdout to FILE (created or truncated)
+    #[arg(long, value_name = "FILE")]
+    stdout: Option<PathBuf>,
+
+    /// Connect the application's stderr to FILE (created or truncated)
+    #[arg(long, value_name = "FILE")]
+    stderr: Option<PathBuf>,
+
+    /// The command to run and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<OsString>,
+}
+
+const AFTER: &str = "\
+Examples:
+  krgcr-run ./myapp 2> error.log
+  krgcr-run --detach --print-id --stdout app.log ./server
+  krgcr-run --memory 1G --cpus 1.5 --pids 100 ./solver input.dat
+
+Exit status: CMD's status; 125 if the application could not be set up, 126 if CMD
+cannot be executed, 127 if it is not found. With --detach: 0 once it runs.";
+
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+pub fn main(args: Vec<OsString>) -> i32 {
+    let a = match Args::command()
+        .try_get_matches_from(args)
+        .and_then(|m| Args::from_arg_matches(&m))
+    {
+        Ok(a) => a,
+        Err(e) => common::clap_exit(e),
+    };
+    let cpu_max = match a.cpus {
+        Some(n) => match CpuMax::from_cpus(n) {
+            Some(m) => Some(m),
+            None => {
+                eprintln!("krgcr-run: invalid --cpus '{n}': must be a positive number");
+                return 125;
+            }
+        },
+        None => None,
+    };
+    let mut spec = LaunchSpec::new(a.command);
+    spec.limits = Limits {
+        memory_max: a.memory,
+        cpu_weight: a.cpu_weight,
+        cpu_max,
+        pids_max: a.pids,
+        cpuset_cpus: a.cpuset_cpus,
+        cpuset_mems: a.cpuset_mems,
+    };
+    spec.cgroup_parent = a.cgroup_parent;
+    spec.stdin = a.stdin;
+    spec.stdout = a.stdout;
+    spec.stderr = a.stderr;
+    spec.new_session = a.detach;
+    let reg = match Registry::open(&a.state_dir) {
+        Ok(r) => r,
+        Err(e) => return setup_failed(e.into()),
+    };
+    if a.detach {
+        return match app::launch_detached(&reg, &spec) {
+            Ok(Detached::Started(id)) => {
+                if a.print_id {
+                    println!("{id}");
+                }
+                0
+            }
+            Ok(Detached::ChildExit(c)) => c,
+            Err(e) => setup_failed(e),
+        };
+    }
+    match app::launch(&reg, &spec) {
+        Ok(Launch::ChildExit(c)) => c,
+        Ok(Launch::Running(running)) => {
+            if a.print_id {
+                println!("{}", running.id());
+                let _ = std::io::stdout().flush();
+            }
+            match running.wait() {
+                Ok(code) => code,
+                Err(e) => {
+                    common::fail("krgcr-run", e);
+                    125
+                }
+            }
+        }
+        Err(e) => setup_failed(e),
+    }
+}
+
+fn setup_failed(e: app::LaunchError) -> i32 {
+    let code = match e.exit_code() {
+        1 => 125,
+        c => c,
+    };
+    common::fail("krgcr-run", e);
+    code
+}

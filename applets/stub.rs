@@ -1,0 +1,68 @@
+//! Applets whose body is not built yet. Each has its definition (so `--help`, the
+//! man page and `xos --list` are right) and says plainly that it does not work yet.
+
+use std::ffi::OsString;
+
+use clap::{Arg, Command};
+
+use crate::common;
+
+fn stub(name: &'static str, about: &'static str, usage: &'static str) -> Command {
+    Command::new(name)
+        .version(common::version())
+        .about(about)
+        .override_usage(usage)
+        .arg(
+            Arg::new("args")
+                .value_name("ARGS")
+                .num_args(0..)
+                .trailing_var_arg(true)
+                .allow_hyphen_values(true)
+                .help("Arguments (this applet is not built yet)"),
+        )
+        .after_help("This applet is registered but not built yet in this version of xos.")
+}
+
+fn not_built(cmd: Command, args: Vec<OsString>) -> i32 {
+    let name = cmd.get_name().to_string();
+    if let Err(e) = cmd.try_get_matches_from(args) {
+        common::clap_exit(e);
+    }
+    eprintln!("{name}: not built yet in this version of xos");
+    2
+}
+
+macro_rules! stubs {
+    ($($f:ident, $main:ident, $name:literal, $about:literal, $usage:literal;)*) => {$(
+        pub fn $f() -> Command {
+            stub($name, $about, $usage)
+        }
+        pub fn $main(args: Vec<OsString>) -> i32 {
+            not_built($f(), args)
+        }
+    )*};
+}
+
+stubs! {
+    ipccheckpoint, ipccheckpoint_main, "ipccheckpoint",
+        "Save one SysV message queue, semaphore array or shared memory segment",
+        "ipccheckpoint (-m|-s|-M) ID FILE";
+    ipcrestart, ipcrestart_main, "ipcrestart",
+        "Restore a SysV IPC object saved by ipccheckpoint, with the same key and id",
+        "ipcrestart FILE";
+    xcheckpoint, xcheckpoint_main, "xcheckpoint",
+        "Grid-level checkpoint of a job by job id, through the common kernel checkpointer API",
+        "xcheckpoint JOB";
+    xrestart, xrestart_main, "xrestart",
+        "Grid-level restart of a job from a checkpoint version",
+        "xrestart JOB VERSION";
+    amsd, amsd_main, "xos-amsd",
+        "Account Mapping Service: maps VO users to local accounts for PAM and NSS",
+        "xos-amsd [--foreground]";
+    pam_app_aem, pam_app_aem_main, "pam_app_aem",
+        "Run a command as the VO user of a certificate inside a PAM session",
+        "pam_app_aem CERT CMD [ARGS]...";
+    loader, loader_main, "xos-loader",
+        "Start a job unit inside a container and report its end over a socket",
+        "xos-loader [OPTIONS] CMD [ARGS]...";
+}

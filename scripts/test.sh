@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The one test command of xos (see README): on a Debian 12 machine, as root, it
+# installs what the build and the tests need, checks formatting and lints, builds
+# the static release binary and runs every test against the real kernel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: the tests use cgroups, namespaces and ptrace: run as root" >&2
+    exit 1
+fi
+
+# Debian packages: C toolchain and perl for the vendored OpenSSL, util-linux and
+# procps for the tests, man-db to render the man pages.
+pkgs=(gcc make perl pkg-config util-linux procps man-db groff-base python3)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "scripts/test.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+    echo "scripts/test.sh: cargo (Rust 1.85 or newer) is needed" >&2
+    exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo build --release
+export XOS_RELEASE_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/xos"
+cargo test -- --test-threads=2

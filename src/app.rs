@@ -1,0 +1,566 @@
+//! Starting checkpointable applications: the engine of `krgcr-run`.
+//!
+//! An application gets its own job cgroup, PID namespace, IPC namespace and mount
+//! namespace (with a fresh `/proc`, so tools inside see its own pids). Its pid 1 is a
+//! small init of ours that starts the command as pid 2, reaps orphans, forwards
+//! termination signals and ends when the last process of the application ends, so a
+//! program that daemonizes keeps running. Outside, a supervisor (the calling process)
+//! waits for that init, then removes the cgroup and the registry record.
+//!
+//! Interfaces: unshare(2), pid_namespaces(7), mount(2), cgroups(7), sigwait(3).
+
+use std::ffi::{CString, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::cgroup::{CgroupError, Group, Layout, Limits, DEFAULT_CONTROLLERS};
+use crate::ns::Namespaces;
+use crate::process;
+use crate::registry::{self, AppRecord, Registry, RegistryError};
+use crate::sys;
+
+/// Default cgroup parent of applications and jobs.
+pub const DEFAULT_CGROUP_PARENT: &str = "xos";
+/// Environment variable overriding the cgroup parent.
+pub const CGROUP_PARENT_ENV: &str = "XOS_CGROUP_PARENT";
+
+/// How long cleanup waits for a group to empty.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to start and how.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The command and its arguments (looked up in `PATH`).
+    pub argv: Vec<OsString>,
+    pub limits: Limits,
+    /// Parent of the application's cgroup (`xos` by default).
+    pub cgroup_parent: String,
+    /// v1 controllers the group uses.
+    pub controllers: Vec<String>,
+    /// Files to connect to the application's stdin, stdout and stderr instead of
+    /// inheriting the caller's.
+    pub stdin: Option<PathBuf>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    /// Start the application in a session of its own (detached from the terminal).
+    pub new_session: bool,
+}
+
+impl LaunchSpec {
+    pub fn new(argv: Vec<OsString>) -> LaunchSpec {
+        LaunchSpec {
+            argv,
+            limits: Limits::default(),
+            cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
+            controllers: DEFAULT_CONTROLLERS.iter().map(|s| s.to_string()).collect(),
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            new_session: false,
+        }
+    }
+}
+
+/// Why an application could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("no command given")]
+    NoCommand,
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot open {} for the application's {stream}: {source}", path.display())]
+    Open {
+        stream: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot {what}: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot execute '{program}': {}", nix::Error::from_raw(*errno).desc())]
+    Exec { program: String, errno: i32 },
+    #[error("application setup failed: {0}")]
+    Setup(String),
+    #[error("the detached supervisor failed: {0}")]
+    Detached(String),
+}
+
+impl LaunchError {
+    /// The exit status a shell would give: 127 for a command not found, 126 for one
+    /// that cannot be executed, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::Exec { errno, .. } if *errno == libc::ENOENT => 127,
+            LaunchError::Exec { .. } => 126,
+            LaunchError::Detached(m) if m.starts_with("cannot execute") => 127,
+            _ => 1,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, LaunchError>;
+
+fn sys_err(what: &'static str) -> impl FnOnce(nix::Error) -> LaunchError {
+    move |source| LaunchError::Sys { what, source }
+}
+
+/// Outcome of [`launch`] in the process that receives it.
+#[derive(Debug)]
+pub enum Launch {
+    /// The application runs; this process supervises it.
+    Running(Running),
+    /// This process is a child made by the launch (the application's init, or a
+    /// command that failed to execute): it must exit at once with this status.
+    ChildExit(i32),
+}
+
+/// Outcome of [`launch_detached`].
+#[derive(Debug)]
+pub enum Detached {
+    /// The application runs under a background supervisor; here is its id.
+    Started(u64),
+    /// This process is the background supervisor or one of its children, and has
+    /// finished: it must exit at once with this status.
+    ChildExit(i32),
+}
+
+/// A started application, supervised by the calling process.
+#[derive(Debug)]
+pub struct Running {
+    record: AppRecord,
+    registry: Registry,
+    init: Pid,
+    old_mask: SigSet,
+}
+
+/// Signals the supervisor and the init handle synchronously.
+fn handled_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        s.add(sig);
+    }
+    s
+}
+
+/// Signals passed on to the application. SIGINT and SIGQUIT are not: the terminal
+/// sends them to the application's process group itself.
+fn forwarded(sig: Signal) -> bool {
+    matches!(
+        sig,
+        Signal::SIGTERM | Signal::SIGHUP | Signal::SIGUSR1 | Signal::SIGUSR2
+    )
+}
+
+fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, c) => Some(c),
+        WaitStatus::Signaled(_, s, _) => Some(128 + s as i32),
+        _ => None,
+    }
+}
+
+fn open_stdio(spec: &LaunchSpec) -> Result<[Option<File>; 3]> {
+    let open =
+        |stream: &'static str, path: &Option<PathBuf>, write: bool| -> Result<Option<File>> {
+            let Some(path) = path else { return Ok(None) };
+            let mut o = OpenOptions::new();
+            if write {
+                o.write(true).create(true).truncate(true).mode(0o644);
+            } else {
+                o.read(true);
+            }
+            o.custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                .map(Some)
+                .map_err(|source| LaunchError::Open {
+                    stream,
+                    path: path.clone(),
+                    source,
+                })
+        };
+    Ok([
+        open("stdin", &spec.stdin, false)?,
+        open("stdout", &spec.stdout, true)?,
+        open("stderr", &spec.stderr, true)?,
+    ])
+}
+
+/// Starts the application and returns once its command has been executed; the
+/// caller then supervises it with [`Running::wait`].
+///
+/// The caller should be single-threaded. It keeps a PID namespace for its next
+/// child (only the application's init), so it should not fork again.
+pub fn launch(registry: &Registry, spec: &LaunchSpec) -> Result<Launch> {
+    launch_closing(registry, spec, &[])
+}
+
+fn launch_closing(
+    registry: &Registry,
+    spec: &LaunchSpec,
+    close_in_child: &[RawFd],
+) -> Result<Launch> {
+    if spec.argv.is_empty() {
+        return Err(LaunchError::NoCommand);
+    }
+    let stdio = open_stdio(spec)?;
+    let layout = Layout::detect()?;
+    let id = registry.allocate_id()?;
+    let controllers: Vec<&str> = spec.controllers.iter().map(String::as_str).collect();
+    let group = layout.group_with(&format!("{}/app-{id}", spec.cgroup_parent), &controllers)?;
+    group.create()?;
+    let started = start_in_group(registry, spec, id, &group, stdio, close_in_child);
+    if started.is_err() {
+        let _ = group.destroy(CLEANUP_TIMEOUT);
+    }
+    started
+}
+
+fn start_in_group(
+    registry: &Registry,
+    spec: &LaunchSpec,
+    id: u64,
+    group: &Group,
+    stdio: [Option<File>; 3],
+    close_in_child: &[RawFd],
+) -> Result<Launch> {
+    group.set_limits(&spec.limits)?;
+    sys::default_disposition(Signal::SIGCHLD).map_err(sys_err("reset SIGCHLD"))?;
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create a pipe"))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create a pipe"))?;
+    let mut old_mask = SigSet::empty();
+    signal::sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&handled_signals()),
+        Some(&mut old_mask),
+    )
+    .map_err(sys_err("block signals"))?;
+    let restore = |m: &SigSet| {
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(m), None);
+    };
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID) {
+        restore(&old_mask);
+        return Err(sys_err("create a PID namespace")(e));
+    }
+    let child = match sys::fork() {
+        Err(e) => {
+            restore(&old_mask);
+            return Err(sys_err("fork")(e));
+        }
+        Ok(ForkResult::Child) => {
+            drop(go_w);
+            drop(err_r);
+            for fd in close_in_child {
+                let _ = nix::unistd::close(*fd);
+            }
+            let code = init_main(go_r, err_w, stdio, spec, &old_mask);
+            return Ok(Launch::ChildExit(code));
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop(go_r);
+    drop(err_w);
+    drop(stdio);
+    let fail = |e: LaunchError| {
+        let _ = signal::kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        restore(&old_mask);
+        Err(e)
+    };
+    if let Err(e) = group.attach(child.as_raw()) {
+        return fail(e.into());
+    }
+    if let Err(e) = File::from(go_w).write_all(b"g") {
+        return fail(LaunchError::Setup(format!(
+            "cannot release the application: {e}"
+        )));
+    }
+    // The init reports a setup or exec failure on this pipe; end-of-file with
+    // nothing written means the command was executed.
+    let mut msg = String::new();
+    let _ = File::from(err_r).read_to_string(&mut msg);
+    if !msg.is_empty() {
+        return fail(decode_child_error(&msg, &spec.argv[0]));
+    }
+    let root_starttime = match process::stat(child.as_raw()) {
+        Ok(s) => s.starttime,
+        Err(e) => return fail(LaunchError::Setup(e.to_string())),
+    };
+    let record = AppRecord {
+        id,
+        root_pid: child.as_raw(),
+        root_starttime,
+        supervisor_pid: Some(std::process::id() as i32),
+        cgroup: group.clone(),
+        namespaces: Namespaces::of(child.as_raw()).unwrap_or_default(),
+        owner_uid: nix::unistd::getuid().as_raw(),
+        owner_gid: nix::unistd::getgid().as_raw(),
+        command: spec
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        cwd: std::env::current_dir().unwrap_or_default(),
+        started: registry::now(),
+        checkpointer: "native".to_string(),
+        limits: spec.limits.clone(),
+    };
+    if let Err(e) = registry.save(&record) {
+        return fail(e.into());
+    }
+    Ok(Launch::Running(Running {
+        record,
+        registry: registry.clone(),
+        init: child,
+        old_mask,
+    }))
+}
+
+fn decode_child_error(msg: &str, program: &OsString) -> LaunchError {
+    match msg
+        .strip_prefix("exec ")
+        .and_then(|n| n.trim().parse().ok())
+    {
+        Some(errno) => LaunchError::Exec {
+            program: program.to_string_lossy().into_owned(),
+            errno,
+        },
+        None => LaunchError::Setup(msg.trim().to_string()),
+    }
+}
+
+/// Body of the application's init (pid 1 of the new PID namespace). Returns the
+/// exit status of the process: the command's, once the last process has ended.
+fn init_main(
+    go: OwnedFd,
+    err: OwnedFd,
+    stdio: [Option<File>; 3],
+    spec: &LaunchSpec,
+    old_mask: &SigSet,
+) -> i32 {
+    let mut err = File::from(err);
+    let mut byte = [0u8; 1];
+    if File::from(go).read(&mut byte).unwrap_or(0) != 1 {
+        return 1; // The supervisor gave up; it reports why.
+    }
+    if let Err(m) = init_setup(stdio, spec) {
+        let _ = err.write_all(m.as_bytes());
+        return 1;
+    }
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    let command = match sys::fork() {
+        Err(e) => {
+            let _ = write!(err, "cannot fork the command: {e}");
+            return 1;
+        }
+        Ok(ForkResult::Child) => {
+            let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+            let e = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+            let _ = write!(err, "exec {}", e as i32);
+            return 127;
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop(err);
+    let _ = nix::sys::prctl::set_name(c"xos-init");
+    let set = handled_signals();
+    let mut status = None;
+    loop {
+        let Ok(sig) = set.wait() else { continue };
+        if forwarded(sig) {
+            // From pid 1, pid -1 reaches every process of the namespace.
+            let _ = signal::kill(Pid::from_raw(-1), sig);
+            continue;
+        }
+        if sig != Signal::SIGCHLD {
+            continue;
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(ws) => {
+                    if ws.pid() == Some(command) {
+                        status = exit_code(ws);
+                    }
+                }
+                Err(nix::Error::EINTR) => {}
+                // No child left: the application has ended.
+                Err(_) => return status.unwrap_or(1),
+            }
+        }
+    }
+}
+
+/// Namespaces, /proc, session and stdio of the init; an error is reported as text.
+fn init_setup(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Result<(), String> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot create IPC and mount namespaces: {e}"))?;
+    // Mounts made inside stay inside; the host's still propagate in.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make / a slave mount: {e}"))?;
+    nix::mount::mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot mount /proc: {e}"))?;
+    if spec.new_session {
+        nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
+    }
+    let [i, o, e] = stdio;
+    let redirect = |f: Option<File>, dup: fn(File) -> nix::Result<()>, name: &str| match f {
+        Some(f) => dup(f).map_err(|e| format!("cannot redirect {name}: {e}")),
+        None => Ok(()),
+    };
+    redirect(i, nix::unistd::dup2_stdin, "stdin")?;
+    redirect(o, nix::unistd::dup2_stdout, "stdout")?;
+    redirect(e, nix::unistd::dup2_stderr, "stderr")
+}
+
+impl Running {
+    /// The application's id.
+    pub fn id(&self) -> u64 {
+        self.record.id
+    }
+
+    /// The registry record of the application.
+    pub fn record(&self) -> &AppRecord {
+        &self.record
+    }
+
+    /// Waits until the application has ended (its last process), passing SIGTERM,
+    /// SIGHUP, SIGUSR1 and SIGUSR2 on to it, then removes its cgroup and record.
+    /// Returns the command's exit status (128 + signal if it was killed).
+    pub fn wait(self) -> Result<i32> {
+        let set = handled_signals();
+        let code = loop {
+            let Ok(sig) = set.wait() else { continue };
+            if forwarded(sig) {
+                let _ = signal::kill(self.init, sig);
+                continue;
+            }
+            if sig != Signal::SIGCHLD {
+                continue;
+            }
+            match waitpid(self.init, Some(WaitPidFlag::WNOHANG)) {
+                Ok(ws) => {
+                    if let Some(c) = exit_code(ws) {
+                        break c;
+                    }
+                }
+                Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(sys_err("wait for the application")(e)),
+            }
+        };
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+        let cleaned = self.record.cgroup.destroy(CLEANUP_TIMEOUT);
+        self.registry.remove(self.record.id)?;
+        cleaned?;
+        Ok(code)
+    }
+}
+
+/// Starts the application under a background supervisor (a child of the caller in
+/// a session of its own) and returns its id once the command runs. The caller
+/// gets [`Detached::Started`]; the supervisor and its children get
+/// [`Detached::ChildExit`] when they are done.
+pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detached> {
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create a pipe"))?;
+    match sys::fork().map_err(sys_err("fork"))? {
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut report = String::new();
+            let _ = File::from(rd).read_to_string(&mut report);
+            match report
+                .strip_prefix("ok ")
+                .and_then(|s| s.trim().parse().ok())
+            {
+                Some(id) => Ok(Detached::Started(id)),
+                None => {
+                    let _ = waitpid(child, None);
+                    let m = report.strip_prefix("err ").unwrap_or(&report).trim();
+                    Err(LaunchError::Detached(if m.is_empty() {
+                        "it ended without a report".to_string()
+                    } else {
+                        m.to_string()
+                    }))
+                }
+            }
+        }
+        ForkResult::Child => {
+            drop(rd);
+            let mut wr = File::from(wr);
+            let _ = nix::unistd::setsid();
+            match launch_closing(registry, spec, &[wr.as_raw_fd()]) {
+                Ok(Launch::ChildExit(c)) => {
+                    // The launch closed this descriptor in its children already.
+                    std::mem::forget(wr);
+                    Ok(Detached::ChildExit(c))
+                }
+                Ok(Launch::Running(running)) => {
+                    let _ = writeln!(wr, "ok {}", running.id());
+                    drop(wr);
+                    detach_stdio();
+                    Ok(Detached::ChildExit(running.wait().map(|_| 0).unwrap_or(1)))
+                }
+                Err(e) => {
+                    let _ = write!(wr, "err {e}");
+                    Ok(Detached::ChildExit(1))
+                }
+            }
+        }
+    }
+}
+
+/// Points the supervisor's standard descriptors at /dev/null so that it holds no
+/// pipe or terminal of its caller open.
+fn detach_stdio() {
+    if let Ok(null) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(Path::new("/dev/null"))
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}

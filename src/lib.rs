@@ -1,0 +1,12 @@
+//! The internal library of xos: every applet is a thin layer over these modules.
+//!
+//! The library never prints and never exits; every fallible call returns a typed
+//! error that names the object it failed on (path, pid, group, application id).
+
+pub mod app;
+pub mod cgroup;
+pub mod fsutil;
+pub mod ns;
+pub mod process;
+pub mod registry;
+mod sys;

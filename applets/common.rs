@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(fmt_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(fmt_time(1_795_395_600), "2026-11-22T01:00:00Z");
+        assert_eq!(fmt_time(1_795_395_600), "2026-11-23T01:00:00Z");
         assert_eq!(fmt_time(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

@@ -26,7 +26,7 @@ struct Args {
 
     /// Checkpoint version to restart from (1, 2, ...)
     #[arg(value_name = "VERSION", required_unless_present = "list")]
-    version: Option<u64>,
+    number: Option<u64>,
 }
 
 pub fn command() -> clap::Command {

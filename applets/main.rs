@@ -141,6 +141,16 @@ fn unknown(name: &str) -> i32 {
 }
 
 fn xos_main(args: Vec<OsString>) -> i32 {
+    // `xos APPLET ARGS...`: everything after the name belongs to the applet,
+    // `--help` included, so it is dispatched before xos parses options.
+    if let Some(first) = args.get(1).map(|a| a.to_string_lossy().into_owned()) {
+        if !first.starts_with('-') {
+            let Some(applet) = find(&first) else {
+                return unknown(&first);
+            };
+            return (applet.run)(args[1..].to_vec());
+        }
+    }
     let m = match xos_command().try_get_matches_from(&args) {
         Ok(m) => m,
         Err(e) => common::clap_exit(e),

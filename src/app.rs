@@ -125,7 +125,7 @@ fn sys_err(what: &'static str) -> impl FnOnce(nix::Error) -> LaunchError {
 #[derive(Debug)]
 pub enum Launch {
     /// The application runs; this process supervises it.
-    Running(Running),
+    Running(Box<Running>),
     /// This process is a child made by the launch (the application's init, or a
     /// command that failed to execute): it must exit at once with this status.
     ChildExit(i32),
@@ -334,12 +334,12 @@ fn start_in_group(
     if let Err(e) = registry.save(&record) {
         return fail(e.into());
     }
-    Ok(Launch::Running(Running {
+    Ok(Launch::Running(Box::new(Running {
         record,
         registry: registry.clone(),
         init: child,
         old_mask,
-    }))
+    })))
 }
 
 fn decode_child_error(msg: &str, program: &OsString) -> LaunchError {

@@ -128,7 +128,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
             o.version == h.version && (h.version == Version::V2 || o.controllers == h.controllers)
         });
         // Named v1 hierarchies (name=systemd) carry no controller: a job has no use for them.
-        if !dup && !(h.version == Version::V1 && h.controllers.is_empty()) {
+        let named_only = h.version == Version::V1 && h.controllers.is_empty();
+        if !dup && !named_only {
             out.push(h);
         }
     }

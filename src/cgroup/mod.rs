@@ -341,7 +341,12 @@ impl Group {
 
     fn collect(&self, dir: &Path, file: &str, out: &mut Vec<i32>) -> Result<()> {
         let path = dir.join(file);
-        let s = self.read(&path)?;
+        let s = match fsutil::read_string(&path) {
+            Ok(s) => s,
+            // A group removed meanwhile (say by its supervisor) holds no process.
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io(e)),
+        };
         for line in s.lines() {
             out.push(
                 line.trim()
@@ -349,7 +354,7 @@ impl Group {
                     .map_err(|_| self.parse_err(&path, line))?,
             );
         }
-        for sub in subdirs(dir).map_err(|e| self.io(e))? {
+        for sub in subdirs(dir).unwrap_or_default() {
             self.collect(&sub, file, out)?;
         }
         Ok(())

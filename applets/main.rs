@@ -4,6 +4,8 @@
 
 mod checkpoint;
 mod common;
+mod ipccheckpoint;
+mod ipcrestart;
 mod krgcr_run;
 mod restart;
 mod stub;
@@ -40,13 +42,13 @@ pub const APPLETS: &[Applet] = &[
     },
     Applet {
         name: "ipccheckpoint",
-        command: stub::ipccheckpoint,
-        run: stub::ipccheckpoint_main,
+        command: ipccheckpoint::command,
+        run: ipccheckpoint::main,
     },
     Applet {
         name: "ipcrestart",
-        command: stub::ipcrestart,
-        run: stub::ipcrestart_main,
+        command: ipcrestart::command,
+        run: ipcrestart::main,
     },
     Applet {
         name: "xcheckpoint",

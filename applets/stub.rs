@@ -44,12 +44,6 @@ macro_rules! stubs {
 }
 
 stubs! {
-    ipccheckpoint, ipccheckpoint_main, "ipccheckpoint",
-        "Save one SysV message queue, semaphore array or shared memory segment",
-        "ipccheckpoint (-m|-s|-M) ID FILE";
-    ipcrestart, ipcrestart_main, "ipcrestart",
-        "Restore a SysV IPC object saved by ipccheckpoint, with the same key and id",
-        "ipcrestart FILE";
     xcheckpoint, xcheckpoint_main, "xcheckpoint",
         "Grid-level checkpoint of a job by job id, through the common kernel checkpointer API",
         "xcheckpoint JOB";

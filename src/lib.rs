@@ -10,3 +10,4 @@ pub mod ns;
 pub mod process;
 pub mod registry;
 mod sys;
+pub mod sysvipc;

@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Benchmarks of xos. Each mode prints its figures next to a raw baseline measured
+# in the same run, on the same directory; nothing here asserts a speed.
+#
+#   scripts/bench.sh ipc [DIR]   ipccheckpoint/ipcrestart of a fully touched shared
+#                                memory segment (XOS_BENCH_SIZE MiB, default 1024)
+#                                against writing and reading as many bytes in DIR
+#
+#
+# The release binary is built first (XOS_BIN overrides it). Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+    echo "usage: scripts/bench.sh ipc [DIR]" >&2
+    exit 2
+}
+
+release_bin() {
+    if [ -n "${XOS_BIN:-}" ]; then
+        echo "$XOS_BIN"
+        return
+    fi
+    cargo build --release --quiet >&2
+    echo "${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/xos"
+}
+
+bench_ipc() {
+    local bin dir own_dir=""
+    bin=$(release_bin)
+    if [ -n "${1:-}" ]; then
+        dir=$1
+        mkdir -p "$dir"
+    else
+        dir=$(mktemp -d "${TMPDIR:-/var/tmp}/xos-bench.XXXXXX")
+        own_dir=$dir
+    fi
+    # shellcheck disable=SC2064
+    trap "rm -f '$dir/raw.bin' '$dir/shm.ipc'; [ -z '$own_dir' ] || rmdir '$own_dir'" EXIT
+    # A private IPC namespace: the segment never exists on the machine itself.
+    unshare --ipc python3 - "$bin" "$dir" "${XOS_BENCH_SIZE:-1024}" <<'EOF'
+import ctypes, mmap, os, subprocess, sys, time
+
+xos, d, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+size = mib << 20
+chunk = 4 << 20
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+raw, img = os.path.join(d, "raw.bin"), os.path.join(d, "shm.ipc")
+KEY, IPC_CREAT, IPC_RMID = 0x5eed, 0o1000, 0
+
+def gbps(seconds):
+    return size / seconds / 1e9
+
+def timed(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+def drop_cache(path):
+    fd = os.open(path, os.O_RDONLY)
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+
+def run(*args):
+    r = subprocess.run([xos, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench: xos {' '.join(args)}: {r.stderr.strip()}")
+
+# The segment, every page touched with a pattern that differs per page.
+shmid = libc.shmget(KEY, size, IPC_CREAT | 0o600)
+addr = libc.shmat(shmid, None, 0)
+page = bytearray(4096)
+pattern = bytearray()
+for i in range(256):
+    page[0:8] = i.to_bytes(8, "little")
+    page[8:16] = (i * 2654435761).to_bytes(8, "little")
+    pattern += page
+block = bytes(pattern) * (chunk // len(pattern))
+for off in range(0, size, chunk):
+    ctypes.memmove(addr + off, block, min(chunk, size - off))
+libc.shmdt(ctypes.c_void_p(addr))
+
+def unlink(path):
+    if os.path.exists(path):
+        os.unlink(path)
+
+def raw_write():
+    fd = os.open(raw, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    for _ in range(0, size, chunk):
+        os.write(fd, block)
+    os.fsync(fd)
+    os.close(fd)
+
+def raw_read_stream():
+    buf = bytearray(chunk)
+    with open(raw, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+def raw_read_memory():
+    # Into fresh anonymous memory, as a restore must end with the bytes in new pages.
+    m = mmap.mmap(-1, size)
+    with open(raw, "rb", buffering=0) as f:
+        view = memoryview(m)
+        got = 0
+        while got < size:
+            got += f.readinto(view[got:got + chunk])
+        view.release()
+    m.close()
+
+def save():
+    run("ipccheckpoint", "-M", "--key", hex(KEY), img)
+
+def restore():
+    run("ipcrestart", "-M", img)
+
+def remove():
+    libc.shmctl(libc.shmget(KEY, 0, 0), IPC_RMID, None)
+
+# Each measurement is repeated and the best run kept: on a virtual machine the
+# first touch of memory and the disk vary a lot from one run to the next.
+rounds = int(os.environ.get("XOS_BENCH_ROUNDS", "3"))
+best = {}
+def keep(name, f):
+    t = timed(f)
+    best[name] = min(best.get(name, t), t)
+
+# Both writers start from a removed file: the memory freed just before is what
+# their page cache reuses (on a virtual machine, memory left free for a while goes
+# back to the host and is slow to touch again).
+for _ in range(rounds):
+    unlink(raw)
+    keep("raw_w", raw_write)
+    unlink(img)
+    keep("save", save)
+    remove()
+    keep("raw_m", raw_read_memory)
+    keep("rest", restore)
+    drop_cache(raw)
+    keep("raw_mc", raw_read_memory)
+    drop_cache(raw)
+    keep("raw_sc", raw_read_stream)
+    remove()
+    drop_cache(img)
+    keep("rest_c", restore)
+    keep("raw_s", raw_read_stream)
+
+# The restored segment holds the pattern (spot checks of whole pages).
+addr = libc.shmat(libc.shmget(KEY, 0, 0), None, 0o10000)
+for off in range(0, size, size // 64):
+    if ctypes.string_at(addr + off, 4096) != bytes(pattern[off % len(pattern):][:4096]):
+        sys.exit(f"bench: restored content differs at offset {off}")
+libc.shmdt(ctypes.c_void_p(addr))
+remove()
+
+print(f"ipc: {mib} MiB segment, every page touched; directory {d}; best of {rounds} rounds")
+print(f"  {'operation':<46} {'GB/s':>6} {'time':>7}")
+def line(name, t, *versus):
+    extra = ", ".join(f"{b / t:.2f} x {what}" for what, b in versus)
+    print(f"  {name:<46} {gbps(t):6.2f} {t:6.3f}s  {extra}")
+line("raw write + fsync", best["raw_w"])
+line("ipccheckpoint -M (save)", best["save"], ("raw write", best["raw_w"]))
+line("raw read, page cache, into a reused buffer", best["raw_s"])
+line("raw read, page cache, into new memory", best["raw_m"])
+line("ipcrestart (restore), image in page cache", best["rest"],
+     ("raw read into new memory", best["raw_m"]), ("into a reused buffer", best["raw_s"]))
+line("raw read, from disk, into a reused buffer", best["raw_sc"])
+line("raw read, from disk, into new memory", best["raw_mc"])
+line("ipcrestart (restore), image from disk", best["rest_c"],
+     ("raw read into new memory", best["raw_mc"]), ("into a reused buffer", best["raw_sc"]))
+print("  A restore reads the image twice (a checksum pass before it creates anything,")
+print("  then the copy) and ends with the bytes in newly allocated shared memory.")
+EOF
+}
+
+case "${1:-}" in
+    ipc)
+        shift
+        bench_ipc "$@"
+        ;;
+    *)
+        usage
+        ;;
+esac

@@ -2,13 +2,16 @@
 //! (a symlink `checkpoint -> xos` runs `checkpoint`) or from the first argument
 //! (`xos checkpoint --help`).
 
+mod amsd;
 mod checkpoint;
 mod common;
 mod ipccheckpoint;
 mod ipcrestart;
 mod krgcr_run;
+mod pam_app_aem;
 mod restart;
 mod stub;
+mod xos_cert;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -62,13 +65,18 @@ pub const APPLETS: &[Applet] = &[
     },
     Applet {
         name: "xos-amsd",
-        command: stub::amsd,
-        run: stub::amsd_main,
+        command: amsd::command,
+        run: amsd::main,
     },
     Applet {
         name: "pam_app_aem",
-        command: stub::pam_app_aem,
-        run: stub::pam_app_aem_main,
+        command: pam_app_aem::command,
+        run: pam_app_aem::main,
+    },
+    Applet {
+        name: "xos-cert",
+        command: xos_cert::command,
+        run: xos_cert::main,
     },
     Applet {
         name: "xos-loader",

@@ -50,12 +50,6 @@ stubs! {
     xrestart, xrestart_main, "xrestart",
         "Grid-level restart of a job from a checkpoint version",
         "xrestart JOB VERSION";
-    amsd, amsd_main, "xos-amsd",
-        "Account Mapping Service: maps VO users to local accounts for PAM and NSS",
-        "xos-amsd [--foreground]";
-    pam_app_aem, pam_app_aem_main, "pam_app_aem",
-        "Run a command as the VO user of a certificate inside a PAM session",
-        "pam_app_aem CERT CMD [ARGS]...";
     loader, loader_main, "xos-loader",
         "Start a job unit inside a container and report its end over a socket",
         "xos-loader [OPTIONS] CMD [ARGS]...";

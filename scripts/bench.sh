@@ -6,13 +6,17 @@
 #                                memory segment (XOS_BENCH_SIZE MiB, default 1024)
 #                                against writing and reading as many bytes in DIR
 #
+#   scripts/bench.sh nss         getpwnam of a mapped VO user through libnss_xos.so.2
+#                                against getpwnam of a local user through nss_files,
+#                                and PAM session open + close through pam_xos.so
+#                                (with per-job cgroups), per operation
 #
 # The release binary is built first (XOS_BIN overrides it). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    echo "usage: scripts/bench.sh ipc [DIR]" >&2
+    echo "usage: scripts/bench.sh ipc [DIR] | nss" >&2
     exit 2
 }
 
@@ -178,10 +182,114 @@ print("  then the copy) and ends with the bytes in newly allocated shared memory
 EOF
 }
 
+# Globals, so that the EXIT trap still sees them after bench_nss returns.
+NSS_PID=""
+NSS_DIR=""
+NSS_PARENT=""
+
+cleanup_nss() {
+    [ -z "$NSS_PID" ] || kill "$NSS_PID" 2>/dev/null || true
+    [ -z "$NSS_DIR" ] || rm -rf "$NSS_DIR"
+    local h
+    if [ -n "$NSS_PARENT" ]; then
+        for h in /sys/fs/cgroup/*/"$NSS_PARENT"; do
+            [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} + 2>/dev/null
+        done
+    fi
+    true
+}
+
+bench_nss() {
+    local bin mods dir parent
+    bin=$(release_bin)
+    mods=$(scripts/build-modules.sh)
+    # Not under /tmp: PAM sessions may get a private /tmp.
+    dir=$(mktemp -d /run/xos-bench.XXXXXX)
+    parent="xos-bench-$$"
+    NSS_DIR=$dir
+    NSS_PARENT=$parent
+    trap cleanup_nss EXIT
+    "$bin" xos-cert ca --dir "$dir/ca" --vo benchvo >/dev/null
+    "$bin" xos-cert issue --ca "$dir/ca" --out "$dir/user" --cn bench --id 62a57c32-9c7f-4da2 \
+        --vo benchvo --group users --groups cms >/dev/null
+    cat >"$dir/pam_xos.conf" <<CONF
+CACertPath $dir/ca
+StateDir $dir/state
+Pool benchvo 79000-79009
+GroupPool benchvo 79100-79109
+UseCgroups yes
+Subsystems cpuacct,memory
+CgroupParent $parent
+CONF
+    "$bin" xos-amsd --foreground --config "$dir/pam_xos.conf" --socket "$dir/amsd.sock" \
+        </dev/null >"$dir/amsd.log" 2>&1 &
+    NSS_PID=$!
+    for _ in $(seq 50); do
+        "$bin" xos-amsd --socket "$dir/amsd.sock" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    "$bin" xos-amsd --socket "$dir/amsd.sock" map "$dir/user.pem" >/dev/null
+    mkdir "$dir/pam.d"
+    printf 'session required %s/pam_xos.so socket=%s/amsd.sock\n' "$mods" "$dir" >"$dir/pam.d/xos-bench"
+    printf 'passwd: files xos\ngroup: files xos\n' >"$dir/nsswitch.conf"
+    cat >"$dir/bench.py" <<'PY'
+import ctypes, time
+
+libc = ctypes.CDLL("libc.so.6")
+libc.getpwnam.restype = ctypes.c_void_p
+vo_user, local_user = b"/CN=62a57c32-9c7f-4da2@benchvo", b"root"
+N = 20000
+
+def per_call(name):
+    assert libc.getpwnam(name), name
+    t = time.perf_counter()
+    for _ in range(N):
+        libc.getpwnam(name)
+    return (time.perf_counter() - t) / N
+
+# The last local user costs nss_files a whole pass over /etc/passwd, as does the
+# miss that precedes every xos lookup in "passwd: files xos".
+last_user = open("/etc/passwd").read().splitlines()[-1].split(":")[0].encode()
+files = per_call(local_user)
+xos = per_call(vo_user)
+files = min(files, per_call(local_user))
+files_last = per_call(last_user)
+
+pam = ctypes.CDLL("libpam.so.0")
+class Conv(ctypes.Structure):
+    _fields_ = [("conv", ctypes.c_void_p), ("appdata", ctypes.c_void_p)]
+conv = Conv(None, None)
+h = ctypes.c_void_p()
+assert pam.pam_start(b"xos-bench", vo_user, ctypes.byref(conv), ctypes.byref(h)) == 0
+M = 200
+t = time.perf_counter()
+for _ in range(M):
+    r = pam.pam_open_session(h, 0)
+    assert r == 0, f"pam_open_session: {r}"
+    r = pam.pam_close_session(h, 0)
+    assert r == 0, f"pam_close_session: {r}"
+sess = (time.perf_counter() - t) / M
+pam.pam_end(h, 0)
+
+print(f"nss: {N} getpwnam calls each, same run, through glibc")
+print(f"  local user, nss_files                {files * 1e6:8.1f} us  (first line of /etc/passwd)")
+print(f"  local user, nss_files                {files_last * 1e6:8.1f} us  (last line: {last_user.decode()})")
+print(f"  VO user, libnss_xos                  {xos * 1e6:8.1f} us  ({xos / files:.1f}x nss_files; target <= 2x)")
+print(f"pam: {M} sessions through pam_xos.so, per-job cgroups (cpuacct,memory)")
+print(f"  pam_open_session + pam_close_session {sess * 1e3:8.2f} ms  (target <= 5 ms)")
+PY
+    XOS_AMSD_SOCKET="$dir/amsd.sock" LD_LIBRARY_PATH="$mods" XOS_JOB_ID=bench \
+        unshare --mount sh -c "mount --bind '$dir/nsswitch.conf' /etc/nsswitch.conf &&
+            mount --bind '$dir/pam.d' /etc/pam.d && exec python3 '$dir/bench.py'"
+}
+
 case "${1:-}" in
     ipc)
         shift
         bench_ipc "$@"
+        ;;
+    nss)
+        bench_nss
         ;;
     *)
         usage

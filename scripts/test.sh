@@ -11,8 +11,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: C toolchain and perl for the vendored OpenSSL, util-linux and
-# procps for the tests, man-db to render the man pages.
-pkgs=(gcc make perl pkg-config util-linux procps man-db groff-base python3)
+# procps for the tests, man-db to render the man pages, libpam0g-dev to link
+# pam_xos.so and pamtester to test it.
+pkgs=(gcc make perl pkg-config util-linux procps man-db groff-base python3 libpam0g-dev pamtester)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +32,11 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The PAM and NSS modules are built without crt-static (scripts/build-modules.sh).
+RUSTFLAGS="" cargo clippy --all-targets -p xos-proto -p pam_xos -p nss_xos \
+    --target-dir "${CARGO_TARGET_DIR:-$PWD/target}/modules" -- -D warnings
+scripts/build-modules.sh >/dev/null
 cargo build --release
 export XOS_RELEASE_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/xos"
+cargo test -p xos-proto
 cargo test -- --test-threads=2

@@ -11,3 +11,4 @@ pub mod process;
 pub mod registry;
 mod sys;
 pub mod sysvipc;
+pub mod vo;

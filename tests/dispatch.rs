@@ -87,9 +87,7 @@ fn unknown_applet_is_one_line_and_status_2() {
 fn applets_not_built_yet_say_so() {
     for args in [
         &["xcheckpoint", "7"][..],
-        &["xos-amsd"],
         &["xos-loader", "true"],
-        &["pam_app_aem", "cert.pem", "id"],
         &["checkpoint", "-c", "1"],
         &["restart", "1", "1"],
     ] {

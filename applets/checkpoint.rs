@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, requires = "app")]
     unfreeze: bool,
 
-    /// Write the next checkpoint version of APP (not built yet)
+    /// Write the next checkpoint version of APP (1, 2, ...); APP keeps running (a frozen APP stays frozen)
     #[arg(short = 'c', long = "checkpoint", requires = "app")]
     checkpoint: bool,
 
@@ -53,8 +53,12 @@ struct Args {
 const AFTER: &str = "\
 Examples:
   checkpoint --freeze 6
+  checkpoint -c 6          # write the next version of application 6's image
+  checkpoint -c --kill 6   # ... then kill it (for migration)
   checkpoint --unfreeze 6
-  checkpoint --list";
+  checkpoint --list
+
+Images are written to STATE/images/APP/VERSION/ (see restart(1)).";
 
 pub fn command() -> clap::Command {
     Args::command()
@@ -75,12 +79,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if a.list {
         return list(&reg);
     }
-    if a.checkpoint {
-        eprintln!(
-            "checkpoint: -c (writing a checkpoint image) is not built yet in this version of xos"
-        );
-        return 2;
-    }
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         eprintln!(
             "checkpoint: invalid --timeout '{}': must be a positive number of seconds",
@@ -100,6 +98,30 @@ pub fn main(args: Vec<OsString>) -> i32 {
             rec.id, rec.root_pid
         );
         return 1;
+    }
+    if a.checkpoint {
+        let opts = xos::ckpt::CheckpointOptions {
+            kill: a.kill,
+            timeout,
+        };
+        return match xos::ckpt::checkpoint(&a.state_dir, &rec, &opts) {
+            Ok(c) => {
+                println!(
+                    "application {}: version {} written to {} ({} processes, {:.1} MiB, stopped {} ms)",
+                    rec.id,
+                    c.version,
+                    c.dir.display(),
+                    c.processes,
+                    c.bytes as f64 / (1u64 << 20) as f64,
+                    c.stopped.as_millis()
+                );
+                0
+            }
+            Err(e) => common::fail(
+                "checkpoint",
+                anyhow::anyhow!("application {}: {}", rec.id, common::one_line(&e)),
+            ),
+        };
     }
     let r = if a.freeze {
         rec.cgroup.freeze(timeout)

@@ -132,44 +132,56 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.new_session = a.detach;
     let reg = match Registry::open(&a.state_dir) {
         Ok(r) => r,
-        Err(e) => return setup_failed(e.into()),
+        Err(e) => return setup_failed("krgcr-run", e.into()),
     };
-    if a.detach {
-        return match app::launch_detached(&reg, &spec) {
+    supervise("krgcr-run", &reg, &spec, a.detach, a.print_id)
+}
+
+/// Starts the application described by `spec` and, unless `detach`, waits for it:
+/// the part krgcr-run and restart share. Returns the exit status.
+pub fn supervise(
+    applet: &str,
+    reg: &Registry,
+    spec: &LaunchSpec,
+    detach: bool,
+    print_id: bool,
+) -> i32 {
+    if detach {
+        return match app::launch_detached(reg, spec) {
             Ok(Detached::Started(id)) => {
-                if a.print_id {
+                if print_id {
                     println!("{id}");
                 }
                 0
             }
             Ok(Detached::ChildExit(c)) => c,
-            Err(e) => setup_failed(e),
+            Err(e) => setup_failed(applet, e),
         };
     }
-    match app::launch(&reg, &spec) {
+    match app::launch(reg, spec) {
         Ok(Launch::ChildExit(c)) => c,
         Ok(Launch::Running(running)) => {
-            if a.print_id {
+            if print_id {
                 println!("{}", running.id());
                 let _ = std::io::stdout().flush();
             }
             match running.wait() {
                 Ok(code) => code,
                 Err(e) => {
-                    common::fail("krgcr-run", e);
+                    common::fail(applet, e);
                     125
                 }
             }
         }
-        Err(e) => setup_failed(e),
+        Err(e) => setup_failed(applet, e),
     }
 }
 
-fn setup_failed(e: app::LaunchError) -> i32 {
+fn setup_failed(applet: &str, e: app::LaunchError) -> i32 {
     let code = match e.exit_code() {
         1 => 125,
         c => c,
     };
-    common::fail("krgcr-run", e);
+    common::fail(applet, e);
     code
 }

@@ -55,6 +55,11 @@ pub struct LaunchSpec {
     pub stderr: Option<PathBuf>,
     /// Start the application in a session of its own (detached from the terminal).
     pub new_session: bool,
+    /// Reuse this application id instead of allocating one (restart).
+    pub app_id: Option<u64>,
+    /// Rebuild the processes of this image (directory, image) instead of running
+    /// `argv`, which then only names the application.
+    pub restore: Option<(PathBuf, crate::ckpt::image::Image)>,
 }
 
 impl LaunchSpec {
@@ -68,6 +73,8 @@ impl LaunchSpec {
             stdout: None,
             stderr: None,
             new_session: false,
+            app_id: None,
+            restore: None,
         }
     }
 }
@@ -229,7 +236,10 @@ fn launch_closing(
     }
     let stdio = open_stdio(spec)?;
     let layout = Layout::detect()?;
-    let id = registry.allocate_id()?;
+    let id = match spec.app_id {
+        Some(id) => id,
+        None => registry.allocate_id()?,
+    };
     let controllers: Vec<&str> = spec.controllers.iter().map(String::as_str).collect();
     let group = layout.group_with(&format!("{}/app-{id}", spec.cgroup_parent), &controllers)?;
     group.create()?;
@@ -373,23 +383,29 @@ fn init_main(
         let _ = err.write_all(m.as_bytes());
         return 1;
     }
-    let argv: Vec<CString> = spec
-        .argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
-        .collect();
-    let command = match sys::fork() {
-        Err(e) => {
-            let _ = write!(err, "cannot fork the command: {e}");
-            return 1;
-        }
-        Ok(ForkResult::Child) => {
-            let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
-            let e = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
-            let _ = write!(err, "exec {}", e as i32);
-            return 127;
-        }
-        Ok(ForkResult::Parent { child }) => child,
+    let command = match &spec.restore {
+        Some((dir, img)) => match crate::ckpt::restore::restore_tree(dir, img) {
+            // The process whose status is the application's: the first command
+            // (pid 2), else the oldest child of the init.
+            Ok(pids) => {
+                let main = img
+                    .processes
+                    .iter()
+                    .filter(|p| p.ppid == 1 && pids.contains(&p.pid))
+                    .map(|p| p.pid)
+                    .min()
+                    .unwrap_or(2);
+                Pid::from_raw(main)
+            }
+            Err(e) => {
+                let _ = write!(err, "{e}");
+                return 1;
+            }
+        },
+        None => match start_command(spec, old_mask, &mut err) {
+            Some(pid) => pid,
+            None => return 127,
+        },
     };
     drop(err);
     let _ = nix::sys::prctl::set_name(c"xos-init");
@@ -418,6 +434,29 @@ fn init_main(
                 Err(_) => return status.unwrap_or(1),
             }
         }
+    }
+}
+
+/// Forks the command (pid 2) and executes it; None in the child when exec failed
+/// (reported on `err`), or in the init when the fork failed.
+fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option<Pid> {
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    match sys::fork() {
+        Err(e) => {
+            let _ = write!(err, "cannot fork the command: {e}");
+            None
+        }
+        Ok(ForkResult::Child) => {
+            let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+            let e = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+            let _ = write!(err, "exec {}", e as i32);
+            None
+        }
+        Ok(ForkResult::Parent { child }) => Some(child),
     }
 }
 

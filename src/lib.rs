@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cgroup;
+pub mod ckpt;
 pub mod fsutil;
 pub mod ns;
 pub mod process;

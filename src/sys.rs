@@ -17,3 +17,27 @@ pub(crate) fn default_disposition(sig: Signal) -> nix::Result<()> {
     // SAFETY: installing SIG_DFL registers no Rust code as a handler.
     unsafe { signal::signal(sig, SigHandler::SigDfl) }.map(drop)
 }
+
+/// Borrows a raw descriptor number for a call that takes `AsFd`.
+pub(crate) fn borrow_fd(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used only for immediate fcntl calls on descriptors the caller knows to
+    // be open; an invalid number just makes that call fail with EBADF.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// dup2(2) on raw numbers, for rearranging descriptors before a task is rebuilt.
+pub(crate) fn dup2_raw(from: std::os::fd::RawFd, to: std::os::fd::RawFd) -> nix::Result<()> {
+    // SAFETY: dup2 has no memory-safety preconditions.
+    let r = unsafe { libc::dup2(from, to) };
+    if r < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// A `File` owning descriptor `fd`, which the caller just obtained and owns.
+pub(crate) fn file_from_raw(fd: std::os::fd::RawFd) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass a fresh descriptor (from F_DUPFD) that nothing else owns.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}

@@ -344,7 +344,7 @@ impl Group {
         let s = match fsutil::read_string(&path) {
             Ok(s) => s,
             // A group removed meanwhile (say by its supervisor) holds no process.
-            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if gone(&e) => return Ok(()),
             Err(e) => return Err(self.io(e)),
         };
         for line in s.lines() {
@@ -658,7 +658,12 @@ impl Group {
             .map(|d| d.join("cgroup.kill"))
             .filter(|p| p.exists());
         if let Some(p) = cgkill {
-            self.write(&p, "1")?;
+            match fsutil::write_control(&p, "1") {
+                Ok(()) => {}
+                // Removed meanwhile (its supervisor saw it empty): nothing to kill.
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(self.io(e)),
+            }
         } else {
             let frozen = self.freezer().is_some() && self.freeze(timeout).is_ok();
             let r = self.signal_all(nix::sys::signal::Signal::SIGKILL);
@@ -737,6 +742,12 @@ impl Group {
     pub fn contains(&self, pid: i32) -> bool {
         self.pids().map(|p| p.contains(&pid)).unwrap_or(false)
     }
+}
+
+/// Whether an error says the group's directory no longer exists (ENOENT, or
+/// ENODEV while the kernel is removing it).
+fn gone(e: &PathError) -> bool {
+    e.source.kind() == std::io::ErrorKind::NotFound || e.errno() == Some(libc::ENODEV)
 }
 
 /// Sub-directories of a cgroup directory (its child groups).

@@ -1,0 +1,719 @@
+//! Checkpoint: the state of every process of an application, read through
+//! /proc (proc(5): maps, pagemap, map_files, fd, fdinfo, status, stat, auxv) and
+//! ptrace(2) (registers, XSAVE area, signal mask; brk and signal handlers by
+//! injected brk(2) and rt_sigaction(2) calls).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::image::{self, Backing, Blob, Fd, FdKind, Mm, PipeImg, Proc, Vma};
+use super::ptrace::Tracee;
+use super::{sys, CkptError};
+
+type Result<T> = std::result::Result<T, CkptError>;
+
+const PAGE: u64 = 4096;
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+const NR_RESTART_SYSCALL: u64 = 219;
+const CHUNK: usize = 8 << 20;
+
+/// Registers fixed up so that a system call interrupted by the stop is entered
+/// again when the task resumes. `live` keeps the kernel's own restart block
+/// (restart_syscall); an image re-enters the original call, as a new task has no
+/// restart block.
+pub fn restart_fixup(r: &libc::user_regs_struct, live: bool) -> libc::user_regs_struct {
+    let mut r = *r;
+    if (r.orig_rax as i64) < 0 {
+        return r;
+    }
+    match r.rax as i64 {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            r.rax = r.orig_rax;
+            r.rip -= 2;
+        }
+        ERESTART_RESTARTBLOCK => {
+            r.rax = if live { NR_RESTART_SYSCALL } else { r.orig_rax };
+            r.rip -= 2;
+        }
+        _ => {}
+    }
+    r.orig_rax = u64::MAX;
+    r
+}
+
+fn proc_err(pid: i32, what: &'static str) -> impl Fn(std::io::Error) -> CkptError {
+    move |e| CkptError::Proc {
+        pid,
+        what,
+        source: e,
+    }
+}
+
+fn read_proc(host: i32, label: i32, file: &str) -> Result<String> {
+    fs::read_to_string(format!("/proc/{host}/{file}")).map_err(proc_err(label, "read /proc"))
+}
+
+/// Values of a `Key:\tv1\tv2…` line of /proc/PID/status.
+fn status_field<'a>(status: &'a str, key: &str) -> Vec<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .map(|r| r.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+fn hex_mask(status: &str, key: &str) -> u64 {
+    status_field(status, key)
+        .first()
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0)
+}
+
+/// The innermost (application namespace) value of an `NSpid:`-style line.
+pub fn ns_value(status: &str, key: &str) -> i32 {
+    status_field(status, key)
+        .last()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Debug, Clone)]
+pub struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    pub inode: u64,
+    pub path: String,
+}
+
+pub fn parse_maps(text: &str) -> Vec<MapLine> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(6, ' ');
+            let range = it.next()?;
+            let perms = it.next()?.to_string();
+            let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+            let _dev = it.next()?;
+            let inode = it.next()?.parse().ok()?;
+            let path = it.next().unwrap_or("").trim_start().to_string();
+            let (s, e) = range.split_once('-')?;
+            Some(MapLine {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                perms,
+                offset,
+                inode,
+                path,
+            })
+        })
+        .collect()
+}
+
+fn prot_of(perms: &str) -> u32 {
+    let b = perms.as_bytes();
+    let mut p = 0;
+    if b[0] == b'r' {
+        p |= libc::PROT_READ as u32;
+    }
+    if b[1] == b'w' {
+        p |= libc::PROT_WRITE as u32;
+    }
+    if b[2] == b'x' {
+        p |= libc::PROT_EXEC as u32;
+    }
+    p
+}
+
+/// A data file being written with its running checksum.
+struct BlobWriter {
+    file: File,
+    name: String,
+    len: u64,
+    crc: crc32fast::Hasher,
+    id: u64,
+}
+
+impl BlobWriter {
+    fn create(dir: &Path, name: String, id: u64) -> Result<BlobWriter> {
+        let path = dir.join(&name);
+        let file = File::create(&path).map_err(|e| CkptError::Image {
+            path: path.clone(),
+            source: e,
+        })?;
+        Ok(BlobWriter {
+            file,
+            name,
+            len: 0,
+            crc: crc32fast::Hasher::new(),
+            id,
+        })
+    }
+
+    fn write(&mut self, dir: &Path, b: &[u8]) -> Result<()> {
+        self.crc.update(b);
+        self.len += b.len() as u64;
+        self.file.write_all(b).map_err(|e| CkptError::Image {
+            path: dir.join(&self.name),
+            source: e,
+        })
+    }
+
+    fn finish(self, dir: &Path) -> Result<Blob> {
+        self.file.sync_all().map_err(|e| CkptError::Image {
+            path: dir.join(&self.name),
+            source: e,
+        })?;
+        Ok(Blob {
+            id: self.id,
+            file: self.name,
+            len: self.len,
+            crc: self.crc.finalize(),
+        })
+    }
+}
+
+/// Everything shared between the processes of one checkpoint.
+pub struct Dumper<'a> {
+    pub dir: &'a Path,
+    /// host pid of the application's init, whose stdio counts as "inherited".
+    pub root_host: i32,
+    /// host pid -> pid in the application's namespace.
+    pub ns_pids: HashMap<i32, i32>,
+    pub shared: BTreeMap<u64, Blob>,
+    pub pipes: BTreeMap<u64, PipeImg>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Dumper<'a> {
+    pub fn new(dir: &'a Path, root_host: i32, ns_pids: HashMap<i32, i32>) -> Dumper<'a> {
+        Dumper {
+            dir,
+            root_host,
+            ns_pids,
+            shared: BTreeMap::new(),
+            pipes: BTreeMap::new(),
+            buf: vec![0u8; CHUNK],
+        }
+    }
+
+    /// Saves one stopped process. The task's registers are put back as they were
+    /// (with an interrupted call set to restart) before this returns.
+    pub fn dump(&mut self, t: &mut Tracee, host: i32) -> Result<Proc> {
+        let pid = t.label;
+        let status = read_proc(host, pid, "status")?;
+        let threads: usize = status_field(&status, "Threads")
+            .first()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        if threads != 1 {
+            return Err(CkptError::Unsupported {
+                pid,
+                what: format!("{threads} threads (only single-threaded processes are supported)"),
+            });
+        }
+        let maps = parse_maps(&read_proc(host, pid, "maps")?);
+        let regs0 = t.regs()?;
+        let mask0 = t.sigmask()?;
+        let xstate = t.xstate()?;
+        let rseq = t.rseq()?;
+        // Injected calls run with every signal blocked; the registers and mask are
+        // restored whatever happens.
+        let injected = self.injected(t, &maps, &regs0, &status);
+        let live = restart_fixup(&regs0, true);
+        let put_back = t.set_sigmask(mask0).and_then(|_| t.set_regs(live));
+        let (brk, sigactions) = injected?;
+        put_back?;
+
+        let stat = read_proc(host, pid, "stat")?;
+        let close = stat.rfind(')').unwrap_or(0);
+        let f: Vec<u64> = stat[close + 2..]
+            .split(' ')
+            .map(|v| v.trim().parse().unwrap_or(0))
+            .collect();
+        // f[0] is field 3 of stat(5); field N is f[N - 3].
+        let field = |n: usize| f.get(n - 3).copied().unwrap_or(0);
+        let mm = Mm {
+            start_code: field(26),
+            end_code: field(27),
+            start_stack: field(28),
+            start_data: field(45),
+            end_data: field(46),
+            start_brk: field(47),
+            brk,
+            arg_start: field(48),
+            arg_end: field(49),
+            env_start: field(50),
+            env_end: field(51),
+        };
+        let auxv_raw =
+            fs::read(format!("/proc/{host}/auxv")).map_err(proc_err(pid, "read auxv"))?;
+        let auxv = auxv_raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+
+        let ppid_host: i32 = status_field(&status, "PPid")
+            .first()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let ppid = if ppid_host == self.root_host {
+            1
+        } else {
+            self.ns_pids.get(&ppid_host).copied().unwrap_or(0)
+        };
+        let ids = |key: &str| -> [u32; 4] {
+            let v: Vec<u32> = status_field(&status, key)
+                .iter()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            [
+                v.first().copied().unwrap_or(0),
+                v.get(1).copied().unwrap_or(0),
+                v.get(2).copied().unwrap_or(0),
+                v.get(3).copied().unwrap_or(0),
+            ]
+        };
+        let mut rlimits = Vec::new();
+        for res in 0..16u32 {
+            let (soft, hard) = sys::get_rlimit(host, res).map_err(|e| CkptError::Ptrace {
+                pid,
+                what: "read resource limits",
+                source: e,
+            })?;
+            rlimits.push((res, soft, hard));
+        }
+        let personality =
+            u64::from_str_radix(read_proc(host, pid, "personality")?.trim(), 16).unwrap_or(0);
+        let pending = hex_mask(&status, "SigPnd") | hex_mask(&status, "ShdPnd");
+        let link = |what: &str| fs::read_link(format!("/proc/{host}/{what}")).unwrap_or_default();
+        let root = link("root");
+        if root != Path::new("/") {
+            return Err(CkptError::Unsupported {
+                pid,
+                what: format!("a changed root directory ({})", root.display()),
+            });
+        }
+
+        let vmas = self.dump_memory(t, host, &maps)?;
+        let fds = self.dump_fds(host, pid)?;
+        let pages = vmas.1;
+        Ok(Proc {
+            pid,
+            ppid,
+            pgid: ns_value(&status, "NSpgid"),
+            sid: ns_value(&status, "NSsid"),
+            comm: read_proc(host, pid, "comm")?.trim_end().to_string(),
+            exe: link("exe"),
+            cwd: link("cwd"),
+            umask: status_field(&status, "Umask")
+                .first()
+                .and_then(|v| u32::from_str_radix(v, 8).ok())
+                .unwrap_or(0o022),
+            uids: ids("Uid"),
+            gids: ids("Gid"),
+            groups: status_field(&status, "Groups")
+                .iter()
+                .filter_map(|x| x.parse().ok())
+                .collect(),
+            no_new_privs: status_field(&status, "NoNewPrivs").first() == Some(&"1"),
+            personality,
+            rlimits,
+            regs: sys::regs_to_words(&restart_fixup(&regs0, false)).to_vec(),
+            xstate: image::to_hex(&xstate),
+            sigmask: mask0,
+            sigpending: pending,
+            sigactions,
+            rseq,
+            mm,
+            auxv,
+            vmas: vmas.0,
+            fds,
+            pages,
+        })
+    }
+
+    /// brk and the signal handlers, by system calls run inside the task.
+    #[allow(clippy::type_complexity)]
+    fn injected(
+        &self,
+        t: &mut Tracee,
+        maps: &[MapLine],
+        regs0: &libc::user_regs_struct,
+        status: &str,
+    ) -> Result<(u64, Vec<(i32, u64, u64, u64, u64)>)> {
+        let vdso = maps
+            .iter()
+            .find(|m| m.path == "[vdso]")
+            .ok_or(CkptError::NoSyscallInsn { pid: t.label })?;
+        t.find_gadget(vdso.start, vdso.end)?;
+        t.set_sigmask(!0)?;
+        let brk = t.syscall_ok(regs0, "brk", libc::SYS_brk, [0; 6])?;
+        // Signals with a handler (SigCgt) or ignored (SigIgn) are not at default.
+        let caught = hex_mask(status, "SigCgt");
+        let ignored = hex_mask(status, "SigIgn");
+        let mut acts = Vec::new();
+        // Scratch space below the red zone of the task's stack, put back afterwards.
+        let scratch = (regs0.rsp - 1024) & !15;
+        let mut saved = [0u8; 32];
+        t.read_mem(scratch, &mut saved)?;
+        let result = (|| {
+            for sig in 1..=64i32 {
+                let bit = 1u64 << (sig - 1);
+                if (caught | ignored) & bit == 0 || sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                    continue;
+                }
+                t.syscall_ok(
+                    regs0,
+                    "rt_sigaction",
+                    libc::SYS_rt_sigaction,
+                    [sig as u64, 0, scratch, 8, 0, 0],
+                )?;
+                let mut b = [0u8; 32];
+                t.read_mem(scratch, &mut b)?;
+                let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+                acts.push((sig, w(0), w(1), w(2), w(3)));
+            }
+            Ok(())
+        })();
+        t.write_mem(scratch, &saved)?;
+        result.map(|()| (brk, acts))
+    }
+
+    fn dump_memory(&mut self, t: &Tracee, host: i32, maps: &[MapLine]) -> Result<(Vec<Vma>, Blob)> {
+        let pid = t.label;
+        let mut pages = BlobWriter::create(self.dir, format!("pages-{pid}.img"), pid as u64)?;
+        let pagemap =
+            File::open(format!("/proc/{host}/pagemap")).map_err(proc_err(pid, "open pagemap"))?;
+        let mut vmas = Vec::new();
+        for m in maps {
+            let shared = m.perms.as_bytes()[3] == b's';
+            let deleted = m.path.ends_with(" (deleted)");
+            let backing = match m.path.as_str() {
+                "[vsyscall]" => continue,
+                "[vdso]" | "[vvar]" | "[vvar_vclock]" => Backing::Special {
+                    name: m.path.clone(),
+                },
+                p if shared && p.starts_with("/dev/zero") && deleted => Backing::SharedAnon {
+                    id: m.inode,
+                    offset: m.offset,
+                },
+                p if !shared && (p.is_empty() || p.starts_with('[') || (m.inode == 0)) => {
+                    Backing::Anon
+                }
+                p if p.starts_with('/') && !deleted && m.inode != 0 => Backing::File {
+                    path: PathBuf::from(p),
+                    offset: m.offset,
+                    shared,
+                },
+                p => {
+                    return Err(CkptError::Unsupported {
+                        pid,
+                        what: format!(
+                            "the mapping at {:#x} ({})",
+                            m.start,
+                            if p.is_empty() { "shared anonymous" } else { p }
+                        ),
+                    })
+                }
+            };
+            let mut runs = Vec::new();
+            match &backing {
+                Backing::Anon | Backing::File { shared: false, .. } => {
+                    let file_backed = matches!(backing, Backing::File { .. });
+                    runs = populated_runs(&pagemap, m.start, m.end, file_backed)
+                        .map_err(proc_err(pid, "read pagemap"))?;
+                    for &(addr, n) in &runs {
+                        self.copy_out(t, &mut pages, addr, n * PAGE)?;
+                    }
+                }
+                Backing::SharedAnon { id, .. } if !self.shared.contains_key(id) => {
+                    let blob = self.dump_shared(host, pid, m, *id)?;
+                    self.shared.insert(*id, blob);
+                }
+                _ => {}
+            }
+            vmas.push(Vma {
+                start: m.start,
+                end: m.end,
+                prot: prot_of(&m.perms),
+                backing,
+                runs,
+            });
+        }
+        Ok((vmas, pages.finish(self.dir)?))
+    }
+
+    fn copy_out(
+        &mut self,
+        t: &Tracee,
+        out: &mut BlobWriter,
+        mut addr: u64,
+        mut len: u64,
+    ) -> Result<()> {
+        while len > 0 {
+            let n = len.min(self.buf.len() as u64) as usize;
+            t.read_mem(addr, &mut self.buf[..n])?;
+            let dir = self.dir;
+            out.write(dir, &self.buf[..n])?;
+            addr += n as u64;
+            len -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// The populated ranges of a shared anonymous object, read through
+    /// /proc/PID/map_files with SEEK_DATA/SEEK_HOLE (pages never touched are holes).
+    fn dump_shared(&mut self, host: i32, pid: i32, m: &MapLine, id: u64) -> Result<Blob> {
+        let path = format!("/proc/{host}/map_files/{:x}-{:x}", m.start, m.end);
+        let f = File::open(&path).map_err(proc_err(pid, "open a shared mapping"))?;
+        let size = f
+            .metadata()
+            .map_err(proc_err(pid, "stat a shared mapping"))?
+            .len();
+        let mut out = BlobWriter::create(self.dir, format!("shm-{id}.img"), id)?;
+        out.write(self.dir, &size.to_le_bytes())?;
+        let mut off = 0u64;
+        while off < size {
+            let data = match nix::unistd::lseek(&f, off as i64, nix::unistd::Whence::SeekData) {
+                Ok(d) => d as u64,
+                Err(nix::Error::ENXIO) => break,
+                Err(e) => {
+                    return Err(CkptError::Ptrace {
+                        pid,
+                        what: "seek in a shared mapping",
+                        source: e,
+                    })
+                }
+            };
+            let hole = nix::unistd::lseek(&f, data as i64, nix::unistd::Whence::SeekHole)
+                .map(|h| h as u64)
+                .unwrap_or(size)
+                .min(size);
+            out.write(self.dir, &data.to_le_bytes())?;
+            out.write(self.dir, &(hole - data).to_le_bytes())?;
+            let mut pos = data;
+            while pos < hole {
+                let n = ((hole - pos) as usize).min(self.buf.len());
+                f.read_exact_at(&mut self.buf[..n], pos)
+                    .map_err(proc_err(pid, "read a shared mapping"))?;
+                let dir = self.dir;
+                out.write(dir, &self.buf[..n])?;
+                pos += n as u64;
+            }
+            off = hole;
+        }
+        out.finish(self.dir)
+    }
+
+    fn dump_fds(&mut self, host: i32, pid: i32) -> Result<Vec<Fd>> {
+        let mut std_ids = Vec::new();
+        for k in 0..3 {
+            if let Ok(md) = fs::metadata(format!("/proc/{}/fd/{k}", self.root_host)) {
+                std_ids.push((k, md.dev(), md.ino()));
+            }
+        }
+        let dir = format!("/proc/{host}/fd");
+        let mut fds = Vec::new();
+        for ent in fs::read_dir(&dir).map_err(proc_err(pid, "list fds"))? {
+            let ent = ent.map_err(proc_err(pid, "list fds"))?;
+            let Ok(fd) = ent.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let target = fs::read_link(ent.path()).unwrap_or_default();
+            let target_s = target.to_string_lossy().into_owned();
+            let info = fs::read_to_string(format!("/proc/{host}/fdinfo/{fd}")).unwrap_or_default();
+            let get = |k: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let flags = u32::from_str_radix(&get("flags:"), 8).unwrap_or(0);
+            let pos: u64 = get("pos:").parse().unwrap_or(0);
+            let md = fs::metadata(ent.path()).ok();
+            let unsupported = || CkptError::Unsupported {
+                pid,
+                what: format!("fd {fd} ({target_s})"),
+            };
+            if let Some(md) = &md {
+                if let Some((k, _, _)) = std_ids
+                    .iter()
+                    .find(|(_, d, i)| *d == md.dev() && *i == md.ino())
+                {
+                    fds.push(Fd {
+                        fd,
+                        flags,
+                        kind: FdKind::Inherited { std: *k },
+                    });
+                    continue;
+                }
+            }
+            let kind = if let Some(id) = target_s
+                .strip_prefix("pipe:[")
+                .and_then(|r| r.strip_suffix(']'))
+            {
+                let id: u64 = id.parse().map_err(|_| unsupported())?;
+                if !self.pipes.contains_key(&id) {
+                    let p = self.dump_pipe(&ent.path(), pid, id)?;
+                    self.pipes.insert(id, p);
+                }
+                FdKind::Pipe {
+                    id,
+                    write: flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32,
+                }
+            } else if target_s.starts_with('/') && !target_s.ends_with(" (deleted)") {
+                let md = md.ok_or_else(unsupported)?;
+                let ft = md.file_type();
+                use std::os::unix::fs::FileTypeExt;
+                if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
+                    return Err(unsupported());
+                }
+                FdKind::Path { path: target, pos }
+            } else {
+                return Err(unsupported());
+            };
+            fds.push(Fd { fd, flags, kind });
+        }
+        fds.sort_by_key(|f| f.fd);
+        Ok(fds)
+    }
+
+    /// Copies the unread bytes of a pipe without consuming them (tee(2)).
+    fn dump_pipe(&mut self, fd_path: &Path, pid: i32, id: u64) -> Result<PipeImg> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let src = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fd_path)
+            .map_err(proc_err(pid, "open a pipe"))?;
+        let cap = nix::fcntl::fcntl(&src, nix::fcntl::FcntlArg::F_GETPIPE_SZ).map_err(|e| {
+            CkptError::Ptrace {
+                pid,
+                what: "read a pipe's size",
+                source: e,
+            }
+        })? as usize;
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| CkptError::Ptrace {
+                    pid,
+                    what: "create a pipe",
+                    source: e,
+                })?;
+        let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(cap as i32));
+        let mut out = BlobWriter::create(self.dir, format!("pipe-{id}.img"), id)?;
+        let n = match sys::tee(src.as_raw_fd(), w.as_raw_fd(), cap) {
+            Ok(n) => n,
+            Err(nix::Error::EAGAIN) => 0,
+            Err(e) => {
+                return Err(CkptError::Ptrace {
+                    pid,
+                    what: "copy a pipe",
+                    source: e,
+                })
+            }
+        };
+        let mut data = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match nix::unistd::read(&r, &mut data[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) => {
+                    return Err(CkptError::Ptrace {
+                        pid,
+                        what: "copy a pipe",
+                        source: e,
+                    })
+                }
+            }
+        }
+        out.write(self.dir, &data[..got])?;
+        Ok(PipeImg {
+            id,
+            capacity: cap as u64,
+            data: out.finish(self.dir)?,
+        })
+    }
+}
+
+/// Runs of pages of `start..end` that were ever populated (present or swapped);
+/// for a private file mapping only the pages that became anonymous (written).
+fn populated_runs(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    file_backed: bool,
+) -> std::io::Result<Vec<(u64, u64)>> {
+    let n = ((end - start) / PAGE) as usize;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; 8 * n.min(1 << 16)];
+    let mut i = 0usize;
+    while i < n {
+        let k = (n - i).min(buf.len() / 8);
+        pagemap.read_exact_at(&mut buf[..k * 8], (start / PAGE + i as u64) * 8)?;
+        for j in 0..k {
+            let e = u64::from_le_bytes(buf[j * 8..j * 8 + 8].try_into().unwrap());
+            let present = e & (1 << 63) != 0;
+            let swapped = e & (1 << 62) != 0;
+            let file_page = e & (1 << 61) != 0;
+            let keep = (present || swapped) && !(file_backed && file_page && !swapped);
+            if keep {
+                let addr = start + (i + j) as u64 * PAGE;
+                match runs.last_mut() {
+                    Some((a, c)) if *a + *c * PAGE == addr => *c += 1,
+                    _ => runs.push((addr, 1)),
+                }
+            }
+        }
+        i += k;
+    }
+    Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines() {
+        let m = parse_maps(
+            "55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]\n\
+             7f00-8f00 r-xp 00001000 fd:01 1234                       /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+             7ff0-7ff1 rw-s 00000000 00:01 99 /dev/zero (deleted)\n\
+             a000-b000 rw-p 00000000 00:00 0 \n",
+        );
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].path, "[heap]");
+        assert_eq!((m[1].offset, m[1].inode), (0x1000, 1234));
+        assert_eq!(m[2].path, "/dev/zero (deleted)");
+        assert_eq!(m[3].path, "");
+        assert_eq!(prot_of("r-xp"), (libc::PROT_READ | libc::PROT_EXEC) as u32);
+    }
+
+    #[test]
+    fn fixup_reenters_interrupted_calls() {
+        let mut r: libc::user_regs_struct = sys::words_to_regs(&[0; sys::REGS_WORDS]);
+        r.orig_rax = 0; // read
+        r.rax = ERESTARTSYS as u64;
+        r.rip = 0x1002;
+        let f = restart_fixup(&r, false);
+        assert_eq!((f.rax, f.rip), (0, 0x1000));
+        r.orig_rax = 35; // nanosleep
+        r.rax = ERESTART_RESTARTBLOCK as u64;
+        assert_eq!(restart_fixup(&r, true).rax, NR_RESTART_SYSCALL);
+        assert_eq!(restart_fixup(&r, false).rax, 35);
+        r.orig_rax = u64::MAX; // not in a system call
+        r.rax = 7;
+        assert_eq!(restart_fixup(&r, false).rip, 0x1002);
+    }
+}

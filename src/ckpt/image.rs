@@ -1,0 +1,219 @@
+//! The checkpoint image: one directory per application and version,
+//! `STATE/images/APP/VERSION/`, holding `image.json` (a checked file, see
+//! [`crate::fsutil`]) and one `pages-PID.img` per process plus `shm-N.img` and
+//! `pipe-N.img` for shared memory and pipe contents, each with its CRC32 and
+//! length recorded in `image.json`. A version is written under `.VERSION.tmp` and
+//! renamed when complete, so a half-written version is never visible.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: &str = "xos-image";
+pub const FORMAT: u32 = 1;
+
+/// A whole application image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub app: u64,
+    pub version: u64,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// `uname -r` of the kernel the image was taken on (the vDSO layout and the
+    /// meaning of several fields depend on it).
+    pub kernel: String,
+    /// XSAVE features (XCR0 bits) the saved FPU states use.
+    pub xfeatures: u64,
+    pub command: Vec<String>,
+    pub cwd: PathBuf,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub limits: crate::cgroup::Limits,
+    pub processes: Vec<Proc>,
+    pub shared: Vec<Blob>,
+    pub pipes: Vec<PipeImg>,
+}
+
+/// A data file of the image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Blob {
+    pub id: u64,
+    pub file: String,
+    pub len: u64,
+    pub crc: u32,
+}
+
+/// A pipe of the application, with its unread bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipeImg {
+    pub id: u64,
+    pub capacity: u64,
+    pub data: Blob,
+}
+
+/// One process (single-threaded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proc {
+    /// pid, parent, group and session in the application's PID namespace; 0 for a
+    /// group or session led from outside it.
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    pub exe: PathBuf,
+    pub cwd: PathBuf,
+    pub umask: u32,
+    /// real, effective, saved, filesystem.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub no_new_privs: bool,
+    pub personality: u64,
+    /// (resource, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// General registers in `user_regs_struct` order, fixed up so that an
+    /// interrupted system call is entered again.
+    pub regs: Vec<u64>,
+    /// The XSAVE area, hex.
+    pub xstate: String,
+    pub sigmask: u64,
+    /// Pending signals (private and shared sets merged).
+    pub sigpending: u64,
+    /// (signal, handler, flags, restorer, mask) for every signal not at default.
+    pub sigactions: Vec<(i32, u64, u64, u64, u64)>,
+    /// Registered rseq area (address, size, signature), registered again on restart.
+    pub rseq: Option<(u64, u32, u32)>,
+    pub mm: Mm,
+    pub auxv: Vec<u64>,
+    pub vmas: Vec<Vma>,
+    pub fds: Vec<Fd>,
+    pub pages: Blob,
+}
+
+/// The mm fields of the process (prctl PR_SET_MM_MAP).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Mm {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// What backs a mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backing {
+    /// Private anonymous memory (heap, stack, mmap).
+    Anon,
+    /// A file, privately (changed pages saved) or shared (by reference).
+    File {
+        path: PathBuf,
+        offset: u64,
+        shared: bool,
+    },
+    /// Shared anonymous memory: the `shared` blob with this id, from `offset`.
+    SharedAnon { id: u64, offset: u64 },
+    /// The kernel's vDSO areas, moved to the saved addresses on restart.
+    Special { name: String },
+}
+
+/// One mapping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    pub backing: Backing,
+    /// Saved page runs (address, number of pages), in the order of the data file.
+    pub runs: Vec<(u64, u64)>,
+}
+
+/// One open file descriptor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fd {
+    pub fd: i32,
+    /// open(2) flags as in fdinfo, O_CLOEXEC included.
+    pub flags: u32,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A file reopened by path at this offset.
+    Path { path: PathBuf, pos: u64 },
+    /// One end of a pipe of the application.
+    Pipe { id: u64, write: bool },
+    /// The standard descriptor `std` of the application's init (terminal or stdio
+    /// inherited from krgcr-run): reconnected to the restarter's.
+    Inherited { std: i32 },
+}
+
+/// Directory of all versions of an application.
+pub fn app_dir(state: &Path, app: u64) -> PathBuf {
+    state.join("images").join(app.to_string())
+}
+
+/// Directory of one version.
+pub fn version_dir(state: &Path, app: u64, version: u64) -> PathBuf {
+    app_dir(state, app).join(version.to_string())
+}
+
+/// Complete versions of an application, ascending.
+pub fn versions(state: &Path, app: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(app_dir(state, app))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+pub fn to_hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// XCR0 feature bits recorded in the software-reserved bytes of an XSAVE area.
+pub fn xstate_features(x: &[u8]) -> u64 {
+    // fxsave bytes 464..512 hold struct _fpx_sw_bytes: magic1, extended_size, xfeatures.
+    x.get(472..480)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let b = [0u8, 1, 0xfe, 0xff, 0x10];
+        assert_eq!(from_hex(&to_hex(&b)).unwrap(), b);
+        assert!(from_hex("abc").is_none());
+        assert!(from_hex("zz").is_none());
+    }
+}

@@ -1,0 +1,282 @@
+//! The native checkpointer: checkpoint and restart of unmodified single-threaded
+//! process trees from user space (the role BLCR and the Kerrighed checkpointer had).
+//!
+//! Checkpoint freezes the application's cgroup, seizes every process with
+//! ptrace(2), thaws the cgroup (the tasks stop at once in the ptrace stop), saves
+//! each process ([`dump`]) and lets them go. Restart ([`restore`]) rebuilds the tree
+//! inside a new PID namespace with the same pids from the application's init.
+
+pub mod dump;
+pub mod image;
+mod ptrace;
+pub mod restore;
+mod sys;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::Pid;
+
+use crate::cgroup::{CgroupError, FreezerState};
+use crate::fsutil::{self, CheckedError, PathError};
+use crate::registry::{self, AppRecord};
+
+/// Errors of the checkpointer; each names the process (pid inside the
+/// application), the file or the application.
+#[derive(Debug, thiserror::Error)]
+pub enum CkptError {
+    #[error("process {pid}: cannot {what}: {source}")]
+    Ptrace {
+        pid: i32,
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("process {pid}: {what} failed inside the process: {source}")]
+    Remote {
+        pid: i32,
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("process {pid}: cannot {what}: {source}")]
+    Proc {
+        pid: i32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process {pid}: cannot access memory at {addr:#x}: {source}")]
+    Memory {
+        pid: i32,
+        addr: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process {pid} ended during the operation")]
+    TraceeDied { pid: i32 },
+    #[error("process {pid}: no syscall instruction found in its vDSO")]
+    NoSyscallInsn { pid: i32 },
+    #[error("process {pid}: cannot checkpoint {what}")]
+    Unsupported { pid: i32, what: String },
+    #[error("application {0} is not running")]
+    NotRunning(u64),
+    #[error("application {0} has no process to checkpoint")]
+    Empty(u64),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("image {}: {source}", path.display())]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Checked(#[from] CheckedError),
+    #[error(transparent)]
+    Io(#[from] PathError),
+    #[error("image {}: {reason}", path.display())]
+    BadImage { path: PathBuf, reason: String },
+    #[error("application {app} has no checkpoint version {version}")]
+    NoVersion { app: u64, version: u64 },
+    #[error("image of application {app} version {version} needs {what}")]
+    Incompatible {
+        app: u64,
+        version: u64,
+        what: String,
+    },
+    #[error("restore of process {pid} failed: {reason}")]
+    Restore { pid: i32, reason: String },
+}
+
+type Result<T> = std::result::Result<T, CkptError>;
+
+/// Options of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    /// Kill the application once the image is written (for migration).
+    pub kill: bool,
+    /// How long to wait for the freezer.
+    pub timeout: Duration,
+}
+
+/// What a checkpoint produced.
+#[derive(Debug, Clone)]
+pub struct Checkpointed {
+    pub version: u64,
+    pub dir: PathBuf,
+    pub processes: usize,
+    pub bytes: u64,
+    /// Time the application was stopped (freeze to resume).
+    pub stopped: Duration,
+}
+
+/// The kernel release, from uname(2).
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Writes the next version of `rec`'s image under `state`; the application keeps
+/// running (or stays frozen if it was), or is killed with `opts.kill`. On failure
+/// no version is left and the application runs on untouched.
+pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Result<Checkpointed> {
+    if !rec.alive() {
+        return Err(CkptError::NotRunning(rec.id));
+    }
+    let group = &rec.cgroup;
+    let was_frozen = group.freezer_state()? == FreezerState::Frozen;
+    let start = std::time::Instant::now();
+    if !was_frozen {
+        group.freeze(opts.timeout)?;
+    }
+    let mut hosts: Vec<i32> = group
+        .pids()?
+        .into_iter()
+        .filter(|p| *p != rec.root_pid)
+        .collect();
+    hosts.sort_unstable();
+    let mut ns_pids = HashMap::new();
+    for &h in &hosts {
+        let status = std::fs::read_to_string(format!("/proc/{h}/status")).unwrap_or_default();
+        ns_pids.insert(h, dump::ns_value(&status, "NSpid"));
+    }
+    // Seize while frozen, so nothing runs or forks between the listing and the stop.
+    let mut tracees = Vec::new();
+    let mut seized = Ok(());
+    for &h in &hosts {
+        match ptrace::Tracee::seize(Pid::from_raw(h), ns_pids[&h], false) {
+            Ok(t) => tracees.push(t),
+            Err(e) => {
+                seized = Err(e);
+                break;
+            }
+        }
+    }
+    let thawed = group.thaw(opts.timeout);
+    let result = seized
+        .and(thawed.map_err(CkptError::from))
+        .and_then(|()| tracees.iter().try_for_each(|t| t.wait_stopped()))
+        .and_then(|()| {
+            if hosts.is_empty() {
+                return Err(CkptError::Empty(rec.id));
+            }
+            write_image(state, rec, &mut tracees, &hosts, ns_pids.clone())
+        });
+    if opts.kill && result.is_ok() {
+        // Killed while still stopped: the application does not run one more
+        // instruction past its image.
+        for t in &tracees {
+            t.kill_and_reap();
+        }
+        let stopped = start.elapsed();
+        group.kill(opts.timeout)?;
+        let mut done = result?;
+        done.stopped = stopped;
+        return Ok(done);
+    }
+    for t in &tracees {
+        let _ = t.detach();
+    }
+    if was_frozen {
+        let _ = group.freeze(opts.timeout);
+    }
+    let stopped = start.elapsed();
+    let mut done = result?;
+    done.stopped = stopped;
+    Ok(done)
+}
+
+fn write_image(
+    state: &Path,
+    rec: &AppRecord,
+    tracees: &mut [ptrace::Tracee],
+    hosts: &[i32],
+    ns_pids: HashMap<i32, i32>,
+) -> Result<Checkpointed> {
+    let version = image::versions(state, rec.id).last().copied().unwrap_or(0) + 1;
+    let app_dir = image::app_dir(state, rec.id);
+    fsutil::create_dir_all(&app_dir, 0o700)?;
+    let tmp = app_dir.join(format!(".{version}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    fsutil::create_dir_all(&tmp, 0o700)?;
+    let result = (|| {
+        let mut d = dump::Dumper::new(&tmp, rec.root_pid, ns_pids);
+        let mut procs = Vec::new();
+        for (t, &h) in tracees.iter_mut().zip(hosts) {
+            procs.push(d.dump(t, h)?);
+        }
+        let xfeatures = procs
+            .iter()
+            .map(|p| image::xstate_features(&image::from_hex(&p.xstate).unwrap_or_default()))
+            .fold(0, |a, b| a | b);
+        let img = image::Image {
+            app: rec.id,
+            version,
+            created: registry::now(),
+            kernel: kernel_release(),
+            xfeatures,
+            command: rec.command.clone(),
+            cwd: rec.cwd.clone(),
+            owner_uid: rec.owner_uid,
+            owner_gid: rec.owner_gid,
+            limits: rec.limits.clone(),
+            processes: procs,
+            shared: d.shared.values().cloned().collect(),
+            pipes: d.pipes.values().cloned().collect(),
+        };
+        let body = serde_json::to_vec(&img).expect("images always serialize");
+        fsutil::write_checked(&tmp.join("image.json"), image::MAGIC, image::FORMAT, &body)?;
+        let bytes = img.processes.iter().map(|p| p.pages.len).sum::<u64>()
+            + img.shared.iter().map(|b| b.len).sum::<u64>();
+        let dir = image::version_dir(state, rec.id, version);
+        std::fs::rename(&tmp, &dir).map_err(|e| PathError::new("rename into", &dir, e))?;
+        Ok(Checkpointed {
+            version,
+            dir,
+            processes: img.processes.len(),
+            bytes,
+            stopped: Duration::ZERO,
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Reads and checks an image: header, checksum of the description, and that this
+/// kernel and CPU can run it. Data files are checked while they are read.
+pub fn load_image(state: &Path, app: u64, version: u64) -> Result<(PathBuf, image::Image)> {
+    let dir = image::version_dir(state, app, version);
+    if !dir.is_dir() {
+        return Err(CkptError::NoVersion { app, version });
+    }
+    let body = fsutil::read_checked(&dir.join("image.json"), image::MAGIC, image::FORMAT)?;
+    let img: image::Image = serde_json::from_slice(&body).map_err(|e| CkptError::BadImage {
+        path: dir.join("image.json"),
+        reason: e.to_string(),
+    })?;
+    let kernel = kernel_release();
+    if img.kernel != kernel {
+        return Err(CkptError::Incompatible {
+            app,
+            version,
+            what: format!("kernel {} (this one is {kernel})", img.kernel),
+        });
+    }
+    let here = restore::cpu_xfeatures();
+    if img.xfeatures & !here != 0 {
+        return Err(CkptError::Incompatible {
+            app,
+            version,
+            what: format!(
+                "CPU state features {:#x} (this CPU has {here:#x})",
+                img.xfeatures
+            ),
+        });
+    }
+    Ok((dir, img))
+}

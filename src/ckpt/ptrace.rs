@@ -1,0 +1,217 @@
+//! A stopped task under ptrace(2), made to run system calls for the tracer.
+//!
+//! The syscall instruction used is one inside the task's own vDSO, so nothing of
+//! the task's memory is changed to inject a call: registers are set (`rip` on the
+//! instruction, `rax` and the arguments), the task is resumed with PTRACE_SYSCALL
+//! to its syscall-entry and then syscall-exit stop, and `rax` holds the result.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+
+use nix::sys::ptrace::{self, Options};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::sys;
+use super::CkptError;
+
+type Result<T> = std::result::Result<T, CkptError>;
+
+/// A seized, stopped task.
+pub struct Tracee {
+    pub pid: Pid,
+    /// pid to name in messages (the application's own view).
+    pub label: i32,
+    mem: File,
+    /// Address of a `syscall` instruction in the task.
+    pub gadget: u64,
+}
+
+impl Tracee {
+    fn err(&self, what: &'static str) -> impl Fn(nix::Error) -> CkptError + '_ {
+        move |e| CkptError::Ptrace {
+            pid: self.label,
+            what,
+            source: e,
+        }
+    }
+
+    /// Seizes `pid` and stops it (PTRACE_SEIZE + PTRACE_INTERRUPT).
+    pub fn seize(pid: Pid, label: i32, exit_kill: bool) -> Result<Tracee> {
+        let mut opts = Options::PTRACE_O_TRACESYSGOOD;
+        if exit_kill {
+            opts |= Options::PTRACE_O_EXITKILL;
+        }
+        ptrace::seize(pid, opts).map_err(|e| CkptError::Ptrace {
+            pid: label,
+            what: "seize",
+            source: e,
+        })?;
+        let mem = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|e| CkptError::Proc {
+                pid: label,
+                what: "open memory",
+                source: e,
+            })?;
+        let t = Tracee {
+            pid,
+            label,
+            mem,
+            gadget: 0,
+        };
+        ptrace::interrupt(pid).map_err(t.err("interrupt"))?;
+        Ok(t)
+    }
+
+    /// Waits for the stop that PTRACE_INTERRUPT asked for. A signal that arrives
+    /// first is delivered normally (the task just runs its handler before stopping).
+    pub fn wait_stopped(&self) -> Result<()> {
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
+                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => return Ok(()),
+                WaitStatus::Stopped(_, sig) => {
+                    ptrace::cont(self.pid, Some(sig)).map_err(self.err("resume"))?;
+                }
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    return Err(CkptError::TraceeDied { pid: self.label })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn regs(&self) -> Result<libc::user_regs_struct> {
+        ptrace::getregs(self.pid).map_err(self.err("read registers"))
+    }
+
+    pub fn set_regs(&self, r: libc::user_regs_struct) -> Result<()> {
+        ptrace::setregs(self.pid, r).map_err(self.err("write registers"))
+    }
+
+    pub fn xstate(&self) -> Result<Vec<u8>> {
+        sys::get_xstate(self.pid).map_err(self.err("read the FPU state"))
+    }
+
+    pub fn set_xstate(&self, x: &[u8]) -> Result<()> {
+        sys::set_xstate(self.pid, x).map_err(self.err("write the FPU state"))
+    }
+
+    pub fn sigmask(&self) -> Result<u64> {
+        sys::get_sigmask(self.pid).map_err(self.err("read the signal mask"))
+    }
+
+    pub fn set_sigmask(&self, m: u64) -> Result<()> {
+        sys::set_sigmask(self.pid, m).map_err(self.err("write the signal mask"))
+    }
+
+    pub fn rseq(&self) -> Result<Option<(u64, u32, u32)>> {
+        sys::get_rseq(self.pid).map_err(self.err("read the rseq registration"))
+    }
+
+    pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.mem
+            .read_exact_at(buf, addr)
+            .map_err(|e| CkptError::Memory {
+                pid: self.label,
+                addr,
+                source: e,
+            })
+    }
+
+    pub fn write_mem(&self, addr: u64, buf: &[u8]) -> Result<()> {
+        self.mem
+            .write_all_at(buf, addr)
+            .map_err(|e| CkptError::Memory {
+                pid: self.label,
+                addr,
+                source: e,
+            })
+    }
+
+    /// Finds a `syscall` instruction (0f 05) in the vDSO mapped at `start..end`.
+    pub fn find_gadget(&mut self, start: u64, end: u64) -> Result<()> {
+        let mut code = vec![0u8; (end - start) as usize];
+        self.read_mem(start, &mut code)?;
+        let off = code
+            .windows(2)
+            .position(|w| w == [0x0f, 0x05])
+            .ok_or(CkptError::NoSyscallInsn { pid: self.label })?;
+        self.gadget = start + off as u64;
+        Ok(())
+    }
+
+    /// Runs system call `nr` with `args` in the task, starting from registers
+    /// `base`, and returns its raw result (a negative errno on failure).
+    pub fn syscall(&self, base: &libc::user_regs_struct, nr: i64, args: [u64; 6]) -> Result<i64> {
+        let mut r = *base;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        r.rip = self.gadget;
+        self.set_regs(r)?;
+        for _ in 0..2 {
+            ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+            loop {
+                match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
+                    WaitStatus::PtraceSyscall(_) => break,
+                    WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                        return Err(CkptError::TraceeDied { pid: self.label })
+                    }
+                    // Signals are blocked while calls are injected; anything else
+                    // (a stop request) is passed over.
+                    other => {
+                        log::debug!(
+                            "process {}: unexpected stop {other:?} while running syscall {nr}",
+                            self.label
+                        );
+                        ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+                    }
+                }
+            }
+        }
+        Ok(self.regs()?.rax as i64)
+    }
+
+    /// Like [`syscall`](Self::syscall) but turns a negative result into an error.
+    pub fn syscall_ok(
+        &self,
+        base: &libc::user_regs_struct,
+        what: &'static str,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Result<u64> {
+        let r = self.syscall(base, nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(CkptError::Remote {
+                pid: self.label,
+                what,
+                source: nix::Error::from_raw(-r as i32),
+            });
+        }
+        Ok(r as u64)
+    }
+
+    /// Kills the stopped task and collects the tracer's notification of its end.
+    pub fn kill_and_reap(&self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Lets the task go.
+    pub fn detach(&self) -> Result<()> {
+        ptrace::detach(self.pid, None).map_err(self.err("detach"))
+    }
+}

@@ -1,0 +1,867 @@
+//! Restart: rebuilds a saved process tree inside the application's new PID
+//! namespace, run by its init (pid 1 there).
+//!
+//! The init creates every process with its saved pid (writing `ns_last_pid` before
+//! each fork; a parent forks its own children, so parent links, sessions and groups
+//! come out as saved), and each new process sets up its files, directory, limits,
+//! credentials and signal handlers itself, then waits in pause(2). The init then
+//! seizes each one and, with system calls injected through ptrace(2), replaces its
+//! whole address space by the saved one (mmap(2), mremap(2) of the vDSO,
+//! prctl(PR_SET_MM_MAP)), writes the saved pages through /proc/PID/mem, loads the
+//! registers and FPU state, queues pending signals and lets it go.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::unistd::{ForkResult, Pid};
+
+use super::dump::parse_maps;
+use super::image::{self, Backing, Blob, FdKind, Image, Proc};
+use super::ptrace::Tracee;
+use super::{sys, CkptError};
+
+type Result<T> = std::result::Result<T, CkptError>;
+
+const PAGE: u64 = 4096;
+const CHUNK: usize = 8 << 20;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+/// Offsets above the first free descriptor: report pipes, then staged descriptors
+/// (kept low, as descriptors cannot exceed RLIMIT_NOFILE).
+const READY_OFF: RawFd = 64;
+const STAGE_OFF: RawFd = 512;
+
+/// XSAVE features of this CPU.
+pub fn cpu_xfeatures() -> u64 {
+    sys::cpu_xfeatures()
+}
+
+fn rerr(pid: i32, reason: impl std::fmt::Display) -> CkptError {
+    CkptError::Restore {
+        pid,
+        reason: reason.to_string(),
+    }
+}
+
+/// Descriptors the init prepares for the tree: pipes with their unread data and
+/// shared memory objects with their content, all inherited by every new process.
+struct Shared {
+    pipes: HashMap<u64, (RawFd, RawFd)>,
+    shm: HashMap<u64, RawFd>,
+    /// First descriptor number above everything the image uses.
+    base: RawFd,
+}
+
+/// Reads a data file of the image, checking its length and checksum.
+fn read_blob(dir: &Path, b: &Blob) -> Result<Vec<u8>> {
+    let path = dir.join(&b.file);
+    let data = std::fs::read(&path).map_err(|e| CkptError::Image {
+        path: path.clone(),
+        source: e,
+    })?;
+    if data.len() as u64 != b.len || crc32fast::hash(&data) != b.crc {
+        return Err(CkptError::BadImage {
+            path,
+            reason: "truncated or corrupt data file".into(),
+        });
+    }
+    Ok(data)
+}
+
+/// Checks every data file before anything is created.
+pub fn verify(dir: &Path, img: &Image) -> Result<()> {
+    let blobs = img
+        .processes
+        .iter()
+        .map(|p| &p.pages)
+        .chain(img.shared.iter())
+        .chain(img.pipes.iter().map(|p| &p.data));
+    for b in blobs {
+        let path = dir.join(&b.file);
+        let mut f = File::open(&path).map_err(|e| CkptError::Image {
+            path: path.clone(),
+            source: e,
+        })?;
+        let mut h = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut len = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| CkptError::Image {
+                path: path.clone(),
+                source: e,
+            })?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+        if len != b.len || h.finalize() != b.crc {
+            return Err(CkptError::BadImage {
+                path,
+                reason: "truncated or corrupt data file".into(),
+            });
+        }
+    }
+    let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
+    for p in &img.processes {
+        if p.ppid != 1 && !pids.contains(&p.ppid) {
+            return Err(rerr(
+                p.pid,
+                format!("its parent {} is not in the image", p.ppid),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn high_fd(fd: OwnedFd, base: RawFd) -> Result<RawFd> {
+    let n = fcntl(&fd, FcntlArg::F_DUPFD(base)).map_err(|e| rerr(1, format!("dup: {e}")))?;
+    Ok(n)
+}
+
+fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
+    let max_fd = img
+        .processes
+        .iter()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
+    let base = (max_fd + 16).max(64);
+    let mut s = Shared {
+        pipes: HashMap::new(),
+        shm: HashMap::new(),
+        base,
+    };
+    for p in &img.pipes {
+        let data = read_blob(dir, &p.data)?;
+        let (r, w) = nix::unistd::pipe().map_err(|e| rerr(1, format!("pipe: {e}")))?;
+        let _ = fcntl(
+            &w,
+            FcntlArg::F_SETPIPE_SZ(p.capacity.max(data.len() as u64) as i32),
+        );
+        File::from(w.try_clone().map_err(|e| rerr(1, e))?)
+            .write_all(&data)
+            .map_err(|e| rerr(1, format!("refill pipe {}: {e}", p.id)))?;
+        s.pipes.insert(p.id, (high_fd(r, base)?, high_fd(w, base)?));
+    }
+    for b in &img.shared {
+        let data = read_blob(dir, b)?;
+        let fd = sys::memfd(c"xos-shared").map_err(|e| rerr(1, format!("memfd_create: {e}")))?;
+        let f = File::from(fd);
+        let size = u64::from_le_bytes(
+            data.get(..8)
+                .ok_or_else(|| rerr(1, "empty shared memory record"))?
+                .try_into()
+                .unwrap(),
+        );
+        f.set_len(size).map_err(|e| rerr(1, e))?;
+        let mut pos = 8usize;
+        while pos + 16 <= data.len() {
+            let off = u64::from_le_bytes(data[pos..pos + 8].try_into().unwrap());
+            let len = u64::from_le_bytes(data[pos + 8..pos + 16].try_into().unwrap()) as usize;
+            pos += 16;
+            let chunk = data
+                .get(pos..pos + len)
+                .ok_or_else(|| rerr(1, "short shared memory record"))?;
+            f.write_all_at(chunk, off).map_err(|e| rerr(1, e))?;
+            pos += len;
+        }
+        s.shm.insert(b.id, high_fd(OwnedFd::from(f), base)?);
+    }
+    Ok(s)
+}
+
+/// Who creates which process. A child of the init that belongs to a session led
+/// by another process (a daemon whose parent exited) is forked, through a helper
+/// that then exits, by its session leader, so it lands in that session and is
+/// reparented to the init as before.
+struct Tree<'a> {
+    children: BTreeMap<i32, Vec<&'a Proc>>,
+    /// session id -> orphans to create from that session's leader.
+    orphans: BTreeMap<i32, Vec<&'a Proc>>,
+    /// pid for the short-lived helpers, above every saved pid.
+    helper_pid: i32,
+}
+
+/// Rebuilds the tree; called in the application's init. Returns the pids of the
+/// restored processes, running.
+pub fn restore_tree(dir: &Path, img: &Image) -> Result<Vec<i32>> {
+    // The helper descriptors sit above the image's; every process sets its own
+    // saved limits once they are in place.
+    if let Ok((_, hard)) = sys::get_rlimit(0, libc::RLIMIT_NOFILE) {
+        let _ = sys::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
+    }
+    let shared = prepare_shared(dir, img)?;
+    let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
+    let mut tree = Tree {
+        children: BTreeMap::new(),
+        orphans: BTreeMap::new(),
+        helper_pid: pids.iter().max().copied().unwrap_or(1) + 1,
+    };
+    for p in &img.processes {
+        let led_elsewhere = p.ppid == 1 && p.sid > 1 && p.sid != p.pid && pids.contains(&p.sid);
+        if led_elsewhere {
+            tree.orphans.entry(p.sid).or_default().push(p);
+        } else {
+            tree.children.entry(p.ppid).or_default().push(p);
+        }
+    }
+    let tree = &tree;
+    let by_pid: HashMap<i32, &Proc> = img.processes.iter().map(|p| (p.pid, p)).collect();
+    let mut created = Vec::new();
+    let result = (|| {
+        for p in tree.children.get(&1).cloned().unwrap_or_default() {
+            spawn(p, tree, &shared, &mut created)?;
+        }
+        let mut tracees = Vec::new();
+        for &pid in &created {
+            let t = Tracee::seize(Pid::from_raw(pid), pid, true)?;
+            t.wait_stopped()?;
+            tracees.push(t);
+        }
+        for t in tracees.iter_mut() {
+            rebuild(t, by_pid[&t.label], dir, &shared)?;
+        }
+        for t in &tracees {
+            let p = by_pid[&t.label];
+            for sig in 1..=64 {
+                if p.sigpending & (1u64 << (sig - 1)) != 0 {
+                    let _ = nix::sys::signal::kill(t.pid, Signal::try_from(sig).ok());
+                }
+            }
+        }
+        for t in &tracees {
+            t.detach()?;
+        }
+        Ok(())
+    })();
+    for fd in shared
+        .pipes
+        .values()
+        .flat_map(|(r, w)| [*r, *w])
+        .chain(shared.shm.values().copied())
+    {
+        let _ = nix::unistd::close(fd);
+    }
+    match result {
+        Ok(()) => Ok(created),
+        Err(e) => {
+            for &pid in &created {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Forks `p` with its saved pid (and, from it, its children), waiting until its
+/// subtree is ready.
+fn spawn(p: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) -> Result<()> {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (p.pid - 1).to_string())
+        .map_err(|e| rerr(p.pid, format!("cannot set ns_last_pid: {e}")))?;
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| rerr(p.pid, e))?;
+    match sys_fork().map_err(|e| rerr(p.pid, format!("fork: {e}")))? {
+        ForkResult::Child => {
+            drop(rd);
+            // Out of the range setup_fds closes.
+            let ready = fcntl(&wr, FcntlArg::F_DUPFD(shared.base + READY_OFF))
+                .map(crate::sys::file_from_raw);
+            drop(wr);
+            match ready {
+                Ok(ready) => task_main(p, tree, shared, ready),
+                Err(_) => std::process::exit(1),
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            if child.as_raw() != p.pid {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                return Err(rerr(p.pid, format!("the pid is taken (got {child})")));
+            }
+            // One line; not end-of-file, as the new processes inherit the pipe.
+            let mut msg = String::new();
+            let _ =
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(File::from(rd)), &mut msg);
+            let msg = msg.trim_end();
+            if let Some(list) = msg.strip_prefix('R') {
+                created.extend(list.split(',').filter_map(|s| s.parse::<i32>().ok()));
+                Ok(())
+            } else {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                Err(rerr(
+                    p.pid,
+                    msg.strip_prefix('E')
+                        .unwrap_or("it ended during setup")
+                        .to_string(),
+                ))
+            }
+        }
+    }
+}
+
+/// Creates `o` from a helper child of the calling session leader; the helper
+/// exits so that `o` is reparented to the init, as it was.
+fn spawn_orphan(o: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) -> Result<()> {
+    std::fs::write(
+        "/proc/sys/kernel/ns_last_pid",
+        (tree.helper_pid - 1).to_string(),
+    )
+    .map_err(|e| rerr(o.pid, format!("cannot set ns_last_pid: {e}")))?;
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| rerr(o.pid, e))?;
+    match sys_fork().map_err(|e| rerr(o.pid, format!("fork: {e}")))? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut sub = Vec::new();
+            let mut w = File::from(wr);
+            let _ = match spawn(o, tree, shared, &mut sub) {
+                Ok(()) => {
+                    let list: Vec<String> = sub.iter().map(|p| p.to_string()).collect();
+                    writeln!(w, "R{}", list.join(","))
+                }
+                Err(e) => writeln!(w, "E{}", e.to_string().replace('\n', " ")),
+            };
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ =
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(File::from(rd)), &mut msg);
+            let _ = nix::sys::wait::waitpid(child, None);
+            match msg.trim_end().strip_prefix('R') {
+                Some(list) => {
+                    created.extend(list.split(',').filter_map(|s| s.parse::<i32>().ok()));
+                    Ok(())
+                }
+                None => Err(rerr(
+                    o.pid,
+                    msg.trim_end()
+                        .strip_prefix('E')
+                        .unwrap_or("its helper ended")
+                        .to_string(),
+                )),
+            }
+        }
+    }
+}
+
+fn sys_fork() -> nix::Result<ForkResult> {
+    crate::sys::fork()
+}
+
+/// Body of a new process: set up, report to the parent, wait to be rebuilt.
+/// A forked restore process never returns into the caller's code.
+fn task_main(p: &Proc, tree: &Tree, shared: &Shared, mut ready: File) -> ! {
+    let keep = std::os::fd::AsRawFd::as_raw_fd(&ready);
+    match task_setup(p, tree, shared, keep) {
+        Ok(subtree) => {
+            let list: Vec<String> = subtree.iter().map(|p| p.to_string()).collect();
+            let _ = ready.write_all(format!("R{}\n", list.join(",")).as_bytes());
+            drop(ready);
+            loop {
+                sys::pause();
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(ready, "E{}", e.to_string().replace('\n', " "));
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Session, group, children, files, limits, handlers and credentials of a new
+/// process; returns the pids of its subtree.
+fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<Vec<i32>> {
+    let me = p.pid;
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: nix::Error| rerr(me, format!("{what}: {err}"))
+    };
+    if p.sid == p.pid {
+        nix::unistd::setsid().map_err(e("setsid"))?;
+    }
+    if p.pgid == p.pid {
+        if nix::unistd::getpgrp().as_raw() != p.pid {
+            nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(e("setpgid"))?;
+        }
+    } else if p.pgid > 1 && nix::unistd::getpgrp().as_raw() != p.pgid {
+        nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(p.pgid))
+            .map_err(e("join its process group"))?;
+    }
+    let mut subtree = vec![me];
+    for c in tree.children.get(&me).cloned().unwrap_or_default() {
+        spawn(c, tree, shared, &mut subtree)?;
+    }
+    for o in tree.orphans.get(&me).cloned().unwrap_or_default() {
+        spawn_orphan(o, tree, shared, &mut subtree)?;
+    }
+    setup_fds(p, shared, keep_fd)?;
+    nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(p.umask));
+    let _ = nix::sys::prctl::set_name(&CString::new(p.comm.clone()).unwrap_or_default());
+    sys::set_personality(p.personality).map_err(e("personality"))?;
+    let mut all = SigSet::all();
+    all.remove(Signal::SIGKILL);
+    all.remove(Signal::SIGSTOP);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None)
+        .map_err(e("block signals"))?;
+    // Handlers of the restorer itself (its runtime's SIGSEGV handler) must not
+    // survive into the rebuilt process: every signal starts at its default.
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            let _ = sys::set_sigaction(sig, &sys::KSigaction::default());
+        }
+    }
+    for &(sig, handler, flags, restorer, mask) in &p.sigactions {
+        sys::set_sigaction(
+            sig,
+            &sys::KSigaction {
+                handler,
+                flags,
+                restorer,
+                mask,
+            },
+        )
+        .map_err(e("rt_sigaction"))?;
+    }
+    for &(res, soft, hard) in &p.rlimits {
+        sys::set_rlimit(res, soft, hard).map_err(e("setrlimit"))?;
+    }
+    if p.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(e("no_new_privs"))?;
+    }
+    let [ruid, euid, suid, _] = p.uids;
+    let [rgid, egid, sgid, _] = p.gids;
+    if p.uids != [0; 4] || p.gids != [0; 4] || !p.groups.is_empty() {
+        let groups: Vec<nix::unistd::Gid> = p
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&groups).map_err(e("setgroups"))?;
+        nix::unistd::setresgid(rgid.into(), egid.into(), sgid.into()).map_err(e("setresgid"))?;
+        nix::unistd::setresuid(ruid.into(), euid.into(), suid.into()).map_err(e("setresuid"))?;
+        let _ = nix::sys::prctl::set_dumpable(true);
+    }
+    Ok(subtree)
+}
+
+/// Puts every saved descriptor at its number; keeps only the shared memory
+/// objects this process maps (closed later by the restorer).
+fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
+    let me = p.pid;
+    let stage_base = shared.base + STAGE_OFF;
+    let mut staged = Vec::new();
+    for f in &p.fds {
+        let src: RawFd = match &f.kind {
+            FdKind::Path { path, pos } => {
+                let flags = OFlag::from_bits_truncate(f.flags as i32)
+                    & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC | OFlag::O_NOCTTY);
+                let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(
+                    |err| {
+                        rerr(
+                            me,
+                            format!("fd {}: cannot open {}: {err}", f.fd, path.display()),
+                        )
+                    },
+                )?;
+                if *pos > 0 {
+                    nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
+                        .map_err(|err| rerr(me, format!("fd {}: seek: {err}", f.fd)))?;
+                }
+                fd.into_raw_fd()
+            }
+            FdKind::Pipe { id, write } => {
+                let (r, w) = shared
+                    .pipes
+                    .get(id)
+                    .ok_or_else(|| rerr(me, format!("fd {}: unknown pipe {id}", f.fd)))?;
+                if *write {
+                    *w
+                } else {
+                    *r
+                }
+            }
+            FdKind::Inherited { std } => *std,
+        };
+        let borrowed = unsafe_borrow(src);
+        let n = fcntl(borrowed, FcntlArg::F_DUPFD(stage_base))
+            .map_err(|err| rerr(me, format!("fd {}: dup: {err}", f.fd)))?;
+        if matches!(f.kind, FdKind::Path { .. }) {
+            let _ = nix::unistd::close(src);
+        }
+        staged.push((f, n));
+    }
+    // Close everything below the shared descriptors and the report pipes of the
+    // ancestors (inherited), then move the staged ones in.
+    for fd in (0..shared.base).chain(shared.base + READY_OFF..stage_base + 1024) {
+        if fd != keep && !staged.iter().any(|(_, n)| *n == fd) {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+    for (f, n) in &staged {
+        dup2_raw(*n, f.fd).map_err(|err| rerr(me, format!("fd {}: dup2: {err}", f.fd)))?;
+        let _ = nix::unistd::close(*n);
+        let cloexec = f.flags & libc::O_CLOEXEC as u32 != 0;
+        let _ = fcntl(
+            unsafe_borrow(f.fd),
+            FcntlArg::F_SETFD(if cloexec {
+                FdFlag::FD_CLOEXEC
+            } else {
+                FdFlag::empty()
+            }),
+        );
+        if matches!(f.kind, FdKind::Pipe { .. }) {
+            let keep =
+                OFlag::from_bits_truncate(f.flags as i32) & (OFlag::O_NONBLOCK | OFlag::O_APPEND);
+            let _ = fcntl(unsafe_borrow(f.fd), FcntlArg::F_SETFL(keep));
+        }
+    }
+    let used: Vec<u64> = p
+        .vmas
+        .iter()
+        .filter_map(|v| match v.backing {
+            Backing::SharedAnon { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    for (r, w) in shared.pipes.values() {
+        let _ = nix::unistd::close(*r);
+        let _ = nix::unistd::close(*w);
+    }
+    for (id, fd) in &shared.shm {
+        if !used.contains(id) {
+            let _ = nix::unistd::close(*fd);
+        }
+    }
+    Ok(())
+}
+
+fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    crate::sys::borrow_fd(fd)
+}
+
+fn dup2_raw(from: RawFd, to: RawFd) -> nix::Result<()> {
+    crate::sys::dup2_raw(from, to)
+}
+
+/// A free address range of `len` bytes outside every mapping of `a` and `b`.
+fn free_range(a: &[(u64, u64)], b: &[(u64, u64)], len: u64) -> u64 {
+    let mut cand = 0x1000_0000_0000u64;
+    loop {
+        let clash = a.iter().chain(b).any(|&(s, e)| cand < e && s < cand + len);
+        if !clash {
+            return cand;
+        }
+        cand += 0x10_0000_0000;
+    }
+}
+
+/// Replaces the address space and registers of a seized new process by the saved ones.
+fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> {
+    let pid = t.label;
+    let now = parse_maps(
+        &std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| rerr(pid, e))?,
+    );
+    let vdso = now
+        .iter()
+        .find(|m| m.path == "[vdso]")
+        .ok_or_else(|| rerr(pid, "no vDSO"))?;
+    t.find_gadget(vdso.start, vdso.end)?;
+    let base = t.regs()?;
+    // The kernel writes to a registered rseq area on every return to user space:
+    // the restorer's area goes away with its memory, so it is unregistered first.
+    const RSEQ_FLAG_UNREGISTER: u64 = 1;
+    if let Some((addr, size, sig)) = t.rseq()? {
+        t.syscall_ok(
+            &base,
+            "rseq unregister",
+            libc::SYS_rseq,
+            [addr, size as u64, RSEQ_FLAG_UNREGISTER, sig as u64, 0, 0],
+        )?;
+    }
+    let saved: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let current: Vec<(u64, u64)> = now.iter().map(|m| (m.start, m.end)).collect();
+    const SCRATCH_LEN: u64 = 16 * PAGE;
+    let scratch = free_range(&saved, &current, SCRATCH_LEN);
+    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    t.syscall_ok(
+        &base,
+        "mmap scratch",
+        libc::SYS_mmap,
+        [scratch, SCRATCH_LEN, rw, anon, u64::MAX, 0],
+    )?;
+    // Drop everything of the restorer except the vDSO areas.
+    for m in &now {
+        if m.path.starts_with("[v") {
+            continue;
+        }
+        t.syscall_ok(
+            &base,
+            "munmap",
+            libc::SYS_munmap,
+            [m.start, m.end - m.start, 0, 0, 0, 0],
+        )?;
+    }
+    // Move the vDSO areas, keeping their relative offsets, via a free area.
+    let specials: Vec<_> = now
+        .iter()
+        .filter(|m| ["[vdso]", "[vvar]", "[vvar_vclock]"].contains(&m.path.as_str()))
+        .collect();
+    let lo = specials.iter().map(|m| m.start).min().unwrap_or(0);
+    let span = specials.iter().map(|m| m.end).max().unwrap_or(0) - lo;
+    let tmp = free_range(
+        &saved,
+        &[(scratch, scratch + SCRATCH_LEN), (lo, lo + span)],
+        span,
+    );
+    let gadget_off = t.gadget - vdso.start;
+    let mut moves = Vec::new();
+    for m in &specials {
+        let target = p
+            .vmas
+            .iter()
+            .find(|v| {
+                v.backing
+                    == Backing::Special {
+                        name: m.path.clone(),
+                    }
+            })
+            .ok_or_else(|| rerr(pid, format!("the image has no {} area", m.path)))?;
+        if target.end - target.start != m.end - m.start {
+            return Err(rerr(
+                pid,
+                format!("{} has another size on this kernel", m.path),
+            ));
+        }
+        moves.push((
+            m.path.clone(),
+            m.start,
+            m.end - m.start,
+            tmp + (m.start - lo),
+            target.start,
+        ));
+    }
+    let remap = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    for pass in 0..2 {
+        for (name, from, len, via, to) in &moves {
+            let (src, dst) = if pass == 0 {
+                (*from, *via)
+            } else {
+                (*via, *to)
+            };
+            if src == dst {
+                continue;
+            }
+            t.syscall_ok(
+                &base,
+                "mremap the vDSO",
+                libc::SYS_mremap,
+                [src, *len, *len, remap, dst, 0],
+            )?;
+            if name == "[vdso]" {
+                t.gadget = dst + gadget_off;
+            }
+        }
+    }
+
+    // Map every saved area and fill in its saved pages.
+    let pages_path = dir.join(&p.pages.file);
+    let pages = File::open(&pages_path).map_err(|e| CkptError::Image {
+        path: pages_path.clone(),
+        source: e,
+    })?;
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    let put_str = |t: &Tracee, s: &Path| -> Result<u64> {
+        let c = CString::new(s.as_os_str().as_encoded_bytes()).map_err(|e| rerr(pid, e))?;
+        t.write_mem(scratch, c.as_bytes_with_nul())?;
+        Ok(scratch)
+    };
+    for v in &p.vmas {
+        let len = v.end - v.start;
+        let mut prot = v.prot as u64;
+        if !v.runs.is_empty() {
+            prot |= rw;
+        }
+        match &v.backing {
+            Backing::Special { .. } => continue,
+            Backing::Anon => {
+                let mut flags = anon;
+                if v.start <= p.mm.start_stack && p.mm.start_stack < v.end {
+                    flags |= libc::MAP_GROWSDOWN as u64;
+                }
+                t.syscall_ok(
+                    &base,
+                    "mmap",
+                    libc::SYS_mmap,
+                    [v.start, len, prot, flags, u64::MAX, 0],
+                )?;
+            }
+            Backing::File {
+                path,
+                offset,
+                shared: is_shared,
+            } => {
+                let addr = put_str(t, path)?;
+                let mode = if *is_shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                let fd = t
+                    .syscall_ok(
+                        &base,
+                        "open a mapped file",
+                        libc::SYS_open,
+                        [addr, mode as u64, 0, 0, 0, 0],
+                    )
+                    .map_err(|e| rerr(pid, format!("{}: {e}", path.display())))?;
+                let kind = if *is_shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                } as u64;
+                let r = t.syscall_ok(
+                    &base,
+                    "mmap a file",
+                    libc::SYS_mmap,
+                    [
+                        v.start,
+                        len,
+                        prot,
+                        kind | libc::MAP_FIXED as u64,
+                        fd,
+                        *offset,
+                    ],
+                );
+                t.syscall(&base, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                r?;
+            }
+            Backing::SharedAnon { id, offset } => {
+                let fd = shared
+                    .shm
+                    .get(id)
+                    .ok_or_else(|| rerr(pid, format!("unknown shared memory {id}")))?;
+                let flags = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
+                t.syscall_ok(
+                    &base,
+                    "mmap shared memory",
+                    libc::SYS_mmap,
+                    [v.start, len, v.prot as u64, flags, *fd as u64, *offset],
+                )?;
+            }
+        }
+        for &(addr, n) in &v.runs {
+            let mut done = 0u64;
+            let total = n * PAGE;
+            while done < total {
+                let k = ((total - done) as usize).min(buf.len());
+                pages
+                    .read_exact_at(&mut buf[..k], pos)
+                    .map_err(|e| CkptError::Image {
+                        path: pages_path.clone(),
+                        source: e,
+                    })?;
+                t.write_mem(addr + done, &buf[..k])?;
+                pos += k as u64;
+                done += k as u64;
+            }
+        }
+        if prot != v.prot as u64 {
+            t.syscall_ok(
+                &base,
+                "mprotect",
+                libc::SYS_mprotect,
+                [v.start, len, v.prot as u64, 0, 0, 0],
+            )?;
+        }
+    }
+    for (id, fd) in &shared.shm {
+        if p.vmas
+            .iter()
+            .any(|v| matches!(v.backing, Backing::SharedAnon { id: i, .. } if i == *id))
+        {
+            t.syscall(&base, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
+        }
+    }
+
+    // mm fields, auxv and exe link in one prctl(PR_SET_MM_MAP).
+    let exe_fd = if p.exe.exists() {
+        let addr = put_str(t, &p.exe)?;
+        t.syscall_ok(
+            &base,
+            "open the executable",
+            libc::SYS_open,
+            [addr, libc::O_RDONLY as u64, 0, 0, 0, 0],
+        )? as u32
+    } else {
+        u32::MAX
+    };
+    let auxv: Vec<u8> = p.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let auxv_addr = scratch + 2 * PAGE;
+    t.write_mem(auxv_addr, &auxv)?;
+    let map = sys::PrctlMmMap {
+        start_code: p.mm.start_code,
+        end_code: p.mm.end_code,
+        start_data: p.mm.start_data,
+        end_data: p.mm.end_data,
+        start_brk: p.mm.start_brk,
+        brk: p.mm.brk,
+        start_stack: p.mm.start_stack,
+        arg_start: p.mm.arg_start,
+        arg_end: p.mm.arg_end,
+        env_start: p.mm.env_start,
+        env_end: p.mm.env_end,
+        auxv: auxv_addr,
+        auxv_size: auxv.len() as u32,
+        exe_fd,
+    };
+    let map_addr = scratch + PAGE;
+    let bytes = map.as_bytes();
+    t.write_mem(map_addr, &bytes)?;
+    let r = t.syscall_ok(
+        &base,
+        "prctl(PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [PR_SET_MM, PR_SET_MM_MAP, map_addr, bytes.len() as u64, 0, 0],
+    );
+    if exe_fd != u32::MAX {
+        t.syscall(&base, libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
+    }
+    r?;
+    if let Some((addr, size, sig)) = p.rseq {
+        t.syscall_ok(
+            &base,
+            "rseq",
+            libc::SYS_rseq,
+            [addr, size as u64, 0, sig as u64, 0, 0],
+        )?;
+    }
+    t.syscall_ok(
+        &base,
+        "munmap scratch",
+        libc::SYS_munmap,
+        [scratch, SCRATCH_LEN, 0, 0, 0, 0],
+    )?;
+
+    let words: [u64; sys::REGS_WORDS] = p
+        .regs
+        .as_slice()
+        .try_into()
+        .map_err(|_| rerr(pid, "bad register block"))?;
+    t.set_regs(sys::words_to_regs(&words))?;
+    let xs = image::from_hex(&p.xstate).ok_or_else(|| rerr(pid, "bad FPU state"))?;
+    t.set_xstate(&xs)?;
+    t.set_sigmask(p.sigmask)?;
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! Raw kernel calls of the checkpointer that nix does not wrap, each in one place:
+//! ptrace(2) register sets and signal masks, rt_sigaction(2) with the kernel's own
+//! structure, prctl(PR_SET_MM_MAP), and the register block as plain words.
+
+use nix::unistd::Pid;
+
+/// `NT_X86_XSTATE`: the XSAVE area (FPU, SSE, AVX, …).
+const NT_X86_XSTATE: libc::c_int = 0x202;
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+
+/// Number of 64-bit words of `user_regs_struct` on x86-64.
+pub const REGS_WORDS: usize = 27;
+
+/// The general registers as words, in `user_regs_struct` order.
+pub fn regs_to_words(r: &libc::user_regs_struct) -> [u64; REGS_WORDS] {
+    const _: () = assert!(std::mem::size_of::<libc::user_regs_struct>() == REGS_WORDS * 8);
+    // SAFETY: user_regs_struct is repr(C) of exactly 27 u64 fields (checked above).
+    unsafe { std::mem::transmute_copy(r) }
+}
+
+/// Inverse of [`regs_to_words`].
+pub fn words_to_regs(w: &[u64; REGS_WORDS]) -> libc::user_regs_struct {
+    // SAFETY: as above; every bit pattern is a valid user_regs_struct.
+    unsafe { std::mem::transmute_copy(w) }
+}
+
+fn check(r: libc::c_long) -> nix::Result<libc::c_long> {
+    if r == -1 {
+        Err(nix::Error::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Reads the XSAVE area of a stopped tracee.
+pub fn get_xstate(pid: Pid) -> nix::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: iov describes `buf`, which outlives the call; the kernel shrinks
+    // iov_len to the bytes written.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGSET,
+            pid.as_raw(),
+            NT_X86_XSTATE as usize,
+            &mut iov,
+        )
+    })?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+/// Loads an XSAVE area into a stopped tracee.
+pub fn set_xstate(pid: Pid, data: &[u8]) -> nix::Result<()> {
+    let mut buf = data.to_vec();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: iov describes `buf`, valid for the call.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            pid.as_raw(),
+            NT_X86_XSTATE as usize,
+            &mut iov,
+        )
+    })
+    .map(drop)
+}
+
+/// The blocked-signal mask of a stopped tracee.
+pub fn get_sigmask(pid: Pid) -> nix::Result<u64> {
+    let mut mask = 0u64;
+    // SAFETY: the kernel writes 8 bytes (the size passed) into `mask`.
+    check(unsafe {
+        libc::ptrace(
+            PTRACE_GETSIGMASK,
+            pid.as_raw(),
+            8usize,
+            &mut mask as *mut u64,
+        )
+    })?;
+    Ok(mask)
+}
+
+/// Sets the blocked-signal mask of a stopped tracee.
+pub fn set_sigmask(pid: Pid, mask: u64) -> nix::Result<()> {
+    // SAFETY: the kernel reads 8 bytes from `mask`.
+    check(unsafe { libc::ptrace(PTRACE_SETSIGMASK, pid.as_raw(), 8usize, &mask as *const u64) })
+        .map(drop)
+}
+
+/// The kernel's `struct sigaction` on x86-64.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// rt_sigaction(2) on the calling process with the kernel structure, so that the
+/// saved handler, flags, restorer and mask are installed exactly.
+pub fn set_sigaction(sig: i32, act: &KSigaction) -> nix::Result<()> {
+    // SAFETY: `act` points to a valid kernel sigaction; no old action is requested.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            act as *const KSigaction,
+            std::ptr::null::<KSigaction>(),
+            8usize,
+        )
+    })
+    .map(drop)
+}
+
+/// pause(2), through the raw syscall: the restored task waits here to be seized.
+pub fn pause() {
+    // SAFETY: pause takes no argument and only returns on a signal.
+    unsafe { libc::syscall(libc::SYS_pause) };
+}
+
+/// `struct prctl_mm_map` (linux/prctl.h).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrctlMmMap {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: u64,
+    pub auxv_size: u32,
+    pub exe_fd: u32,
+}
+
+impl PrctlMmMap {
+    pub fn as_bytes(&self) -> Vec<u8> {
+        let size = std::mem::size_of::<Self>();
+        let mut v = vec![0u8; size];
+        // SAFETY: Self is repr(C) plain data of `size` bytes; v has that length.
+        unsafe {
+            std::ptr::copy_nonoverlapping((self as *const Self).cast::<u8>(), v.as_mut_ptr(), size)
+        };
+        v
+    }
+}
+
+/// One resource limit of process `pid`: (soft, hard).
+pub fn get_rlimit(pid: i32, resource: u32) -> nix::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: no new limit is passed; the kernel writes the old one into `old`.
+    let r = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
+    if r != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// Sets one resource limit of the calling process.
+pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> nix::Result<()> {
+    let new = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `new` is a valid rlimit64; no old value is requested.
+    let r = unsafe { libc::prlimit64(0, resource as _, &new, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// tee(2): duplicates up to `len` bytes of pipe `fd_in` into pipe `fd_out` without
+/// consuming them.
+pub fn tee(fd_in: i32, fd_out: i32, len: usize) -> nix::Result<usize> {
+    // SAFETY: plain syscall on two descriptors owned by the caller.
+    let r = unsafe { libc::tee(fd_in, fd_out, len, libc::SPLICE_F_NONBLOCK) };
+    if r < 0 {
+        Err(nix::Error::last())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// personality(2) of the calling process.
+pub fn set_personality(p: u64) -> nix::Result<()> {
+    // SAFETY: personality takes a plain integer.
+    let r = unsafe { libc::personality(p as libc::c_ulong) };
+    if r == -1 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// XCR0 of this CPU: the XSAVE features the kernel enabled (0 without XSAVE).
+pub fn cpu_xfeatures() -> u64 {
+    use std::arch::x86_64::__cpuid;
+    let osxsave = __cpuid(1).ecx & (1 << 27) != 0;
+    if !osxsave {
+        return 0;
+    }
+    // SAFETY: OSXSAVE is set, so xgetbv(0) is allowed.
+    unsafe { xgetbv0() }
+}
+
+#[target_feature(enable = "xsave")]
+unsafe fn xgetbv0() -> u64 {
+    std::arch::x86_64::_xgetbv(0)
+}
+
+/// memfd_create(2) without close-on-exec, for shared memory rebuilt at restart.
+pub fn memfd(name: &std::ffi::CStr) -> nix::Result<std::os::fd::OwnedFd> {
+    nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::empty())
+}
+
+/// `struct ptrace_rseq_configuration`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct RseqConfig {
+    pointer: u64,
+    size: u32,
+    signature: u32,
+    flags: u32,
+    pad: u32,
+}
+
+/// The restartable-sequences area a tracee registered: (address, size, signature),
+/// or None.
+pub fn get_rseq(pid: Pid) -> nix::Result<Option<(u64, u32, u32)>> {
+    const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+    let mut c = RseqConfig::default();
+    // SAFETY: the kernel writes at most the size passed into `c`.
+    check(unsafe {
+        libc::ptrace(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            pid.as_raw(),
+            std::mem::size_of::<RseqConfig>(),
+            &mut c as *mut RseqConfig,
+        )
+    })?;
+    Ok((c.pointer != 0).then_some((c.pointer, c.size, c.signature)))
+}

@@ -37,6 +37,6 @@ RUSTFLAGS="" cargo clippy --all-targets -p xos-proto -p pam_xos -p nss_xos \
     --target-dir "${CARGO_TARGET_DIR:-$PWD/target}/modules" -- -D warnings
 scripts/build-modules.sh >/dev/null
 cargo build --release
-export XOS_RELEASE_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/xos"
+export XOS_RELEASE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/xos"
 cargo test -p xos-proto
 cargo test -- --test-threads=2

@@ -6,6 +6,11 @@
 #                                memory segment (XOS_BENCH_SIZE MiB, default 1024)
 #                                against writing and reading as many bytes in DIR
 #
+#   scripts/bench.sh ckpt [DIR]  checkpoint -c and restart of an application with
+#                                XOS_BENCH_SIZE MiB (default 1024) of touched memory
+#                                against writing and reading as many bytes in DIR, and
+#                                the latency for a small process
+#
 #   scripts/bench.sh nss         getpwnam of a mapped VO user through libnss_xos.so.2
 #                                against getpwnam of a local user through nss_files,
 #                                and PAM session open + close through pam_xos.so
@@ -16,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    echo "usage: scripts/bench.sh ipc [DIR] | nss" >&2
+    echo "usage: scripts/bench.sh ipc [DIR] | ckpt [DIR] | nss" >&2
     exit 2
 }
 
@@ -182,6 +187,100 @@ print("  then the copy) and ends with the bytes in newly allocated shared memory
 EOF
 }
 
+bench_ckpt() {
+    local bin dir
+    bin=$(release_bin)
+    dir=${1:-$(mktemp -d "${TMPDIR:-/var/tmp}/xos-bench.XXXXXX")}
+    mkdir -p "$dir"
+    cat > "$dir/mem.c" <<'CEOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    size_t n = strtoul(argv[1], 0, 10) << 20;
+    unsigned char *p = malloc(n);
+    for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(i * 2654435761u >> 13);
+    FILE *f = fopen(argv[2], "w"); fputs("ready\n", f); fclose(f);
+    for (;;) usleep(10000);
+}
+CEOF
+    cc -O2 -o "$dir/mem" "$dir/mem.c"
+    python3 - "$bin" "$dir" "${XOS_BENCH_SIZE:-1024}" <<'PYEOF'
+import os, subprocess, sys, time
+xos, d, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+state = os.path.join(d, "state")
+env = dict(os.environ, XOS_STATE_DIR=state, XOS_CGROUP_PARENT=f"xos-bench-{os.getpid()}")
+
+def run(*args):
+    t = time.perf_counter()
+    r = subprocess.run([xos, *args], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench: {' '.join(args)}: {r.stderr.strip()}")
+    return time.perf_counter() - t, r.stdout
+
+def start(size):
+    ready = os.path.join(d, f"ready-{size}")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    _, out = run("krgcr-run", "--detach", "--print-id", "--stdout", "/dev/null", "--stderr", "/dev/null",
+                 os.path.join(d, "mem"), str(size), ready)
+    while not os.path.exists(ready):
+        time.sleep(0.01)
+    return out.strip()
+
+def raw(nbytes):
+    path, buf = os.path.join(d, "raw.bin"), os.urandom(1 << 20) * 8
+    t = time.perf_counter()
+    with open(path, "wb") as f:
+        left = nbytes
+        while left > 0:
+            left -= f.write(buf[: min(left, len(buf))])
+        f.flush()
+        os.fsync(f.fileno())
+    w = time.perf_counter() - t
+    t = time.perf_counter()
+    b = bytearray(8 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(b):
+            pass
+    r = time.perf_counter() - t
+    os.unlink(path)
+    return w, r
+
+try:
+    app = start(mib)
+    nbytes = mib << 20
+    raw_w, raw_r = raw(nbytes)
+    t_ck, out = run("checkpoint", "-c", "--kill", app)
+    stopped = float(out.split("stopped ")[1].split(" ")[0]) / 1000
+    t_rs, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", app, "1")
+    gb = lambda t: nbytes / t / 1e9
+    print(f"ckpt: application with {mib} MiB of touched memory; directory {d}")
+    print(f"  raw write + fsync              {gb(raw_w):6.2f} GB/s  {raw_w:6.3f}s")
+    print(f"  checkpoint -c (freeze to end)  {gb(stopped):6.2f} GB/s  {stopped:6.3f}s  {raw_w / stopped:.2f} x raw write (command {t_ck:.3f}s)")
+    print(f"  raw read                       {gb(raw_r):6.2f} GB/s  {raw_r:6.3f}s")
+    print(f"  restart                        {gb(t_rs):6.2f} GB/s  {t_rs:6.3f}s  {raw_r / t_rs:.2f} x raw read")
+    run("checkpoint", "-c", "--kill", app)
+
+    small = start(4)
+    cks, rss = [], []
+    for i in range(10):
+        _, out = run("checkpoint", "-c", "--kill", small)
+        cks.append(float(out.split("stopped ")[1].split(" ")[0]))
+        v = out.split("version ")[1].split(" ")[0]
+        t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", small, v)
+        rss.append(t * 1000)
+    cks.sort()
+    rss.sort()
+    print(f"small process (4 MiB), median of 10: checkpoint {cks[5]:.1f} ms (target 10 ms), "
+          f"restart {rss[5]:.1f} ms (target 30 ms; CRIU takes 10-20 ms and 50-70 ms)")
+    run("checkpoint", "-c", "--kill", small)
+finally:
+    subprocess.run(["rm", "-rf", state])
+PYEOF
+    [ -n "${1:-}" ] || rm -rf "$dir"
+}
+
 # Globals, so that the EXIT trap still sees them after bench_nss returns.
 NSS_PID=""
 NSS_DIR=""
@@ -287,6 +386,10 @@ case "${1:-}" in
     ipc)
         shift
         bench_ipc "$@"
+        ;;
+    ckpt)
+        shift
+        bench_ckpt "$@"
         ;;
     nss)
         bench_nss

@@ -676,12 +676,8 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
 
     // Map every saved area and fill in its saved pages.
     let pages_path = dir.join(&p.pages.file);
-    let pages = File::open(&pages_path).map_err(|e| CkptError::Image {
-        path: pages_path.clone(),
-        source: e,
-    })?;
     let mut pos = 0u64;
-    let mut buf = vec![0u8; CHUNK];
+    let mut pages_fd: Option<u64> = None;
     let put_str = |t: &Tracee, s: &Path| -> Result<u64> {
         let c = CString::new(s.as_os_str().as_encoded_bytes()).map_err(|e| rerr(pid, e))?;
         t.write_mem(scratch, c.as_bytes_with_nul())?;
@@ -761,20 +757,37 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
                 )?;
             }
         }
+        if !v.runs.is_empty() && pages_fd.is_none() {
+            // The process reads its own pages from the image (one copy, in its
+            // own context) rather than the restorer writing them through
+            // /proc/PID/mem page by page.
+            let addr = put_str(t, &pages_path)?;
+            pages_fd = Some(t.syscall_ok(
+                &base,
+                "open the page file",
+                libc::SYS_open,
+                [addr, libc::O_RDONLY as u64, 0, 0, 0, 0],
+            )?);
+        }
         for &(addr, n) in &v.runs {
-            let mut done = 0u64;
             let total = n * PAGE;
+            let mut done = 0u64;
             while done < total {
-                let k = ((total - done) as usize).min(buf.len());
-                pages
-                    .read_exact_at(&mut buf[..k], pos)
-                    .map_err(|e| CkptError::Image {
+                let fd = pages_fd.unwrap_or(u64::MAX);
+                let got = t.syscall_ok(
+                    &base,
+                    "read saved pages",
+                    libc::SYS_pread64,
+                    [fd, addr + done, total - done, pos, 0, 0],
+                )?;
+                if got == 0 {
+                    return Err(CkptError::BadImage {
                         path: pages_path.clone(),
-                        source: e,
-                    })?;
-                t.write_mem(addr + done, &buf[..k])?;
-                pos += k as u64;
-                done += k as u64;
+                        reason: "page file too short".into(),
+                    });
+                }
+                pos += got;
+                done += got;
             }
         }
         if prot != v.prot as u64 {
@@ -793,6 +806,10 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
         {
             t.syscall(&base, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
         }
+    }
+
+    if let Some(fd) = pages_fd {
+        t.syscall(&base, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
 
     // mm fields, auxv and exe link in one prctl(PR_SET_MM_MAP).

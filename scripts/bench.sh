@@ -277,6 +277,8 @@ try:
     run("checkpoint", "-c", "--kill", small)
 finally:
     subprocess.run(["rm", "-rf", state])
+    # The applications are gone; their (empty) cgroup parent goes too.
+    subprocess.run(["sh", "-c", f"rmdir /sys/fs/cgroup/*/{env['XOS_CGROUP_PARENT']} 2>/dev/null"])
 PYEOF
     [ -n "${1:-}" ] || rm -rf "$dir"
 }

@@ -30,6 +30,10 @@ struct Args {
     #[arg(short, long)]
     detach: bool,
 
+    /// Leave the restarted application frozen (resume it with checkpoint --unfreeze)
+    #[arg(long)]
+    frozen: bool,
+
     /// State directory holding the registry and the images
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -64,6 +68,7 @@ Examples:
   restart 6 1            # restart application 6 from its first checkpoint
   restart --list 6
   restart --detach --stdout out.log 6 2
+  restart --detach --frozen 6 2   # rebuilt but frozen until checkpoint --unfreeze 6
 
 Exit status: the application's, as with krgcr-run; with --detach 0 once it runs;
 1 (or 125) if the image is missing, corrupt or made on another kernel or CPU.";
@@ -117,6 +122,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.new_session = a.detach;
     spec.app_id = Some(a.app);
     spec.restore = Some((dir, img));
+    spec.stay_frozen = a.frozen;
     krgcr_run::supervise("restart", &reg, &spec, a.detach, false)
 }
 

@@ -60,6 +60,9 @@ pub struct LaunchSpec {
     /// Rebuild the processes of this image (directory, image) instead of running
     /// `argv`, which then only names the application.
     pub restore: Option<(PathBuf, crate::ckpt::image::Image)>,
+    /// With `restore`: leave the rebuilt processes frozen (cgroup freezer) until
+    /// `checkpoint --unfreeze`.
+    pub stay_frozen: bool,
 }
 
 impl LaunchSpec {
@@ -75,6 +78,7 @@ impl LaunchSpec {
             new_session: false,
             app_id: None,
             restore: None,
+            stay_frozen: false,
         }
     }
 }
@@ -306,7 +310,8 @@ fn start_in_group(
     if let Err(e) = group.attach(child.as_raw()) {
         return fail(e.into());
     }
-    if let Err(e) = File::from(go_w).write_all(b"g") {
+    let mut go_w = File::from(go_w);
+    if let Err(e) = go_w.write_all(b"g") {
         return fail(LaunchError::Setup(format!(
             "cannot release the application: {e}"
         )));
@@ -318,6 +323,19 @@ fn start_in_group(
     if !msg.is_empty() {
         return fail(decode_child_error(&msg, &spec.argv[0]));
     }
+    if spec.stay_frozen && spec.restore.is_some() {
+        // The rebuilt processes wait, still stopped by their restorer, which
+        // waits for this byte: freezing now leaves nothing to run until thawed.
+        if let Err(e) = group.freeze(CLEANUP_TIMEOUT) {
+            return fail(e.into());
+        }
+        if let Err(e) = go_w.write_all(b"f") {
+            return fail(LaunchError::Setup(format!(
+                "cannot release the application: {e}"
+            )));
+        }
+    }
+    drop(go_w);
     let root_starttime = match process::stat(child.as_raw()) {
         Ok(s) => s.starttime,
         Err(e) => return fail(LaunchError::Setup(e.to_string())),
@@ -374,20 +392,35 @@ fn init_main(
     spec: &LaunchSpec,
     old_mask: &SigSet,
 ) -> i32 {
-    let mut err = File::from(err);
+    let mut err = Some(File::from(err));
+    let mut go = File::from(go);
     let mut byte = [0u8; 1];
-    if File::from(go).read(&mut byte).unwrap_or(0) != 1 {
+    if go.read(&mut byte).unwrap_or(0) != 1 {
         return 1; // The supervisor gave up; it reports why.
     }
     if let Err(m) = init_setup(stdio, spec) {
-        let _ = err.write_all(m.as_bytes());
+        if let Some(e) = err.as_mut() {
+            let _ = e.write_all(m.as_bytes());
+        }
         return 1;
     }
-    let command = match &spec.restore {
-        Some((dir, img)) => match crate::ckpt::restore::restore_tree(dir, img) {
+    // Just before the rebuilt processes are let go: with stay_frozen, report
+    // success and wait until the supervisor has frozen the group.
+    let mut before_detach = || {
+        if spec.stay_frozen {
+            err.take();
+            let _ = go.read(&mut byte);
+        }
+    };
+    let restored = spec.restore.as_ref().map(|(dir, img)| {
+        crate::ckpt::restore::restore_tree(dir, img, &mut before_detach).map(|p| (p, img))
+    });
+    drop(go);
+    let command = match restored {
+        Some(result) => match result {
             // The process whose status is the application's: the first command
             // (pid 2), else the oldest child of the init.
-            Ok(pids) => {
+            Ok((pids, img)) => {
                 let main = img
                     .processes
                     .iter()
@@ -398,11 +431,13 @@ fn init_main(
                 Pid::from_raw(main)
             }
             Err(e) => {
-                let _ = write!(err, "{e}");
+                if let Some(f) = err.as_mut() {
+                    let _ = write!(f, "{e}");
+                }
                 return 1;
             }
         },
-        None => match start_command(spec, old_mask, &mut err) {
+        None => match err.as_mut().and_then(|f| start_command(spec, old_mask, f)) {
             Some(pid) => pid,
             None => return 127,
         },

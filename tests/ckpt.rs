@@ -445,3 +445,48 @@ fn bash_and_python_continue() {
         assert_eq!(l, &format!("{k} {}", k * (k + 1) / 2), "python line {k}");
     }
 }
+
+#[test]
+fn restart_can_leave_the_application_frozen() {
+    let env = Env::new();
+    let prog = cc(env.state.path(), "counter");
+    let out = env.state.path().join("out");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let v = checkpoint(&env, id, true);
+    wait_gone(&env, id);
+    let at_kill = assert_consecutive(&out);
+    let o = env
+        .cmd("restart")
+        .args([
+            "--detach",
+            "--frozen",
+            "--stdout",
+            "/dev/null",
+            "--stderr",
+            "/dev/null",
+            &id.to_string(),
+            &v.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let rec = env.registry().load(id).unwrap();
+    assert_eq!(
+        rec.cgroup.freezer_state().unwrap(),
+        xos::cgroup::FreezerState::Frozen
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(numbers(&out).len() as i64, at_kill, "ran while frozen");
+    let o = env
+        .cmd("checkpoint")
+        .args(["--unfreeze", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        wait_until(T, || numbers(&out).len() as i64 > at_kill + 5),
+        "did not resume"
+    );
+    assert_consecutive(&out);
+}

@@ -193,7 +193,8 @@ struct Tree<'a> {
 
 /// Rebuilds the tree; called in the application's init. Returns the pids of the
 /// restored processes, running.
-pub fn restore_tree(dir: &Path, img: &Image) -> Result<Vec<i32>> {
+/// `before_detach` runs once every process is rebuilt, right before they are let go.
+pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) -> Result<Vec<i32>> {
     // The helper descriptors sit above the image's; every process sets its own
     // saved limits once they are in place.
     if let Ok((_, hard)) = sys::get_rlimit(0, libc::RLIMIT_NOFILE) {
@@ -238,6 +239,7 @@ pub fn restore_tree(dir: &Path, img: &Image) -> Result<Vec<i32>> {
                 }
             }
         }
+        before_detach();
         for t in &tracees {
             t.detach()?;
         }

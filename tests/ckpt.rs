@@ -490,3 +490,22 @@ fn restart_can_leave_the_application_frozen() {
     );
     assert_consecutive(&out);
 }
+
+#[test]
+fn interval_timers_keep_ticking() {
+    let env = Env::new();
+    let prog = cc(env.state.path(), "timer");
+    let out = env.state.path().join("out");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let v = checkpoint(&env, id, true);
+    wait_gone(&env, id);
+    let at_kill = numbers(&out).last().copied().unwrap();
+    restart(&env, id, v);
+    // Only the restored ITIMER_REAL can make it count on.
+    assert!(
+        wait_until(T, || numbers(&out).last().copied().unwrap_or(0)
+            > at_kill + 5),
+        "the timer was not restored"
+    );
+}

@@ -229,7 +229,7 @@ impl<'a> Dumper<'a> {
         let injected = self.injected(t, &maps, &regs0, &status);
         let live = restart_fixup(&regs0, true);
         let put_back = t.set_sigmask(mask0).and_then(|_| t.set_regs(live));
-        let (brk, sigactions) = injected?;
+        let (brk, sigactions, itimers) = injected?;
         put_back?;
 
         let stat = read_proc(host, pid, "stat")?;
@@ -331,6 +331,7 @@ impl<'a> Dumper<'a> {
             sigmask: mask0,
             sigpending: pending,
             sigactions,
+            itimers,
             rseq,
             mm,
             auxv,
@@ -348,7 +349,7 @@ impl<'a> Dumper<'a> {
         maps: &[MapLine],
         regs0: &libc::user_regs_struct,
         status: &str,
-    ) -> Result<(u64, Vec<(i32, u64, u64, u64, u64)>)> {
+    ) -> Result<(u64, Vec<(i32, u64, u64, u64, u64)>, Vec<[i64; 4]>)> {
         let vdso = maps
             .iter()
             .find(|m| m.path == "[vdso]")
@@ -360,6 +361,7 @@ impl<'a> Dumper<'a> {
         let caught = hex_mask(status, "SigCgt");
         let ignored = hex_mask(status, "SigIgn");
         let mut acts = Vec::new();
+        let mut timers = Vec::new();
         // Scratch space below the red zone of the task's stack, put back afterwards.
         let scratch = (regs0.rsp - 1024) & !15;
         let mut saved = [0u8; 32];
@@ -381,10 +383,22 @@ impl<'a> Dumper<'a> {
                 let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
                 acts.push((sig, w(0), w(1), w(2), w(3)));
             }
+            for which in 0..3u64 {
+                t.syscall_ok(
+                    regs0,
+                    "getitimer",
+                    libc::SYS_getitimer,
+                    [which, scratch, 0, 0, 0, 0],
+                )?;
+                let mut b = [0u8; 32];
+                t.read_mem(scratch, &mut b)?;
+                let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+                timers.push([w(0), w(1), w(2), w(3)]);
+            }
             Ok(())
         })();
         t.write_mem(scratch, &saved)?;
-        result.map(|()| (brk, acts))
+        result.map(|()| (brk, acts, timers))
     }
 
     fn dump_memory(&mut self, t: &Tracee, host: i32, maps: &[MapLine]) -> Result<(Vec<Vma>, Blob)> {

@@ -82,6 +82,10 @@ pub struct Proc {
     pub sigpending: u64,
     /// (signal, handler, flags, restorer, mask) for every signal not at default.
     pub sigactions: Vec<(i32, u64, u64, u64, u64)>,
+    /// Interval timers (real, virtual, profiling): interval and value as
+    /// (sec, usec, sec, usec).
+    #[serde(default)]
+    pub itimers: Vec<[i64; 4]>,
     /// Registered rseq area (address, size, signature), registered again on restart.
     pub rseq: Option<(u64, u32, u32)>,
     pub mm: Mm,

@@ -453,6 +453,13 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         nix::unistd::setresuid(ruid.into(), euid.into(), suid.into()).map_err(e("setresuid"))?;
         let _ = nix::sys::prctl::set_dumpable(true);
     }
+    // Last, as a real-time timer runs from here on (its signal stays blocked
+    // until the saved mask is loaded).
+    for (which, v) in p.itimers.iter().enumerate() {
+        if v.iter().any(|x| *x != 0) {
+            sys::set_itimer(which as i32, *v).map_err(e("setitimer"))?;
+        }
+    }
     Ok(subtree)
 }
 

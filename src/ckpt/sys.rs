@@ -257,3 +257,23 @@ pub fn get_rseq(pid: Pid) -> nix::Result<Option<(u64, u32, u32)>> {
     })?;
     Ok((c.pointer != 0).then_some((c.pointer, c.size, c.signature)))
 }
+
+/// setitimer(2) on the calling process; `v` is (interval sec, usec, value sec, usec).
+pub fn set_itimer(which: i32, v: [i64; 4]) -> nix::Result<()> {
+    let t = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: v[0],
+            tv_usec: v[1],
+        },
+        it_value: libc::timeval {
+            tv_sec: v[2],
+            tv_usec: v[3],
+        },
+    };
+    // SAFETY: `t` is a valid itimerval; the old value is not requested.
+    let r = unsafe { libc::setitimer(which as _, &t, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}

@@ -330,9 +330,11 @@ impl Group {
 
     /// Processes in the group and its descendants, sorted.
     pub fn pids(&self) -> Result<Vec<i32>> {
+        // Every member is attached in every hierarchy of the group, so one
+        // hierarchy (the freezer's, the one that matters for stopping) suffices.
         let mut out = Vec::new();
-        for p in self.paths() {
-            self.collect(&p, "cgroup.procs", &mut out)?;
+        if let Some((_, dir)) = self.freezer() {
+            self.collect(&dir, "cgroup.procs", &mut out)?;
         }
         out.sort_unstable();
         out.dedup();
@@ -632,7 +634,7 @@ impl Group {
         mut done: impl FnMut(&Self) -> Result<bool>,
     ) -> Result<()> {
         let start = Instant::now();
-        let mut pause = Duration::from_micros(50);
+        let mut pause = Duration::from_micros(20);
         loop {
             if done(self)? {
                 return Ok(());
@@ -645,7 +647,7 @@ impl Group {
                 });
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(10));
+            pause = (pause * 2).min(Duration::from_millis(1));
         }
     }
 

@@ -166,11 +166,8 @@ impl BlobWriter {
         })
     }
 
-    fn finish(self, dir: &Path) -> Result<Blob> {
-        self.file.sync_all().map_err(|e| CkptError::Image {
-            path: dir.join(&self.name),
-            source: e,
-        })?;
+    /// The data is synced later, once the application runs again.
+    fn finish(self, _dir: &Path) -> Result<Blob> {
         Ok(Blob {
             id: self.id,
             file: self.name,

@@ -173,7 +173,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         }
         let stopped = start.elapsed();
         group.kill(opts.timeout)?;
-        let mut done = result?;
+        let mut done = finish_image(state, result?)?;
         done.stopped = stopped;
         return Ok(done);
     }
@@ -184,18 +184,26 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         let _ = group.freeze(opts.timeout);
     }
     let stopped = start.elapsed();
-    let mut done = result?;
+    let mut done = finish_image(state, result?)?;
     done.stopped = stopped;
     Ok(done)
 }
 
+/// An image whose data is written but not yet synced nor visible.
+struct Pending {
+    tmp: PathBuf,
+    img: image::Image,
+}
+
+/// Saves every process into a temporary version directory (the part that needs
+/// the application stopped).
 fn write_image(
     state: &Path,
     rec: &AppRecord,
     tracees: &mut [ptrace::Tracee],
     hosts: &[i32],
     ns_pids: HashMap<i32, i32>,
-) -> Result<Checkpointed> {
+) -> Result<Pending> {
     let version = image::versions(state, rec.id).last().copied().unwrap_or(0) + 1;
     let app_dir = image::app_dir(state, rec.id);
     fsutil::create_dir_all(&app_dir, 0o700)?;
@@ -212,7 +220,7 @@ fn write_image(
             .iter()
             .map(|p| image::xstate_features(&image::from_hex(&p.xstate).unwrap_or_default()))
             .fold(0, |a, b| a | b);
-        let img = image::Image {
+        Ok(image::Image {
             app: rec.id,
             version,
             created: registry::now(),
@@ -226,18 +234,40 @@ fn write_image(
             processes: procs,
             shared: d.shared.values().cloned().collect(),
             pipes: d.pipes.values().cloned().collect(),
-        };
+        })
+    })();
+    match result {
+        Ok(img) => Ok(Pending { tmp, img }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Syncs the data files, writes `image.json` and makes the version visible.
+fn finish_image(state: &Path, p: Pending) -> Result<Checkpointed> {
+    let Pending { tmp, img } = p;
+    let result = (|| {
+        for ent in std::fs::read_dir(&tmp).map_err(|e| PathError::new("list", &tmp, e))? {
+            let path = ent.map_err(|e| PathError::new("list", &tmp, e))?.path();
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| CkptError::Image {
+                    path: path.clone(),
+                    source: e,
+                })?;
+        }
         let body = serde_json::to_vec(&img).expect("images always serialize");
         fsutil::write_checked(&tmp.join("image.json"), image::MAGIC, image::FORMAT, &body)?;
-        let bytes = img.processes.iter().map(|p| p.pages.len).sum::<u64>()
-            + img.shared.iter().map(|b| b.len).sum::<u64>();
-        let dir = image::version_dir(state, rec.id, version);
+        let dir = image::version_dir(state, img.app, img.version);
         std::fs::rename(&tmp, &dir).map_err(|e| PathError::new("rename into", &dir, e))?;
         Ok(Checkpointed {
-            version,
+            version: img.version,
             dir,
             processes: img.processes.len(),
-            bytes,
+            bytes: img.processes.iter().map(|p| p.pages.len).sum::<u64>()
+                + img.shared.iter().map(|b| b.len).sum::<u64>(),
             stopped: Duration::ZERO,
         })
     })();

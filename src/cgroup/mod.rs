@@ -722,7 +722,7 @@ impl Group {
             match fs::remove_dir(dir) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 400 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(5));
                 }

@@ -96,9 +96,18 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // A supervisor may be removing its application's group at the same time:
+        // try again until the parent is gone.
         if let Ok(layout) = Layout::detect() {
             if let Ok(g) = layout.group(&self.parent) {
-                let _ = g.destroy(Duration::from_secs(10));
+                for _ in 0..20 {
+                    if g.destroy(Duration::from_secs(10)).is_ok()
+                        && !g.paths().iter().any(|p| p.exists())
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
     }

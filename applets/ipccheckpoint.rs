@@ -1,7 +1,7 @@
 //! ipccheckpoint: save SysV IPC objects to files (D2.2.11 §2.2–2.5).
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::error::ErrorKind;
 use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
@@ -57,17 +57,8 @@ struct Args {
     #[arg(short = 'a', long, value_name = "DIR", conflicts_with_all = ["kind", "key"])]
     all: Option<PathBuf>,
 
-    /// Work in the IPC namespace of application APP (an id printed by krgcr-run, or the pid of one of its processes)
-    #[arg(long, value_name = "APP", conflicts_with = "pid")]
-    app: Option<String>,
-
-    /// Work in the IPC namespace of process PID
-    #[arg(long, value_name = "PID")]
-    pid: Option<i32>,
-
-    /// State directory holding the registry (for --app)
-    #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    ns: NsTarget,
 
     /// Print what was saved
     #[arg(short, long)]
@@ -137,29 +128,43 @@ fn usage_error(msg: &str) -> ! {
         .exit()
 }
 
-/// Enters the IPC namespace chosen by --app or --pid, if any.
-pub fn enter_namespace(
-    app: Option<&str>,
-    pid: Option<i32>,
-    state_dir: &Path,
-) -> anyhow::Result<()> {
-    let pid = match (app, pid) {
-        (Some(spec), _) => {
-            let rec = Registry::open(state_dir)?.resolve(spec)?;
-            if !rec.alive() {
-                anyhow::bail!(
-                    "application {} is not running (its root process {} is gone)",
-                    rec.id,
-                    rec.root_pid
-                );
+/// The --app/--pid/--state-dir options both IPC applets share.
+#[derive(Debug, clap::Args)]
+pub struct NsTarget {
+    /// Work in the IPC namespace of application APP (an id printed by krgcr-run, or the pid of one of its processes)
+    #[arg(long, value_name = "APP", conflicts_with = "pid")]
+    pub app: Option<String>,
+
+    /// Work in the IPC namespace of process PID
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<i32>,
+
+    /// State directory holding the registry (for --app)
+    #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+impl NsTarget {
+    /// Enters the IPC namespace chosen by --app or --pid, if any.
+    pub fn enter(&self) -> anyhow::Result<()> {
+        let pid = match (&self.app, self.pid) {
+            (Some(spec), _) => {
+                let rec = Registry::open(&self.state_dir)?.resolve(spec)?;
+                if !rec.alive() {
+                    anyhow::bail!(
+                        "application {} is not running (its root process {} is gone)",
+                        rec.id,
+                        rec.root_pid
+                    );
+                }
+                rec.root_pid
             }
-            rec.root_pid
-        }
-        (None, Some(pid)) => pid,
-        (None, None) => return Ok(()),
-    };
-    xos::ns::enter(pid, "ipc")?;
-    Ok(())
+            (None, Some(pid)) => pid,
+            (None, None) => return Ok(()),
+        };
+        xos::ns::enter(pid, "ipc")?;
+        Ok(())
+    }
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
@@ -170,7 +175,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(a) => a,
         Err(e) => common::clap_exit(e),
     };
-    if let Err(e) = enter_namespace(a.app.as_deref(), a.pid, &a.state_dir) {
+    if let Err(e) = a.ns.enter() {
         return common::fail(NAME, e);
     }
     if let Some(dir) = &a.all {

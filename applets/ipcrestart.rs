@@ -4,11 +4,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
-use xos::registry;
 use xos::sysvipc::{self, Image, Kind, Meta};
 
 use crate::common;
-use crate::ipccheckpoint::enter_namespace;
+use crate::ipccheckpoint::NsTarget;
 
 const NAME: &str = "ipcrestart";
 
@@ -55,17 +54,8 @@ struct Args {
     #[arg(short, long)]
     info: bool,
 
-    /// Work in the IPC namespace of application APP (an id printed by krgcr-run, or the pid of one of its processes)
-    #[arg(long, value_name = "APP", conflicts_with = "pid")]
-    app: Option<String>,
-
-    /// Work in the IPC namespace of process PID
-    #[arg(long, value_name = "PID")]
-    pid: Option<i32>,
-
-    /// State directory holding the registry (for --app)
-    #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    #[command(flatten)]
+    ns: NsTarget,
 
     /// Print what was restored
     #[arg(short, long)]
@@ -137,7 +127,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             Err(e) => common::fail(NAME, e),
         };
     }
-    if let Err(e) = enter_namespace(a.app.as_deref(), a.pid, &a.state_dir) {
+    if let Err(e) = a.ns.enter() {
         return common::fail(NAME, e);
     }
     if let Some(dir) = &a.all {

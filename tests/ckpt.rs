@@ -93,6 +93,22 @@ fn restart(env: &Env, id: u64, version: u64) {
     assert!(o.status.success(), "restart: {}", show(&o));
 }
 
+/// Compiles tests/ckpt_progs/NAME.c and starts it detached with an output file;
+/// returns the application id and that file.
+fn start(env: &Env, name: &str) -> (u64, PathBuf) {
+    let prog = cc(env.state.path(), name);
+    let out = env.state.path().join("out");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    (id, out)
+}
+
+/// checkpoint -c --kill APP, waiting until the application is gone; returns the version.
+fn checkpoint_kill(env: &Env, id: u64) -> u64 {
+    let v = checkpoint(env, id, true);
+    wait_gone(env, id);
+    v
+}
+
 fn wait_gone(env: &Env, id: u64) {
     assert!(
         wait_until(T, || env.registry().load(id).is_err()),
@@ -103,12 +119,9 @@ fn wait_gone(env: &Env, id: u64) {
 #[test]
 fn counter_continues_where_it_stopped() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "counter");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "counter");
     assert!(wait_until(T, || numbers(&out).len() >= 5));
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     let at_kill = assert_consecutive(&out);
     restart(&env, id, v);
     assert!(
@@ -130,17 +143,14 @@ fn counter_continues_where_it_stopped() {
 #[test]
 fn repeated_cycles_stay_correct() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "counter");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "counter");
     let mut last = 0;
     for cycle in 0..20 {
         assert!(
             wait_until(T, || numbers(&out).len() as i64 > last + 2),
             "cycle {cycle}: no progress"
         );
-        let v = checkpoint(&env, id, true);
-        wait_gone(&env, id);
+        let v = checkpoint_kill(&env, id);
         last = assert_consecutive(&out);
         restart(&env, id, v);
     }
@@ -151,9 +161,7 @@ fn repeated_cycles_stay_correct() {
 #[test]
 fn a_checkpoint_leaves_the_application_running() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "counter");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "counter");
     assert!(wait_until(T, || numbers(&out).len() >= 3));
     assert_eq!(checkpoint(&env, id, false), 1);
     let n = numbers(&out).len();
@@ -186,12 +194,9 @@ fn a_checkpoint_leaves_the_application_running() {
 #[test]
 fn big_buffer_is_verified_by_the_program_after_restart() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "bigbuf");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "bigbuf");
     assert!(wait_until(Duration::from_secs(60), || read(&out) == "filled"));
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     restart(&env, id, v);
     std::fs::write(out.with_extension("go"), "").unwrap();
     assert!(
@@ -204,19 +209,15 @@ fn big_buffer_is_verified_by_the_program_after_restart() {
 #[test]
 fn pipe_data_in_flight_arrives_once_in_order() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "pipes");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "pipes");
     // Unread lines pile up in the pipe while the reader waits for the go file.
     std::thread::sleep(Duration::from_millis(500));
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     restart(&env, id, v);
     std::fs::write(out.with_extension("go"), "").unwrap();
     assert!(wait_until(T, || numbers(&out).len() >= 12));
     // A second cycle while the reader is blocked in read(2).
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     let before = assert_consecutive(&out);
     restart(&env, id, v);
     assert!(wait_until(T, || numbers(&out).len() as i64 >= before + 5));
@@ -226,9 +227,7 @@ fn pipe_data_in_flight_arrives_once_in_order() {
 #[test]
 fn signal_handlers_and_pending_signals_survive() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "signals");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "signals");
     assert!(wait_until(T, || read(&out) == "ready"));
     let rec = env.registry().load(id).unwrap();
     let pid = |rec: &xos::registry::AppRecord| {
@@ -253,8 +252,7 @@ fn signal_handlers_and_pending_signals_survive() {
         ))
         .unwrap()
         .contains("ShdPnd:\t0000000000000800")));
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     restart(&env, id, v);
     let rec = env.registry().load(id).unwrap();
     kill(pid(&rec), nix::sys::signal::Signal::SIGUSR1);
@@ -303,9 +301,7 @@ fn tree_of(rec: &xos::registry::AppRecord) -> Vec<(i32, i32, i32, i32)> {
 #[test]
 fn sessions_groups_parents_and_shared_memory() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "tree");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "tree");
     let rec = env.registry().load(id).unwrap();
     // init + main + leader + member + daemon + its child
     assert!(wait_until(T, || rec
@@ -319,8 +315,7 @@ fn sessions_groups_parents_and_shared_memory() {
         before.iter().any(|p| p.2 == p.0 && p.3 != p.0),
         "a group leader that is not the session leader: {before:?}"
     );
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     let count = numbers(&out).last().copied().unwrap();
     restart(&env, id, v);
     let rec = env.registry().load(id).unwrap();
@@ -341,9 +336,7 @@ fn sessions_groups_parents_and_shared_memory() {
 #[test]
 fn unsupported_fd_fails_cleanly() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "socket");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "socket");
     assert!(wait_until(T, || numbers(&out).len() >= 3));
     let o = env
         .cmd("checkpoint")
@@ -376,12 +369,9 @@ fn unsupported_fd_fails_cleanly() {
 #[test]
 fn corrupt_image_is_refused_and_nothing_is_left() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "counter");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "counter");
     assert!(wait_until(T, || numbers(&out).len() >= 3));
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     let pages = xos::ckpt::image::version_dir(env.state.path(), id, v).join("pages-2.img");
     let mut data = std::fs::read(&pages).unwrap();
     data[100] ^= 0xff;
@@ -432,8 +422,7 @@ fn bash_and_python_continue() {
     let id_p = env.detach(&["python3", "-c", &py]);
     assert!(wait_until(T, || numbers(&b).len() >= 5 && lines(&p).len() >= 5));
     for (id, _) in [(id_b, &b), (id_p, &p)] {
-        let v = checkpoint(&env, id, true);
-        wait_gone(&env, id);
+        let v = checkpoint_kill(&env, id);
         restart(&env, id, v);
     }
     let nb = numbers(&b).len();
@@ -449,12 +438,9 @@ fn bash_and_python_continue() {
 #[test]
 fn restart_can_leave_the_application_frozen() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "counter");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "counter");
     assert!(wait_until(T, || numbers(&out).len() >= 3));
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     let at_kill = assert_consecutive(&out);
     let o = env
         .cmd("restart")
@@ -494,12 +480,9 @@ fn restart_can_leave_the_application_frozen() {
 #[test]
 fn interval_timers_keep_ticking() {
     let env = Env::new();
-    let prog = cc(env.state.path(), "timer");
-    let out = env.state.path().join("out");
-    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    let (id, out) = start(&env, "timer");
     assert!(wait_until(T, || numbers(&out).len() >= 3));
-    let v = checkpoint(&env, id, true);
-    wait_gone(&env, id);
+    let v = checkpoint_kill(&env, id);
     let at_kill = numbers(&out).last().copied().unwrap();
     restart(&env, id, v);
     // Only the restored ITIMER_REAL can make it count on.

@@ -492,3 +492,94 @@ fn interval_timers_keep_ticking() {
         "the timer was not restored"
     );
 }
+
+/// The identity lines of /proc/PID/status that a restart must reproduce.
+fn identity(host: i32) -> Vec<String> {
+    let keys = [
+        "Uid:",
+        "Gid:",
+        "Groups:",
+        "CapInh:",
+        "CapPrm:",
+        "CapEff:",
+        "CapBnd:",
+        "CapAmb:",
+        "NoNewPrivs:",
+    ];
+    std::fs::read_to_string(format!("/proc/{host}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| keys.iter().any(|k| l.starts_with(k)))
+        .map(str::to_string)
+        .collect()
+}
+
+fn app_process(env: &Env, id: u64) -> i32 {
+    let rec = env.registry().load(id).unwrap();
+    let mut p = Vec::new();
+    assert!(wait_until(T, || {
+        p = rec.cgroup.pids().unwrap_or_default();
+        p.retain(|h| *h != rec.root_pid);
+        p.len() == 1
+    }));
+    p[0]
+}
+
+#[test]
+fn unprivileged_identity_and_capabilities_are_restored() {
+    let env = Env::new();
+    let prog = cc(env.state.path(), "counter");
+    // The unprivileged program must reach its output file.
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(env.state.path(), mode).unwrap();
+    let out = env.state.path().join("out");
+    std::fs::write(&out, "").unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let id = env.detach(&[
+        "setpriv",
+        "--reuid=4242",
+        "--regid=4243",
+        "--groups=4244,4245",
+        "--inh-caps=+net_bind_service,+net_raw",
+        "--ambient-caps=+net_bind_service",
+        "--bounding-set=-sys_admin,-mknod",
+        "--nnp",
+        prog.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let before = identity(app_process(&env, id));
+    assert!(
+        before
+            .iter()
+            .any(|l| l.starts_with("Uid:") && l.contains("4242"))
+            && before
+                .iter()
+                .any(|l| l.starts_with("CapAmb:") && !l.ends_with("0000000000000000")),
+        "setpriv did not take: {before:?}"
+    );
+    let v = checkpoint_kill(&env, id);
+    let at_kill = assert_consecutive(&out);
+    restart(&env, id, v);
+    assert_eq!(identity(app_process(&env, id)), before);
+    assert!(wait_until(T, || numbers(&out).len() as i64 > at_kill + 3));
+    assert_consecutive(&out);
+}
+
+#[test]
+fn seccomp_filter_fails_cleanly() {
+    let env = Env::new();
+    // A strict-mode filter that allows everything, as systemd units install.
+    let (id, out) = start(&env, "seccomp");
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", &id.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("seccomp") && err.lines().count() == 1, "{err}");
+    let n = numbers(&out).len();
+    assert!(wait_until(T, || numbers(&out).len() > n + 3));
+}

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::image::{self, Backing, Blob, Fd, FdKind, Mm, PipeImg, Proc, Vma};
+use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Vma};
 use super::ptrace::Tracee;
 use super::{sys, CkptError};
 
@@ -73,6 +73,22 @@ fn hex_mask(status: &str, key: &str) -> u64 {
         .first()
         .and_then(|v| u64::from_str_radix(v, 16).ok())
         .unwrap_or(0)
+}
+
+/// Resource limits as (resource, soft, hard) from /proc/PID/limits, whose rows
+/// follow the RLIMIT_* numbering. Read there rather than with prlimit(2),
+/// which needs CAP_SYS_RESOURCE for another user's process.
+fn parse_limits(text: &str) -> Option<Vec<(u32, u64, u64)>> {
+    let value = |v: &str| match v {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    };
+    let mut out = Vec::new();
+    for (res, line) in text.lines().skip(1).enumerate() {
+        let mut cols = line.get(26..)?.split_whitespace();
+        out.push((res as u32, value(cols.next()?)?, value(cols.next()?)?));
+    }
+    (out.len() >= 16).then_some(out)
 }
 
 /// The innermost (application namespace) value of an `NSpid:`-style line.
@@ -216,6 +232,15 @@ impl<'a> Dumper<'a> {
                 what: format!("{threads} threads (only single-threaded processes are supported)"),
             });
         }
+        // A filter cannot be read back without CAP_SYS_ADMIN tricks and would
+        // be lost silently; strict mode cannot even be entered again.
+        let seccomp = status_field(&status, "Seccomp").first().copied();
+        if seccomp.is_some_and(|m| m != "0") {
+            return Err(CkptError::Unsupported {
+                pid,
+                what: "a seccomp filter".into(),
+            });
+        }
         let maps = parse_maps(&read_proc(host, pid, "maps")?);
         let regs0 = t.regs()?;
         let mask0 = t.sigmask()?;
@@ -278,15 +303,12 @@ impl<'a> Dumper<'a> {
                 v.get(3).copied().unwrap_or(0),
             ]
         };
-        let mut rlimits = Vec::new();
-        for res in 0..16u32 {
-            let (soft, hard) = sys::get_rlimit(host, res).map_err(|e| CkptError::Ptrace {
+        let rlimits = parse_limits(&read_proc(host, pid, "limits")?).ok_or_else(|| {
+            CkptError::Unsupported {
                 pid,
-                what: "read resource limits",
-                source: e,
-            })?;
-            rlimits.push((res, soft, hard));
-        }
+                what: "an unreadable /proc/PID/limits".into(),
+            }
+        })?;
         let personality =
             u64::from_str_radix(read_proc(host, pid, "personality")?.trim(), 16).unwrap_or(0);
         let pending = hex_mask(&status, "SigPnd") | hex_mask(&status, "ShdPnd");
@@ -321,6 +343,13 @@ impl<'a> Dumper<'a> {
                 .filter_map(|x| x.parse().ok())
                 .collect(),
             no_new_privs: status_field(&status, "NoNewPrivs").first() == Some(&"1"),
+            caps: Caps {
+                inheritable: hex_mask(&status, "CapInh"),
+                permitted: hex_mask(&status, "CapPrm"),
+                effective: hex_mask(&status, "CapEff"),
+                bounding: hex_mask(&status, "CapBnd"),
+                ambient: hex_mask(&status, "CapAmb"),
+            },
             personality,
             rlimits,
             regs: sys::regs_to_words(&restart_fixup(&regs0, false)).to_vec(),
@@ -726,5 +755,15 @@ mod tests {
         r.orig_rax = u64::MAX; // not in a system call
         r.rax = 7;
         assert_eq!(restart_fixup(&r, false).rip, 0x1002);
+    }
+
+    #[test]
+    fn proc_limits_match_getrlimit() {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let limits = super::parse_limits(&text).unwrap();
+        for (res, soft, hard) in limits {
+            let (s, h) = super::sys::get_rlimit(0, res).unwrap();
+            assert_eq!((soft, hard), (s, h), "resource {res}");
+        }
     }
 }

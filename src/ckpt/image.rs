@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &str = "xos-image";
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// A whole application image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +69,7 @@ pub struct Proc {
     pub gids: [u32; 4],
     pub groups: Vec<u32>,
     pub no_new_privs: bool,
+    pub caps: Caps,
     pub personality: u64,
     /// (resource, soft, hard).
     pub rlimits: Vec<(u32, u64, u64)>,
@@ -93,6 +94,16 @@ pub struct Proc {
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
     pub pages: Blob,
+}
+
+/// Capability sets, as bit masks (bit N = capability N).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caps {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
 }
 
 /// The mm fields of the process (prctl PR_SET_MM_MAP).

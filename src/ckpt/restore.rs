@@ -440,19 +440,6 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     if p.no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(e("no_new_privs"))?;
     }
-    let [ruid, euid, suid, _] = p.uids;
-    let [rgid, egid, sgid, _] = p.gids;
-    if p.uids != [0; 4] || p.gids != [0; 4] || !p.groups.is_empty() {
-        let groups: Vec<nix::unistd::Gid> = p
-            .groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        nix::unistd::setgroups(&groups).map_err(e("setgroups"))?;
-        nix::unistd::setresgid(rgid.into(), egid.into(), sgid.into()).map_err(e("setresgid"))?;
-        nix::unistd::setresuid(ruid.into(), euid.into(), suid.into()).map_err(e("setresuid"))?;
-        let _ = nix::sys::prctl::set_dumpable(true);
-    }
     // Last, as a real-time timer runs from here on (its signal stays blocked
     // until the saved mask is loaded).
     for (which, v) in p.itimers.iter().enumerate() {
@@ -461,6 +448,85 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         }
     }
     Ok(subtree)
+}
+
+/// Identity and capabilities, injected last: the steps before (PR_SET_MM_MAP
+/// with a new exe link, the bounding set) need the restorer's privileges.
+fn set_credentials(
+    t: &Tracee,
+    base: &libc::user_regs_struct,
+    p: &Proc,
+    scratch: u64,
+) -> Result<()> {
+    const PR_CAPBSET_DROP: u64 = 24;
+    const PR_SET_KEEPCAPS: u64 = 8;
+    const PR_SET_DUMPABLE: u64 = 4;
+    const PR_CAP_AMBIENT: u64 = 47;
+    const PR_CAP_AMBIENT_RAISE: u64 = 2;
+    let prctl = |what: &'static str, a: u64, b: u64| {
+        t.syscall_ok(base, what, libc::SYS_prctl, [a, b, 0, 0, 0, 0])
+    };
+    let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last_cap.min(63) {
+        if p.caps.bounding & (1 << cap) == 0 {
+            prctl("drop from the bounding set", PR_CAPBSET_DROP, cap)?;
+        }
+    }
+    let [ruid, euid, suid, fsuid] = p.uids.map(u64::from);
+    let [rgid, egid, sgid, fsgid] = p.gids.map(u64::from);
+    let root = p.uids == [0; 4];
+    if !root {
+        prctl("keep capabilities", PR_SET_KEEPCAPS, 1)?;
+    }
+    let groups: Vec<u8> = p.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+    let groups_addr = scratch + 4 * PAGE;
+    t.write_mem(groups_addr, &groups)?;
+    let call = |what: &'static str, nr: i64, a: [u64; 3]| {
+        t.syscall_ok(base, what, nr, [a[0], a[1], a[2], 0, 0, 0])
+    };
+    call(
+        "setgroups",
+        libc::SYS_setgroups,
+        [p.groups.len() as u64, groups_addr, 0],
+    )?;
+    call("setresgid", libc::SYS_setresgid, [rgid, egid, sgid])?;
+    call("setfsgid", libc::SYS_setfsgid, [fsgid, 0, 0])?;
+    call("setresuid", libc::SYS_setresuid, [ruid, euid, suid])?;
+    call("setfsuid", libc::SYS_setfsuid, [fsuid, 0, 0])?;
+    if !root {
+        prctl("reset keep capabilities", PR_SET_KEEPCAPS, 0)?;
+        // Changing uids made the process non-dumpable, which would make its
+        // /proc files root's; the saved process was an ordinary one.
+        prctl("set dumpable", PR_SET_DUMPABLE, 1)?;
+    }
+    // capset: a version-3 header, then two {effective, permitted, inheritable}
+    // halves (linux/capability.h).
+    let c = &p.caps;
+    let mut cap = Vec::with_capacity(32);
+    cap.extend_from_slice(&0x2008_0522u32.to_ne_bytes());
+    cap.extend_from_slice(&0i32.to_ne_bytes());
+    for half in 0..2 {
+        for m in [c.effective, c.permitted, c.inheritable] {
+            cap.extend_from_slice(&((m >> (32 * half)) as u32).to_ne_bytes());
+        }
+    }
+    let cap_addr = scratch + 5 * PAGE;
+    t.write_mem(cap_addr, &cap)?;
+    call("capset", libc::SYS_capset, [cap_addr, cap_addr + 8, 0])?;
+    for n in 0..64 {
+        if c.ambient & (1 << n) != 0 {
+            t.syscall_ok(
+                base,
+                "raise an ambient capability",
+                libc::SYS_prctl,
+                [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, n, 0, 0, 0],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Puts every saved descriptor at its number; keeps only the shared memory
@@ -873,6 +939,7 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
             [addr, size as u64, 0, sig as u64, 0, 0],
         )?;
     }
+    set_credentials(t, &base, p, scratch)?;
     t.syscall_ok(
         &base,
         "munmap scratch",

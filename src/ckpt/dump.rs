@@ -21,7 +21,8 @@ const ERESTARTNOINTR: i64 = -513;
 const ERESTARTNOHAND: i64 = -514;
 const ERESTART_RESTARTBLOCK: i64 = -516;
 const NR_RESTART_SYSCALL: u64 = 219;
-const CHUNK: usize = 8 << 20;
+/// Copy buffer: small enough to stay in cache and to cost few page faults.
+const CHUNK: usize = 1 << 20;
 
 /// Registers fixed up so that a system call interrupted by the stop is entered
 /// again when the task resumes. `live` keeps the kernel's own restart block

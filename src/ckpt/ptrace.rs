@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 
 use nix::sys::ptrace::{self, Options};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -157,11 +158,13 @@ impl Tracee {
         r.r9 = args[5];
         r.rip = self.gadget;
         self.set_regs(r)?;
-        for _ in 0..2 {
-            ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+        // One step over the `syscall` instruction: a single stop once the call
+        // has returned (two with PTRACE_SYSCALL, at entry and exit).
+        {
+            ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
             loop {
                 match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
-                    WaitStatus::PtraceSyscall(_) => break,
+                    WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
                     WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
                         return Err(CkptError::TraceeDied { pid: self.label })
                     }
@@ -172,7 +175,7 @@ impl Tracee {
                             "process {}: unexpected stop {other:?} while running syscall {nr}",
                             self.label
                         );
-                        ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+                        ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
                     }
                 }
             }

@@ -30,9 +30,13 @@ use super::{sys, CkptError};
 type Result<T> = std::result::Result<T, CkptError>;
 
 const PAGE: u64 = 4096;
-const CHUNK: usize = 8 << 20;
+/// Checksum buffer: small enough to stay in cache and to cost few page faults.
+const CHUNK: usize = 256 << 10;
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
+const MADV_POPULATE_WRITE: u64 = 23;
+/// Runs shorter than this are left to fault page by page.
+const POPULATE_MIN_PAGES: u64 = 16;
 /// Offsets above the first free descriptor: report pipes, then staged descriptors
 /// (kept low, as descriptors cannot exceed RLIMIT_NOFILE).
 const READY_OFF: RawFd = 64;
@@ -75,28 +79,59 @@ fn read_blob(dir: &Path, b: &Blob) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Checks every data file before anything is created.
+/// Checks the image before anything is created: every data file is there with
+/// its recorded length, the tree is complete, the page files have their
+/// checksums (the other data files are checked when they are read).
 pub fn verify(dir: &Path, img: &Image) -> Result<()> {
-    let blobs = img
-        .processes
+    for b in blobs(img) {
+        let path = dir.join(&b.file);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| CkptError::Image {
+                path: path.clone(),
+                source: e,
+            })?
+            .len();
+        if len != b.len {
+            return Err(CkptError::BadImage {
+                path,
+                reason: format!("truncated data file ({len} bytes, {} expected)", b.len),
+            });
+        }
+    }
+    let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
+    for p in &img.processes {
+        if p.ppid != 1 && !pids.contains(&p.ppid) {
+            return Err(rerr(
+                p.pid,
+                format!("its parent {} is not in the image", p.ppid),
+            ));
+        }
+    }
+    check_blobs(dir, img.processes.iter().map(|p| &p.pages))
+}
+
+fn blobs(img: &Image) -> impl Iterator<Item = &Blob> {
+    img.processes
         .iter()
         .map(|p| &p.pages)
         .chain(img.shared.iter())
-        .chain(img.pipes.iter().map(|p| &p.data));
+        .chain(img.pipes.iter().map(|p| &p.data))
+}
+
+/// Length and checksum of each data file, read in chunks.
+fn check_blobs<'a>(dir: &Path, blobs: impl Iterator<Item = &'a Blob>) -> Result<()> {
+    let mut buf = vec![0u8; CHUNK];
     for b in blobs {
         let path = dir.join(&b.file);
-        let mut f = File::open(&path).map_err(|e| CkptError::Image {
+        let io = |e| CkptError::Image {
             path: path.clone(),
             source: e,
-        })?;
+        };
+        let mut f = File::open(&path).map_err(io)?;
         let mut h = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
         let mut len = 0u64;
         loop {
-            let n = f.read(&mut buf).map_err(|e| CkptError::Image {
-                path: path.clone(),
-                source: e,
-            })?;
+            let n = f.read(&mut buf).map_err(io)?;
             if n == 0 {
                 break;
             }
@@ -108,15 +143,6 @@ pub fn verify(dir: &Path, img: &Image) -> Result<()> {
                 path,
                 reason: "truncated or corrupt data file".into(),
             });
-        }
-    }
-    let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
-    for p in &img.processes {
-        if p.ppid != 1 && !pids.contains(&p.ppid) {
-            return Err(rerr(
-                p.pid,
-                format!("its parent {} is not in the image", p.ppid),
-            ));
         }
     }
     Ok(())
@@ -753,6 +779,7 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
     let pages_path = dir.join(&p.pages.file);
     let mut pos = 0u64;
     let mut pages_fd: Option<u64> = None;
+    let mut populate = true;
     let put_str = |t: &Tracee, s: &Path| -> Result<u64> {
         let c = CString::new(s.as_os_str().as_encoded_bytes()).map_err(|e| rerr(pid, e))?;
         t.write_mem(scratch, c.as_bytes_with_nul())?;
@@ -846,6 +873,15 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
         }
         for &(addr, n) in &v.runs {
             let total = n * PAGE;
+            if n >= POPULATE_MIN_PAGES && populate {
+                // Faulting the pages in one call is cheaper than one fault per
+                // page inside pread; kernels before 5.14 say EINVAL.
+                populate = t.syscall(
+                    &base,
+                    libc::SYS_madvise,
+                    [addr, total, MADV_POPULATE_WRITE, 0, 0, 0],
+                )? == 0;
+            }
             let mut done = 0u64;
             while done < total {
                 let fd = pages_fd.unwrap_or(u64::MAX);

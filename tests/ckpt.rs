@@ -388,6 +388,24 @@ fn corrupt_image_is_refused_and_nothing_is_left() {
         show(&o)
     );
     assert!(env.registry().list().unwrap().is_empty());
+    // A truncated data file is refused by its length.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id.to_string(), &v.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("truncated"),
+        "{}",
+        show(&o)
+    );
+    assert!(env.registry().list().unwrap().is_empty());
     let layout = xos::cgroup::Layout::detect().unwrap();
     for p in layout.group(&env.parent).unwrap().paths() {
         let n = std::fs::read_dir(&p)

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -80,8 +80,8 @@ fn read_blob(dir: &Path, b: &Blob) -> Result<Vec<u8>> {
 }
 
 /// Checks the image before anything is created: every data file is there with
-/// its recorded length, the tree is complete, the page files have their
-/// checksums (the other data files are checked when they are read).
+/// its recorded length and the tree is complete. Checksums are checked as the
+/// data is used, before any process runs (a corrupt image leaves nothing).
 pub fn verify(dir: &Path, img: &Image) -> Result<()> {
     for b in blobs(img) {
         let path = dir.join(&b.file);
@@ -92,9 +92,10 @@ pub fn verify(dir: &Path, img: &Image) -> Result<()> {
             })?
             .len();
         if len != b.len {
+            let what = if len < b.len { "truncated" } else { "overlong" };
             return Err(CkptError::BadImage {
                 path,
-                reason: format!("truncated data file ({len} bytes, {} expected)", b.len),
+                reason: format!("{what} data file ({len} bytes, {} expected)", b.len),
             });
         }
     }
@@ -107,7 +108,7 @@ pub fn verify(dir: &Path, img: &Image) -> Result<()> {
             ));
         }
     }
-    check_blobs(dir, img.processes.iter().map(|p| &p.pages))
+    Ok(())
 }
 
 fn blobs(img: &Image) -> impl Iterator<Item = &Blob> {
@@ -116,36 +117,6 @@ fn blobs(img: &Image) -> impl Iterator<Item = &Blob> {
         .map(|p| &p.pages)
         .chain(img.shared.iter())
         .chain(img.pipes.iter().map(|p| &p.data))
-}
-
-/// Length and checksum of each data file, read in chunks.
-fn check_blobs<'a>(dir: &Path, blobs: impl Iterator<Item = &'a Blob>) -> Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    for b in blobs {
-        let path = dir.join(&b.file);
-        let io = |e| CkptError::Image {
-            path: path.clone(),
-            source: e,
-        };
-        let mut f = File::open(&path).map_err(io)?;
-        let mut h = crc32fast::Hasher::new();
-        let mut len = 0u64;
-        loop {
-            let n = f.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            len += n as u64;
-        }
-        if len != b.len || h.finalize() != b.crc {
-            return Err(CkptError::BadImage {
-                path,
-                reason: "truncated or corrupt data file".into(),
-            });
-        }
-    }
-    Ok(())
 }
 
 fn high_fd(fd: OwnedFd, base: RawFd) -> Result<RawFd> {
@@ -555,6 +526,31 @@ fn set_credentials(
     Ok(())
 }
 
+/// Checks the pages as the process now holds them against the checksum of its
+/// page file, before it ever runs: the file is read once (from the disk, if
+/// it is not cached) and the check costs a copy out of memory.
+fn check_pages(t: &Tracee, p: &Proc, filled: u64, path: &Path) -> Result<()> {
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    for &(addr, n) in p.vmas.iter().flat_map(|v| &v.runs) {
+        let end = addr + n * PAGE;
+        let mut at = addr;
+        while at < end {
+            let len = (end - at).min(CHUNK as u64) as usize;
+            t.read_mem_fast(at, &mut buf[..len])?;
+            h.update(&buf[..len]);
+            at += len as u64;
+        }
+    }
+    if filled != p.pages.len || h.finalize() != p.pages.crc {
+        return Err(CkptError::BadImage {
+            path: path.to_path_buf(),
+            reason: "truncated or corrupt data file".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Puts every saved descriptor at its number; keeps only the shared memory
 /// objects this process maps (closed later by the restorer).
 fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
@@ -922,6 +918,7 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
     if let Some(fd) = pages_fd {
         t.syscall(&base, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
+    check_pages(t, p, pos, &pages_path)?;
 
     // mm fields, auxv and exe link in one prctl(PR_SET_MM_MAP).
     let exe_fd = if p.exe.exists() {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -219,6 +219,13 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
         for p in tree.children.get(&1).cloned().unwrap_or_default() {
             spawn(p, tree, &shared, &mut created)?;
         }
+        // The page files are checked while the processes read them (a cold
+        // file is read from the disk once, by whichever comes first); nothing
+        // runs before this agrees. Started only now: a thread takes a pid of
+        // the namespace.
+        let pages: Vec<Blob> = img.processes.iter().map(|p| p.pages.clone()).collect();
+        let pages_dir = dir.to_path_buf();
+        let checker = std::thread::spawn(move || check_blobs(&pages_dir, &pages));
         let mut tracees = Vec::new();
         for &pid in &created {
             let t = Tracee::seize(Pid::from_raw(pid), pid, true)?;
@@ -228,6 +235,9 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
         for t in tracees.iter_mut() {
             rebuild(t, by_pid[&t.label], dir, &shared)?;
         }
+        checker
+            .join()
+            .unwrap_or_else(|_| Err(rerr(1, "the check of the image failed")))?;
         for t in &tracees {
             let p = by_pid[&t.label];
             for sig in 1..=64 {
@@ -526,27 +536,32 @@ fn set_credentials(
     Ok(())
 }
 
-/// Checks the pages as the process now holds them against the checksum of its
-/// page file, before it ever runs: the file is read once (from the disk, if
-/// it is not cached) and the check costs a copy out of memory.
-fn check_pages(t: &Tracee, p: &Proc, filled: u64, path: &Path) -> Result<()> {
-    let mut h = crc32fast::Hasher::new();
+/// Length and checksum of each page file, read in small chunks.
+fn check_blobs(dir: &Path, blobs: &[Blob]) -> Result<()> {
     let mut buf = vec![0u8; CHUNK];
-    for &(addr, n) in p.vmas.iter().flat_map(|v| &v.runs) {
-        let end = addr + n * PAGE;
-        let mut at = addr;
-        while at < end {
-            let len = (end - at).min(CHUNK as u64) as usize;
-            t.read_mem_fast(at, &mut buf[..len])?;
-            h.update(&buf[..len]);
-            at += len as u64;
+    for b in blobs {
+        let path = dir.join(&b.file);
+        let io = |e| CkptError::Image {
+            path: path.clone(),
+            source: e,
+        };
+        let mut f = File::open(&path).map_err(io)?;
+        let mut h = crc32fast::Hasher::new();
+        let mut len = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
         }
-    }
-    if filled != p.pages.len || h.finalize() != p.pages.crc {
-        return Err(CkptError::BadImage {
-            path: path.to_path_buf(),
-            reason: "truncated or corrupt data file".into(),
-        });
+        if len != b.len || h.finalize() != b.crc {
+            return Err(CkptError::BadImage {
+                path,
+                reason: "truncated or corrupt data file".into(),
+            });
+        }
     }
     Ok(())
 }
@@ -918,7 +933,12 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
     if let Some(fd) = pages_fd {
         t.syscall(&base, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
-    check_pages(t, p, pos, &pages_path)?;
+    if pos != p.pages.len {
+        return Err(CkptError::BadImage {
+            path: pages_path,
+            reason: "page file longer than its pages".into(),
+        });
+    }
 
     // mm fields, auxv and exe link in one prctl(PR_SET_MM_MAP).
     let exe_fd = if p.exe.exists() {

@@ -26,6 +26,8 @@ pub const SOCKET_ENV: &str = "XOS_AMSD_SOCKET";
 /// keeps the NSS cache files `passwd` and `group`, which libnss_xos.so.2 reads
 /// without a round trip while this daemon lives. It detaches unless
 /// --foreground is given (for init systems; see scripts/xos-amsd.service).
+/// SIGHUP re-reads the configuration file, as `xos-amsd reload` does; a file
+/// with an error is not applied and the daemon runs on with the old one.
 /// With a subcommand it is the admin client of a running daemon (as root).
 #[derive(Debug, Parser)]
 #[command(name = "xos-amsd", version = common::version(), after_help = AFTER)]

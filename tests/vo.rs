@@ -688,3 +688,200 @@ fn bad_requests_and_many_concurrent_clients_leave_the_daemon_running() {
     };
     assert_eq!(l.len(), 5);
 }
+
+#[test]
+fn static_rules_come_with_a_reload_by_sighup_and_a_bad_file_is_not_applied() {
+    let pki = Pki::new("hupvo");
+    let d = Daemon::start(&pki, &pool("hupvo", 72800, 3));
+    // Alice's VO has no pool here: without a rule she is refused (and gets no lease).
+    let alice = pki.issue_with(
+        "alice",
+        &[
+            "--id",
+            "a11ce000-0000-0001",
+            "--vo",
+            "staticvo",
+            "--group",
+            "users",
+        ],
+    );
+    assert!(
+        matches!(d.map(&alice), Response::Refused(ref why) if why.contains("no account pool")),
+        "{:?}",
+        d.map(&alice)
+    );
+    let bob = pki.user("b0b00000-0000-0002");
+    assert_eq!(d.map_ok(&bob).kind, "pool");
+    let pid = nix::unistd::Pid::from_raw(d.child.as_ref().unwrap().id() as i32);
+    let hup = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+
+    // A static rule for alice: local account `nobody`, from /etc/passwd.
+    let good = std::fs::read_to_string(&d.conf).unwrap();
+    let with_rule = format!("{good}StaticMap staticvo a11ce000-0000-0001 nobody\n");
+    std::fs::write(&d.conf, &with_rule).unwrap();
+    hup();
+    let mut got = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            got = match d.map(&alice) {
+                Response::Mapped(a) if a.kind == "static" => Some(a),
+                _ => None,
+            };
+            got.is_some()
+        }),
+        "the rule was not picked up after SIGHUP: {:?}",
+        d.map(&alice)
+    );
+    let a = got.unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(
+        (a.passwd.name.as_str(), a.passwd.uid),
+        ("nobody", nobody.uid.as_raw())
+    );
+    // A static mapping is not a lease, and bob keeps his.
+    let leases = d.admin(&["leases"]);
+    assert!(leases.status.success(), "{}", show(&leases));
+    let leases = String::from_utf8_lossy(&leases.stdout);
+    assert!(
+        leases.contains("b0b00000") && !leases.contains("a11ce000"),
+        "{leases}"
+    );
+    assert_eq!(d.map_ok(&bob).kind, "pool");
+
+    // A broken file is refused as a whole: the daemon runs on with the rule.
+    std::fs::write(&d.conf, format!("{with_rule}NoSuchKey 1\n")).unwrap();
+    hup();
+    let o = d.admin(&["reload"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("NoSuchKey")
+            || String::from_utf8_lossy(&o.stderr).contains("unknown key"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(d.map_ok(&alice).kind, "static");
+    // A rule naming a user this node does not have is an error for that user only.
+    std::fs::write(
+        &d.conf,
+        format!("{good}StaticMap staticvo a11ce000-0000-0001 no-such-local-user\n"),
+    )
+    .unwrap();
+    assert!(d.admin(&["reload"]).status.success());
+    match d.map(&alice) {
+        Response::Error(e) => assert!(e.contains("no-such-local-user"), "{e}"),
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(d.map_ok(&bob).kind, "pool");
+}
+
+#[test]
+fn a_long_running_process_sees_releases_and_a_dead_daemon() {
+    let pki = Pki::new("longvo");
+    let d = Daemon::start(&pki, &pool("longvo", 72900, 3));
+    let acct = d.map_ok(&pki.user("10n90000-0000-0001"));
+    let name = acct.passwd.name.clone();
+    // One process, several lookups: its cached copy of the daemon's files must
+    // follow a release at once and stop answering once the daemon is gone.
+    let script = r#"
+import pwd, subprocess, sys, time, os
+name, xos, sock, pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def has(n):
+    try:
+        pwd.getpwnam(n)
+        return "yes"
+    except KeyError:
+        return "no"
+out = [has(name), has(name)]
+subprocess.run([xos, "xos-amsd", "--socket", sock, "release", name], check=True)
+out.append(has(name))
+os.kill(pid, 9)
+time.sleep(1.5)
+out.append(has(name))
+print(" ".join(out))
+"#;
+    let xos = env!("CARGO_BIN_EXE_xos");
+    let sock = d.socket();
+    let pid = d.child.as_ref().unwrap().id().to_string();
+    let r = with_nss(
+        &d,
+        &[&[
+            "python3",
+            "-c",
+            script,
+            &name,
+            xos,
+            sock.to_str().unwrap(),
+            &pid,
+        ]],
+    );
+    assert_eq!(r[0], (0, "yes yes no no\n".to_string()), "{r:?}");
+}
+
+#[test]
+fn pam_setcred_gives_the_mapped_account_its_vo_groups() {
+    let pki = Pki::new("credvo");
+    let d = Daemon::start(&pki, &pool("credvo", 73100, 2));
+    let cert = pki.user("erin");
+    let dir = tempfile::tempdir().unwrap();
+    let prog = dir.path().join("setcred");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pam_progs/setcred.c");
+    let o = Command::new("cc")
+        .arg("-o")
+        .arg(&prog)
+        .arg(&src)
+        .arg("-lpam")
+        .output()
+        .expect("cc (gcc) and libpam0g-dev are needed");
+    assert!(o.status.success(), "cc: {}", show(&o));
+    let pamd = dir.path().join("pam.d");
+    std::fs::create_dir(&pamd).unwrap();
+    std::fs::write(
+        pamd.join("xos-cred"),
+        format!(
+            "auth required {} socket={} cert={}\n",
+            modules_dir().join("pam_xos.so").display(),
+            d.socket().display(),
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let outp = dir.path().join("out");
+    let (pamd2, outp2, prog2) = (pamd.clone(), outp.clone(), prog.clone());
+    in_private_mount_ns(move || {
+        nix::mount::mount(
+            Some(&pamd2),
+            "/etc/pam.d",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let o = Command::new(&prog2)
+            .args(["xos-cred", "anyone"])
+            .output()
+            .unwrap();
+        std::fs::write(&outp2, format!("{:?}\n{}", o.status.code(), show(&o))).unwrap();
+    });
+    let out = std::fs::read_to_string(&outp).unwrap();
+    assert!(out.starts_with("Some(0)"), "{out}");
+    let acct = d.map_ok(&cert);
+    let line = out
+        .lines()
+        .find(|l| l.contains(&acct.passwd.name))
+        .unwrap_or_else(|| panic!("no line for {}: {out}", acct.passwd.name));
+    let mut got: Vec<u32> = line
+        .rsplit(&acct.passwd.name)
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    got.sort();
+    let mut want = acct.gids.clone();
+    want.sort();
+    assert!(
+        want.len() >= 2,
+        "the VO user has a group and more: {want:?}"
+    );
+    assert_eq!(got, want, "{out}");
+}

@@ -693,7 +693,25 @@ fn serve_connection(svc: &Service, mut stream: UnixStream) {
 /// per NSS lookup). When that many connections are in flight, a new one is served
 /// on a thread of its own, so slow or idle clients cannot starve the others; beyond
 /// [`MAX_CONNECTIONS`] clients are told "busy".
+///
+/// SIGHUP reloads the configuration file (as `xos-amsd reload` does): it is
+/// blocked in every thread and taken by one that waits for it.
 pub fn serve(svc: Arc<Service>, listener: UnixListener, sweep: Duration) {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut hup = SigSet::empty();
+    hup.add(Signal::SIGHUP);
+    if let Err(e) = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&hup), None) {
+        log::warn!("cannot block SIGHUP, it will end the daemon: {e}");
+    }
+    let s1 = Arc::clone(&svc);
+    std::thread::spawn(move || loop {
+        if hup.wait().is_ok() {
+            match s1.reload() {
+                Ok(()) => log::info!("SIGHUP: configuration reloaded"),
+                Err(e) => log::warn!("SIGHUP: configuration kept: {e}"),
+            }
+        }
+    });
     let s2 = Arc::clone(&svc);
     std::thread::spawn(move || loop {
         std::thread::sleep(sweep);

@@ -11,7 +11,8 @@
 //! work. Every entry point catches panics (a panic must not unwind into the host
 //! program), starts no thread, and refuses to recurse into itself (a per-thread
 //! guard, as SSSD's client does). The only state beyond a call is the list being
-//! enumerated between set*ent and end*ent.
+//! enumerated between set*ent and end*ent, and the cache files as last read
+//! (checked with one stat(2) per lookup, like SSSD's memory cache).
 
 // The entry points are called by glibc, which guarantees valid pointers (nss(5));
 // marking them `unsafe fn` would not change what the callers may do.
@@ -22,7 +23,7 @@ use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_long};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libc::{gid_t, group, passwd, size_t, uid_t};
 use xos_proto::{Group, Passwd, Request, Response};
@@ -195,33 +196,100 @@ fn c_str(p: *const c_char) -> Option<String> {
     Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
+/// A cache file as last read: reused while stat(2) shows the same file (the
+/// daemon replaces it by rename) and its writer was alive within a second.
+struct CacheFile {
+    name: &'static str,
+    path: PathBuf,
+    id: (u64, u64, i64, i64, u64),
+    text: String,
+    checked: Instant,
+}
+
+static CACHE: Mutex<Vec<CacheFile>> = Mutex::new(Vec::new());
+const LIVENESS_TTL: Duration = Duration::from_secs(1);
+
+/// Whether the daemon named in the first line ("# xos-amsd PID") is alive.
+fn writer_alive(text: &str) -> bool {
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# xos-amsd "))
+        .and_then(|p| p.parse::<libc::pid_t>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // A killed daemon not yet reaped by its parent still "exists", as a zombie.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
 /// Looks `key` up in field `field` of the daemon's cache file `name` (beside the
 /// socket, see xos-amsd(1)); None when the file is missing, not root's, writable by
-/// others, or has no such line; then the daemon is asked.
-fn cached(name: &str, field: usize, key: &str) -> Option<Vec<String>> {
-    use std::io::Read;
+/// others, written by a daemon that is gone, or has no such line; then the
+/// daemon is asked. One stat(2) per lookup while the file is unchanged.
+fn cached(name: &'static str, field: usize, key: &str) -> Option<Vec<String>> {
     use std::os::unix::fs::MetadataExt;
     let path = socket().parent()?.join(name);
-    let mut f = std::fs::File::open(path).ok()?;
-    let md = f.metadata().ok()?;
+    let md = std::fs::metadata(&path).ok()?;
     if md.uid() != 0 || md.mode() & 0o022 != 0 || md.len() > 16 << 20 {
         return None;
     }
-    let mut text = String::with_capacity(md.len() as usize);
-    f.read_to_string(&mut text).ok()?;
-    // "# xos-amsd PID": only a live daemon's cache counts.
-    let mut lines = text.lines();
-    let pid: libc::pid_t = lines.next()?.strip_prefix("# xos-amsd ")?.parse().ok()?;
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !alive {
-        return None;
+    let id = (md.dev(), md.ino(), md.mtime(), md.mtime_nsec(), md.len());
+    let find = |text: &str| {
+        // Compare one field per line; split the whole line only for the match.
+        text.lines()
+            .skip(1)
+            .find(|l| l.split(':').nth(field) == Some(key))
+            .map(|l| l.split(':').map(str::to_string).collect())
+    };
+    // Never wait for the lock: a fork while another thread held it would
+    // leave it held forever in the child. Busy means read the file directly.
+    let Ok(mut cache) = CACHE.try_lock() else {
+        let text = std::fs::read_to_string(&path).ok()?;
+        return if writer_alive(&text) {
+            find(&text)
+        } else {
+            None
+        };
+    };
+    let at = cache.iter().position(|c| c.name == name);
+    let fresh = at.is_some_and(|i| cache[i].id == id && cache[i].path == path);
+    if !fresh {
+        let text = std::fs::read_to_string(&path).ok()?;
+        if !writer_alive(&text) {
+            return None;
+        }
+        let entry = CacheFile {
+            name,
+            path,
+            id,
+            text,
+            checked: Instant::now(),
+        };
+        match at {
+            Some(i) => cache[i] = entry,
+            None => cache.push(entry),
+        }
     }
-    // Compare one field per line; split the whole line only for the match.
-    lines
-        .find(|l| l.split(':').nth(field) == Some(key))
-        .map(|l| l.split(':').map(str::to_string).collect())
+    let i = cache.iter().position(|c| c.name == name)?;
+    let c = &mut cache[i];
+    if c.checked.elapsed() > LIVENESS_TTL {
+        if !writer_alive(&c.text) {
+            return None;
+        }
+        c.checked = Instant::now();
+    }
+    find(&c.text)
 }
 
 fn cached_passwd(field: usize, key: &str) -> Option<Passwd> {

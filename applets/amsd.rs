@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use xos::vo::config::{self, Config};
 use xos::vo::proto::{self, Request, Response};
 use xos::vo::server::{self, Service};
@@ -95,13 +95,7 @@ pub fn command() -> clap::Command {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a = match Args::command()
-        .try_get_matches_from(args)
-        .and_then(|m| Args::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => common::clap_exit(e),
-    };
+    let a: Args = common::parse_args(args);
     match a.admin {
         Some(cmd) => {
             let socket = a

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgGroup, CommandFactory, Parser};
 use xos::registry::{self, Registry};
 
 use crate::common;
@@ -65,13 +65,7 @@ pub fn command() -> clap::Command {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a = match Args::command()
-        .try_get_matches_from(args)
-        .and_then(|m| Args::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => common::clap_exit(e),
-    };
+    let a: Args = common::parse_args(args);
     let reg = match Registry::open(&a.state_dir) {
         Ok(r) => r,
         Err(e) => return common::fail("checkpoint", e),

@@ -47,6 +47,12 @@ pub fn clap_exit(e: clap::Error) -> ! {
     e.exit()
 }
 
+/// An applet's options from its command line; on an error, or for --help and
+/// --version, prints what clap says and exits with its status.
+pub fn parse_args<A: clap::Parser>(args: Vec<std::ffi::OsString>) -> A {
+    A::try_parse_from(args).unwrap_or_else(|e| clap_exit(e))
+}
+
 /// Parses a size such as `512M`, `2G`, `1048576` or `64k` (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

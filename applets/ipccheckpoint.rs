@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::error::ErrorKind;
-use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgGroup, CommandFactory, Parser};
 use xos::registry::{self, Registry};
 use xos::sysvipc::{self, Kind, Selector};
 
@@ -168,13 +168,7 @@ impl NsTarget {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a = match Args::command()
-        .try_get_matches_from(args)
-        .and_then(|m| Args::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => common::clap_exit(e),
-    };
+    let a: Args = common::parse_args(args);
     if let Err(e) = a.ns.enter() {
         return common::fail(NAME, e);
     }

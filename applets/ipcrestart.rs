@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgGroup, CommandFactory, Parser};
 use xos::sysvipc::{self, Image, Kind, Meta};
 
 use crate::common;
@@ -100,13 +100,7 @@ fn key_text(key: i32) -> String {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a = match Args::command()
-        .try_get_matches_from(args)
-        .and_then(|m| Args::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => common::clap_exit(e),
-    };
+    let a: Args = common::parse_args(args);
     let expect = if a.msg {
         Some(Kind::Msg)
     } else if a.sem {

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use xos::app::{self, Detached, Launch, LaunchSpec};
 use xos::cgroup::{CpuMax, Limits};
 use xos::registry::{self, Registry};
@@ -99,13 +99,7 @@ pub fn command() -> clap::Command {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a = match Args::command()
-        .try_get_matches_from(args)
-        .and_then(|m| Args::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => common::clap_exit(e),
-    };
+    let a: Args = common::parse_args(args);
     let cpu_max = match a.cpus {
         Some(n) => match CpuMax::from_cpus(n) {
             Some(m) => Some(m),

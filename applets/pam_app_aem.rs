@@ -10,7 +10,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use xos::vo::proto::{self, Account, Request, Response, Session};
 use xos::vo::session;
 
@@ -78,13 +78,7 @@ fn fail(msg: impl std::fmt::Display) -> i32 {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a = match Args::command()
-        .try_get_matches_from(args)
-        .and_then(|m| Args::from_arg_matches(&m))
-    {
-        Ok(a) => a,
-        Err(e) => common::clap_exit(e),
-    };
+    let a: Args = common::parse_args(args);
     let pem = match xos::fsutil::read_string(&a.cert) {
         Ok(p) => p,
         Err(e) => return fail(e),

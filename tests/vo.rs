@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{in_private_mount_ns, show, wait_until};
+use common::{bind_over, in_private_mount_ns, show, wait_until};
 use vo_common::{modules_dir, xos_cmd, Daemon, Pki};
 use xos::vo::proto::{self, Request, Response};
 
@@ -244,14 +244,7 @@ fn with_nss(d: &Daemon, cmds: &[&[&str]]) -> Vec<(i32, String)> {
         .collect();
     let out2 = out.clone();
     in_private_mount_ns(move || {
-        nix::mount::mount(
-            Some(&conf),
-            "/etc/nsswitch.conf",
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
+        bind_over(&conf, "/etc/nsswitch.conf");
         let mut res = Vec::new();
         for c in &cmds {
             let o = Command::new(&c[0])
@@ -484,14 +477,7 @@ fn pam_xos_through_pamtester() {
     let outp2 = outp.clone();
     let parent = d.parent.clone();
     in_private_mount_ns(move || {
-        nix::mount::mount(
-            Some(&pamd_path),
-            "/etc/pam.d",
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
+        bind_over(&pamd_path, "/etc/pam.d");
         let o = Command::new("pamtester")
             .args([
                 "-v",
@@ -537,14 +523,7 @@ fn pam_xos_through_pamtester() {
     .unwrap();
     let pamd_path = pamd.path().to_path_buf();
     in_private_mount_ns(move || {
-        nix::mount::mount(
-            Some(&pamd_path),
-            "/etc/pam.d",
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
+        bind_over(&pamd_path, "/etc/pam.d");
         let o = Command::new("pamtester")
             .args(["xos-env", "anyone", "authenticate"])
             .env("XOS_CERT_FILE", &dave)
@@ -566,14 +545,7 @@ fn pam_xos_through_pamtester() {
     assert!(d.admin(&["ban", "carol"]).status.success());
     let pamd_path = pamd.path().to_path_buf();
     in_private_mount_ns(move || {
-        nix::mount::mount(
-            Some(&pamd_path),
-            "/etc/pam.d",
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
+        bind_over(&pamd_path, "/etc/pam.d");
         let o = Command::new("pamtester")
             .args(["xos-test", "anyone", "authenticate"])
             .output()
@@ -848,14 +820,7 @@ fn pam_setcred_gives_the_mapped_account_its_vo_groups() {
     let outp = dir.path().join("out");
     let (pamd2, outp2, prog2) = (pamd.clone(), outp.clone(), prog.clone());
     in_private_mount_ns(move || {
-        nix::mount::mount(
-            Some(&pamd2),
-            "/etc/pam.d",
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .unwrap();
+        bind_over(&pamd2, "/etc/pam.d");
         let o = Command::new(&prog2)
             .args(["xos-cred", "anyone"])
             .output()

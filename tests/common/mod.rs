@@ -147,6 +147,18 @@ pub fn proc_state(pid: i32) -> char {
     xos::process::stat(pid).map(|s| s.state).unwrap_or('?')
 }
 
+/// Bind-mounts `src` over `target` (inside [`in_private_mount_ns`]).
+pub fn bind_over(src: &Path, target: &str) {
+    nix::mount::mount(
+        Some(src),
+        target,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap_or_else(|e| panic!("bind {} over {target}: {e}", src.display()));
+}
+
 /// Runs `body` in a forked child, in a mount namespace of its own, and fails the
 /// test if the child panics or fails. Mounts made by `body` vanish with the child.
 pub fn in_private_mount_ns(body: impl FnOnce()) {

@@ -122,6 +122,32 @@ pub struct Mm {
     pub env_end: u64,
 }
 
+impl Mm {
+    /// `struct prctl_mm_map` (linux/prctl.h) in native byte order: these
+    /// fields in this order, then the auxv address and size and the descriptor
+    /// of the new exe link (u32::MAX to keep it).
+    pub fn prctl_mm_map(&self, auxv: u64, auxv_size: u32, exe_fd: u32) -> Vec<u8> {
+        let words = [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+            auxv,
+        ];
+        let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        b.extend_from_slice(&auxv_size.to_ne_bytes());
+        b.extend_from_slice(&exe_fd.to_ne_bytes());
+        b
+    }
+}
+
 /// What backs a mapping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backing {
@@ -230,5 +256,23 @@ mod tests {
         assert_eq!(from_hex(&to_hex(&b)).unwrap(), b);
         assert!(from_hex("abc").is_none());
         assert!(from_hex("zz").is_none());
+    }
+
+    #[test]
+    fn prctl_mm_map_layout() {
+        let mm = super::Mm {
+            brk: 6,
+            env_end: 11,
+            ..Default::default()
+        };
+        let b = mm.prctl_mm_map(12, 13, 14);
+        // sizeof(struct prctl_mm_map) on x86-64, as PR_SET_MM_MAP_SIZE reports.
+        assert_eq!(b.len(), 104);
+        let word = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        assert_eq!((word(5), word(10), word(11)), (6, 11, 12));
+        assert_eq!(
+            &b[96..],
+            &[13u32.to_ne_bytes(), 14u32.to_ne_bytes()].concat()[..]
+        );
     }
 }

@@ -955,24 +955,8 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
     let auxv: Vec<u8> = p.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
     let auxv_addr = scratch + 2 * PAGE;
     t.write_mem(auxv_addr, &auxv)?;
-    let map = sys::PrctlMmMap {
-        start_code: p.mm.start_code,
-        end_code: p.mm.end_code,
-        start_data: p.mm.start_data,
-        end_data: p.mm.end_data,
-        start_brk: p.mm.start_brk,
-        brk: p.mm.brk,
-        start_stack: p.mm.start_stack,
-        arg_start: p.mm.arg_start,
-        arg_end: p.mm.arg_end,
-        env_start: p.mm.env_start,
-        env_end: p.mm.env_end,
-        auxv: auxv_addr,
-        auxv_size: auxv.len() as u32,
-        exe_fd,
-    };
     let map_addr = scratch + PAGE;
-    let bytes = map.as_bytes();
+    let bytes = p.mm.prctl_mm_map(auxv_addr, auxv.len() as u32, exe_fd);
     t.write_mem(map_addr, &bytes)?;
     let r = t.syscall_ok(
         &base,

@@ -127,38 +127,6 @@ pub fn pause() {
     unsafe { libc::syscall(libc::SYS_pause) };
 }
 
-/// `struct prctl_mm_map` (linux/prctl.h).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PrctlMmMap {
-    pub start_code: u64,
-    pub end_code: u64,
-    pub start_data: u64,
-    pub end_data: u64,
-    pub start_brk: u64,
-    pub brk: u64,
-    pub start_stack: u64,
-    pub arg_start: u64,
-    pub arg_end: u64,
-    pub env_start: u64,
-    pub env_end: u64,
-    pub auxv: u64,
-    pub auxv_size: u32,
-    pub exe_fd: u32,
-}
-
-impl PrctlMmMap {
-    pub fn as_bytes(&self) -> Vec<u8> {
-        let size = std::mem::size_of::<Self>();
-        let mut v = vec![0u8; size];
-        // SAFETY: Self is repr(C) plain data of `size` bytes; v has that length.
-        unsafe {
-            std::ptr::copy_nonoverlapping((self as *const Self).cast::<u8>(), v.as_mut_ptr(), size)
-        };
-        v
-    }
-}
-
 /// One resource limit of process `pid`: (soft, hard).
 pub fn get_rlimit(pid: i32, resource: u32) -> nix::Result<(u64, u64)> {
     let mut old = libc::rlimit64 {

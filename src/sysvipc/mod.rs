@@ -568,6 +568,27 @@ pub(crate) fn stat_err(obj: Obj) -> impl Fn(Errno) -> IpcError {
     }
 }
 
+/// The state of object `id` of `kind`, read with `stat`, and the object named
+/// with its key from that state.
+pub(crate) fn stat_obj<T>(
+    kind: Kind,
+    id: i32,
+    stat: impl FnOnce(i32) -> nix::Result<T>,
+    key: impl FnOnce(&T) -> i32,
+) -> Result<(Obj, T)> {
+    let obj = Obj {
+        kind,
+        id,
+        key: None,
+    };
+    let ds = stat(id).map_err(stat_err(obj))?;
+    let obj = Obj {
+        key: Some(key(&ds)),
+        ..obj
+    };
+    Ok((obj, ds))
+}
+
 /// What a save wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saved {

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::format::{Payload, Writer};
 use super::{
-    create_exact, stat_err, sys, Created, IpcError, Kind, Limits, Obj, Perm, Result, Saved,
+    create_exact, stat_err, stat_obj, sys, Created, IpcError, Kind, Limits, Obj, Perm, Result,
+    Saved,
 };
 
 /// How many times a save starts again when the queue changes under it.
@@ -134,16 +135,7 @@ type QueueCopy = (libc::msqid_ds, Vec<(i64, Vec<u8>)>);
 
 /// One consistent copy of the queue, or None if it changed while being copied.
 fn copy_queue(id: i32) -> Result<Option<QueueCopy>> {
-    let obj = Obj {
-        kind: Kind::Msg,
-        id,
-        key: None,
-    };
-    let before = sys::msg_stat(id).map_err(stat_err(obj))?;
-    let obj = Obj {
-        key: Some(before.msg_perm.__key),
-        ..obj
-    };
+    let (obj, before) = stat_obj(Kind::Msg, id, sys::msg_stat, |d| d.msg_perm.__key)?;
     let cbytes = before.__msg_cbytes;
     // MSG_COPY copies at most msgmax bytes; a larger buffer only costs kernel memory.
     let mut buf = sys::MsgBuf::new(cbytes.min(msgmax()).max(1) as usize);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::format::Writer;
 use super::{
-    create_exact, stat_err, sys, Created, IpcError, Kind, Limits, Obj, Perm, Result, Saved,
+    create_exact, stat_err, stat_obj, sys, Created, IpcError, Kind, Limits, Perm, Result, Saved,
 };
 
 /// Largest semaphore value (SEMVMX).
@@ -83,16 +83,7 @@ impl SemMeta {
 
 /// Saves semaphore array `id` to `path`.
 pub(crate) fn save(id: i32, path: &Path) -> Result<Saved> {
-    let obj = Obj {
-        kind: Kind::Sem,
-        id,
-        key: None,
-    };
-    let ds = sys::sem_stat(id).map_err(stat_err(obj))?;
-    let obj = Obj {
-        key: Some(ds.sem_perm.__key),
-        ..obj
-    };
+    let (obj, ds) = stat_obj(Kind::Sem, id, sys::sem_stat, |d| d.sem_perm.__key)?;
     let mut values = vec![0u16; ds.sem_nsems as usize];
     // GETALL reads every value at once under the array's lock: a consistent copy.
     sys::sem_getall(id, &mut values).map_err(stat_err(obj))?;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::format::{Payload, Writer, CHUNK};
 use super::{
-    create_exact, stat_err, sys, Created, IpcError, Kind, Limits, Obj, Perm, Result, Saved,
+    create_exact, stat_obj, sys, Created, IpcError, Kind, Limits, Obj, Perm, Result, Saved,
 };
 use crate::fsutil;
 
@@ -356,16 +356,7 @@ where
 
 /// Saves segment `id` to `path`.
 pub(crate) fn save(id: i32, path: &Path) -> Result<Saved> {
-    let obj = Obj {
-        kind: Kind::Shm,
-        id,
-        key: None,
-    };
-    let ds = sys::shm_stat(id).map_err(stat_err(obj))?;
-    let obj = Obj {
-        key: Some(ds.shm_perm.__key),
-        ..obj
-    };
+    let (obj, ds) = stat_obj(Kind::Shm, id, sys::shm_stat, |d| d.shm_perm.__key)?;
     let err = |op| move |source| IpcError::Sys { obj, op, source };
     let size = ds.shm_segsz as u64;
     // Declared before the attachment so that it outlives it.

@@ -180,7 +180,7 @@ pub enum IpcError {
 pub type Result<T> = std::result::Result<T, IpcError>;
 
 /// Identity, owner and permissions of an object, as saved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Perm {
     pub key: i32,
     pub id: i32,
@@ -913,13 +913,9 @@ mod tests {
 
     fn perm(id: i32) -> Perm {
         Perm {
-            key: 0,
             id,
-            uid: 0,
-            gid: 0,
-            cuid: 0,
-            cgid: 0,
             mode: 0o600,
+            ..Default::default()
         }
     }
 
@@ -927,13 +923,7 @@ mod tests {
         Meta::Msg(msg::MsgMeta {
             perm: perm(id),
             qbytes: 1,
-            messages: vec![],
-            lspid: 0,
-            lrpid: 0,
-            stime: 0,
-            rtime: 0,
-            ctime: 0,
-            saved: 0,
+            ..Default::default()
         })
     }
 
@@ -941,9 +931,7 @@ mod tests {
         Meta::Sem(sem::SemMeta {
             perm: perm(id),
             values: vec![0; n],
-            otime: 0,
-            ctime: 0,
-            saved: 0,
+            ..Default::default()
         })
     }
 
@@ -951,16 +939,7 @@ mod tests {
         Meta::Shm(shm::ShmMeta {
             perm: perm(id),
             size,
-            extents: vec![],
-            locked: false,
-            marked_for_removal: false,
-            cpid: 0,
-            lpid: 0,
-            nattch: 0,
-            atime: 0,
-            dtime: 0,
-            ctime: 0,
-            saved: 0,
+            ..Default::default()
         })
     }
 

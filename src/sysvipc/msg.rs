@@ -19,7 +19,7 @@ use super::{
 const ATTEMPTS: usize = 5;
 
 /// Metadata of a saved queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MsgMeta {
     #[serde(flatten)]
     pub perm: Perm,
@@ -235,21 +235,12 @@ mod tests {
         MsgMeta {
             perm: Perm {
                 key: 1,
-                id: 0,
-                uid: 0,
-                gid: 0,
-                cuid: 0,
-                cgid: 0,
                 mode: 0o600,
+                ..Default::default()
             },
             qbytes: 16384,
             messages: lens.iter().map(|&len| MsgEntry { mtype: 1, len }).collect(),
-            lspid: 0,
-            lrpid: 0,
-            stime: 0,
-            rtime: 0,
-            ctime: 0,
-            saved: 0,
+            ..Default::default()
         }
     }
 

@@ -17,7 +17,7 @@ use super::{
 pub const SEMVMX: u16 = 32767;
 
 /// Metadata of a saved semaphore array (it has no payload).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SemMeta {
     #[serde(flatten)]
     pub perm: Perm,

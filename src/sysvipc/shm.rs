@@ -32,7 +32,7 @@ const SHM_DEST: u32 = 0o1000;
 const SHM_LOCKED: u32 = 0o2000;
 
 /// Metadata of a saved segment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShmMeta {
     #[serde(flatten)]
     pub perm: Perm,
@@ -424,25 +424,13 @@ mod tests {
     fn meta(size: u64, extents: Vec<[u64; 2]>) -> ShmMeta {
         ShmMeta {
             perm: Perm {
-                key: 0,
                 id: 1,
-                uid: 0,
-                gid: 0,
-                cuid: 0,
-                cgid: 0,
                 mode: 0o600,
+                ..Default::default()
             },
             size,
             extents,
-            locked: false,
-            marked_for_removal: false,
-            cpid: 0,
-            lpid: 0,
-            nattch: 0,
-            atime: 0,
-            dtime: 0,
-            ctime: 0,
-            saved: 0,
+            ..Default::default()
         }
     }
 

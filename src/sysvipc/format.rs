@@ -192,16 +192,9 @@ impl Writer {
 
     /// Appends payload bytes.
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), IpcError> {
-        let n = data.len() as u64;
-        if n > self.remaining {
-            return Err(format_err(
-                &self.path,
-                FormatError::Inconsistent("more payload than announced".into()),
-            ));
-        }
-        self.remaining -= n;
-        self.crc.update(data);
-        self.file.write_all(data).map_err(io("write", &self.tmp))
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(data);
+        self.write_hashed(data, crc)
     }
 
     /// Appends payload bytes whose CRC the caller computed (`crc` covers exactly

@@ -2,6 +2,7 @@
 //! test runs in a forked child with a private IPC namespace (nothing it creates can
 //! outlive it) and checks the objects with direct system calls.
 
+mod common;
 mod ipc_common;
 
 use std::fs;
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::show;
 use ipc_common::*;
 
 const KEY: i32 = 0x1234_abcd;

@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::show;
+
 /// The xos binary under test.
 pub fn xos() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_xos"))
@@ -21,16 +23,6 @@ pub fn run(applet: &str, args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("run xos")
-}
-
-/// Output as text, with the status, for assertion messages.
-pub fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Asserts success and returns stdout.

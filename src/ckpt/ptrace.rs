@@ -122,24 +122,6 @@ impl Tracee {
             })
     }
 
-    /// Like [`read_mem`](Self::read_mem), with process_vm_readv (several times
-    /// faster than /proc/PID/mem) where the pages are readable.
-    pub fn read_mem_fast(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let len = buf.len();
-        let remote = [nix::sys::uio::RemoteIoVec {
-            base: addr as usize,
-            len,
-        }];
-        match nix::sys::uio::process_vm_readv(
-            self.pid,
-            &mut [std::io::IoSliceMut::new(buf)],
-            &remote,
-        ) {
-            Ok(n) if n == len => Ok(()),
-            _ => self.read_mem(addr, buf),
-        }
-    }
-
     pub fn write_mem(&self, addr: u64, buf: &[u8]) -> Result<()> {
         self.mem
             .write_all_at(buf, addr)

@@ -470,9 +470,10 @@ fn set_credentials(
     const PR_SET_DUMPABLE: u64 = 4;
     const PR_CAP_AMBIENT: u64 = 47;
     const PR_CAP_AMBIENT_RAISE: u64 = 2;
-    let prctl = |what: &'static str, a: u64, b: u64| {
-        t.syscall_ok(base, what, libc::SYS_prctl, [a, b, 0, 0, 0, 0])
+    let call = |what: &'static str, nr: i64, a: [u64; 3]| {
+        t.syscall_ok(base, what, nr, [a[0], a[1], a[2], 0, 0, 0])
     };
+    let prctl = |what: &'static str, a: u64, b: u64| call(what, libc::SYS_prctl, [a, b, 0]);
     let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -491,9 +492,6 @@ fn set_credentials(
     let groups: Vec<u8> = p.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let groups_addr = scratch + 4 * PAGE;
     t.write_mem(groups_addr, &groups)?;
-    let call = |what: &'static str, nr: i64, a: [u64; 3]| {
-        t.syscall_ok(base, what, nr, [a[0], a[1], a[2], 0, 0, 0])
-    };
     call(
         "setgroups",
         libc::SYS_setgroups,
@@ -525,11 +523,10 @@ fn set_credentials(
     call("capset", libc::SYS_capset, [cap_addr, cap_addr + 8, 0])?;
     for n in 0..64 {
         if c.ambient & (1 << n) != 0 {
-            t.syscall_ok(
-                base,
+            call(
                 "raise an ambient capability",
                 libc::SYS_prctl,
-                [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, n, 0, 0, 0],
+                [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, n],
             )?;
         }
     }

@@ -160,23 +160,21 @@ impl Tracee {
         self.set_regs(r)?;
         // One step over the `syscall` instruction: a single stop once the call
         // has returned (two with PTRACE_SYSCALL, at entry and exit).
-        {
-            ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
-            loop {
-                match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
-                    WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
-                    WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
-                        return Err(CkptError::TraceeDied { pid: self.label })
-                    }
-                    // Signals are blocked while calls are injected; anything else
-                    // (a stop request) is passed over.
-                    other => {
-                        log::debug!(
-                            "process {}: unexpected stop {other:?} while running syscall {nr}",
-                            self.label
-                        );
-                        ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
-                    }
+        ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    return Err(CkptError::TraceeDied { pid: self.label })
+                }
+                // Signals are blocked while calls are injected; anything else
+                // (a stop request) is passed over.
+                other => {
+                    log::debug!(
+                        "process {}: unexpected stop {other:?} while running syscall {nr}",
+                        self.label
+                    );
+                    ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
                 }
             }
         }

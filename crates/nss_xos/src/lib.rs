@@ -233,6 +233,12 @@ fn writer_alive(text: &str) -> bool {
     }
 }
 
+/// The text of a cache file, if the daemon that wrote it lives.
+fn read_live(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    writer_alive(&text).then_some(text)
+}
+
 /// Looks `key` up in field `field` of the daemon's cache file `name` (beside the
 /// socket, see xos-amsd(1)); None when the file is missing, not root's, writable by
 /// others, written by a daemon that is gone, or has no such line; then the
@@ -255,33 +261,30 @@ fn cached(name: &'static str, field: usize, key: &str) -> Option<Vec<String>> {
     // Never wait for the lock: a fork while another thread held it would
     // leave it held forever in the child. Busy means read the file directly.
     let Ok(mut cache) = CACHE.try_lock() else {
-        let text = std::fs::read_to_string(&path).ok()?;
-        return if writer_alive(&text) {
-            find(&text)
-        } else {
-            None
-        };
+        return read_live(&path).and_then(|text| find(&text));
     };
-    let at = cache.iter().position(|c| c.name == name);
-    let fresh = at.is_some_and(|i| cache[i].id == id && cache[i].path == path);
-    if !fresh {
-        let text = std::fs::read_to_string(&path).ok()?;
-        if !writer_alive(&text) {
-            return None;
+    let i = match cache.iter().position(|c| c.name == name) {
+        Some(i) if cache[i].id == id && cache[i].path == path => i,
+        found => {
+            let entry = CacheFile {
+                name,
+                text: read_live(&path)?,
+                path,
+                id,
+                checked: Instant::now(),
+            };
+            match found {
+                Some(i) => {
+                    cache[i] = entry;
+                    i
+                }
+                None => {
+                    cache.push(entry);
+                    cache.len() - 1
+                }
+            }
         }
-        let entry = CacheFile {
-            name,
-            path,
-            id,
-            text,
-            checked: Instant::now(),
-        };
-        match at {
-            Some(i) => cache[i] = entry,
-            None => cache.push(entry),
-        }
-    }
-    let i = cache.iter().position(|c| c.name == name)?;
+    };
     let c = &mut cache[i];
     if c.checked.elapsed() > LIVENESS_TTL {
         if !writer_alive(&c.text) {

@@ -326,7 +326,7 @@ fn glibc_nss_sees_mapped_users_and_groups() {
     // the daemon is stopped (SIGSTOP: alive, but answering nothing).
     let cache = std::fs::read_to_string(d.run.join("passwd")).unwrap();
     assert!(cache.contains(&line), "{cache}");
-    let pid = nix::unistd::Pid::from_raw(d.child.as_ref().unwrap().id() as i32);
+    let pid = d.pid();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let r = with_nss(
         &d,
@@ -684,7 +684,7 @@ fn static_rules_come_with_a_reload_by_sighup_and_a_bad_file_is_not_applied() {
     );
     let bob = pki.user("b0b00000-0000-0002");
     assert_eq!(d.map_ok(&bob).kind, "pool");
-    let pid = nix::unistd::Pid::from_raw(d.child.as_ref().unwrap().id() as i32);
+    let pid = d.pid();
     let hup = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
 
     // A static rule for alice: local account `nobody`, from /etc/passwd.
@@ -773,7 +773,7 @@ print(" ".join(out))
 "#;
     let xos = env!("CARGO_BIN_EXE_xos");
     let sock = d.socket();
-    let pid = d.child.as_ref().unwrap().id().to_string();
+    let pid = d.pid().to_string();
     let r = with_nss(
         &d,
         &[&[

@@ -182,6 +182,11 @@ impl Daemon {
         );
     }
 
+    /// The running daemon's pid.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().expect("daemon running").id() as i32)
+    }
+
     /// kill -9: the daemon gets no chance to save anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -297,6 +297,13 @@ def raw(nbytes):
 def median(v):
     return sorted(v)[len(v) // 2]
 
+# "application A: version V written to DIR (N processes, S MiB, stopped T ms)"
+def version_of(out):
+    return out.split("version ")[1].split(" ")[0]
+
+def stopped_ms(out):
+    return float(out.split("stopped ")[1].split(" ")[0])
+
 ROUNDS = int(os.environ.get("XOS_BENCH_ROUNDS", "5"))
 try:
     nbytes = mib << 20
@@ -311,11 +318,11 @@ try:
     for _ in range(ROUNDS):
         w, reused, fresh, cold = raw(nbytes)
         t_ck, out = run("checkpoint", "-c", "--kill", app)
-        stopped = float(out.split("stopped ")[1].split(" ")[0]) / 1000
-        v = out.split("version ")[1].split(" ")[0]
+        stopped = stopped_ms(out) / 1000
+        v = version_of(out)
         t_rs, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", app, v)
         _, out = run("checkpoint", "-c", "--kill", app)
-        v = out.split("version ")[1].split(" ")[0]
+        v = version_of(out)
         drop_version(app, v)
         t_cold, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", app, v)
         for k, x in zip(figures, (w, reused, fresh, cold, stopped, t_ck, t_rs, t_cold)):
@@ -343,8 +350,8 @@ try:
     cks, rss, spawn = [], [], []
     for i in range(10):
         _, out = run("checkpoint", "-c", "--kill", small)
-        cks.append(float(out.split("stopped ")[1].split(" ")[0]))
-        v = out.split("version ")[1].split(" ")[0]
+        cks.append(stopped_ms(out))
+        v = version_of(out)
         t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", small, v)
         rss.append(t * 1000)
         t, _ = run("--list")

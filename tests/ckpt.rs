@@ -384,36 +384,29 @@ fn corrupt_image_is_refused_and_nothing_is_left() {
     let mut data = std::fs::read(&pages).unwrap();
     data[100] ^= 0xff;
     std::fs::write(&pages, data).unwrap();
-    let o = env
-        .cmd("restart")
-        .args(["--detach", &id.to_string(), &v.to_string()])
-        .output()
-        .unwrap();
-    assert_ne!(o.status.code(), Some(0), "{}", show(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("corrupt"),
-        "{}",
-        show(&o)
-    );
-    assert!(env.registry().list().unwrap().is_empty());
+    // Refused with `why` on stderr, and no application left registered.
+    let refused = |why: &str| {
+        let o = env
+            .cmd("restart")
+            .args(["--detach", &id.to_string(), &v.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(why),
+            "{}",
+            show(&o)
+        );
+        assert!(env.registry().list().unwrap().is_empty());
+        o.status.code()
+    };
+    assert_ne!(refused("corrupt"), Some(0));
     // A truncated data file is refused by its length.
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&pages)
         .unwrap();
     f.set_len(f.metadata().unwrap().len() / 2).unwrap();
-    let o = env
-        .cmd("restart")
-        .args(["--detach", &id.to_string(), &v.to_string()])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("truncated"),
-        "{}",
-        show(&o)
-    );
-    assert!(env.registry().list().unwrap().is_empty());
+    assert_eq!(refused("truncated"), Some(1));
     let layout = xos::cgroup::Layout::detect().unwrap();
     for p in layout.group(&env.parent).unwrap().paths() {
         let n = std::fs::read_dir(&p)

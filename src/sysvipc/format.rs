@@ -388,25 +388,19 @@ impl Reader {
             .map_err(io("read", &path))?;
         let mut crc = Hasher::new();
         let mut buf = vec![0u8; CHUNK];
-        let mut left = self.payload_off;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            self.file
-                .read_exact(&mut buf[..n])
-                .map_err(io("read", &path))?;
-            crc.update(&buf[..n]);
-            left -= n as u64;
-        }
+        // Hashes the next `left` bytes of the file.
+        let mut hash = |file: &mut File, crc: &mut Hasher, mut left: u64| {
+            while left > 0 {
+                let n = left.min(CHUNK as u64) as usize;
+                file.read_exact(&mut buf[..n]).map_err(io("read", &path))?;
+                crc.update(&buf[..n]);
+                left -= n as u64;
+            }
+            Ok::<(), IpcError>(())
+        };
+        hash(&mut self.file, &mut crc, self.payload_off)?;
         self.prefix = Some(crc.clone());
-        let mut left = self.payload_len;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            self.file
-                .read_exact(&mut buf[..n])
-                .map_err(io("read", &path))?;
-            crc.update(&buf[..n]);
-            left -= n as u64;
-        }
+        hash(&mut self.file, &mut crc, self.payload_len)?;
         if crc.finalize() != self.crc {
             self.prefix = None;
             return Err(format_err(&path, FormatError::Checksum));

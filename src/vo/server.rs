@@ -121,7 +121,7 @@ impl Service {
         }
         let store = LeaseStore::open(&cfg.state_dir, &cfg.pools)?;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = State { cfg, store };
-        *lock(&self.index) = None;
+        self.invalidate();
         Ok(())
     }
 

@@ -584,20 +584,9 @@ fn uid_has_processes(uid: u32) -> bool {
 
 fn passwd_by_name(path: &Path, name: &str) -> Option<Passwd> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.len() != 7 || f[0] != name {
-            return None;
-        }
-        Some(Passwd {
-            name: f[0].into(),
-            uid: f[2].parse().ok()?,
-            gid: f[3].parse().ok()?,
-            gecos: f[4].into(),
-            dir: f[5].into(),
-            shell: f[6].into(),
-        })
-    })
+    text.lines()
+        .filter_map(Passwd::from_line)
+        .find(|p| p.name == name)
 }
 
 /// A local account from passwd/group files (never through NSS).
@@ -605,14 +594,9 @@ pub fn local_account(passwd: &Path, group: &Path, name: &str) -> Option<(Passwd,
     let p = passwd_by_name(passwd, name)?;
     let mut gids = vec![p.gid];
     if let Ok(text) = std::fs::read_to_string(group) {
-        for l in text.lines() {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.len() == 4 && f[3].split(',').any(|m| m == name) {
-                if let Ok(g) = f[2].parse() {
-                    if !gids.contains(&g) {
-                        gids.push(g);
-                    }
-                }
+        for g in text.lines().filter_map(Group::from_line) {
+            if g.members.iter().any(|m| m == name) && !gids.contains(&g.gid) {
+                gids.push(g.gid);
             }
         }
     }
@@ -763,17 +747,16 @@ fn write_cache(cfg: &Config, idx: &Index) {
             .iter()
             .all(|f| clean(f))
         {
-            p.push_str(&format!(
-                "{}:x:{}:{}:{}:{}:{}\n",
-                e.name, e.uid, e.gid, e.gecos, e.dir, e.shell
-            ));
+            p.push_str(&e.to_line());
+            p.push('\n');
         }
     }
     let mut g = header;
     for grp in &idx.groups {
         let e = Service::group_entry(idx, grp);
         if clean(&e.name) && e.members.iter().all(|m| clean(m) && !m.contains(',')) {
-            g.push_str(&format!("{}:x:{}:{}\n", e.name, e.gid, e.members.join(",")));
+            g.push_str(&e.to_line());
+            g.push('\n');
         }
     }
     for (path, text) in [(pw, p), (gr, g)] {

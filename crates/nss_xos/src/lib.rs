@@ -243,7 +243,7 @@ fn read_live(path: &std::path::Path) -> Option<String> {
 /// socket, see xos-amsd(1)); None when the file is missing, not root's, writable by
 /// others, written by a daemon that is gone, or has no such line; then the
 /// daemon is asked. One stat(2) per lookup while the file is unchanged.
-fn cached(name: &'static str, field: usize, key: &str) -> Option<Vec<String>> {
+fn cached(name: &'static str, field: usize, key: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let path = socket().parent()?.join(name);
     let md = std::fs::metadata(&path).ok()?;
@@ -252,11 +252,11 @@ fn cached(name: &'static str, field: usize, key: &str) -> Option<Vec<String>> {
     }
     let id = (md.dev(), md.ino(), md.mtime(), md.mtime_nsec(), md.len());
     let find = |text: &str| {
-        // Compare one field per line; split the whole line only for the match.
+        // Compare one field per line; the caller parses the matching line.
         text.lines()
             .skip(1)
             .find(|l| l.split(':').nth(field) == Some(key))
-            .map(|l| l.split(':').map(str::to_string).collect())
+            .map(str::to_string)
     };
     // Never wait for the lock: a fork while another thread held it would
     // leave it held forever in the child. Busy means read the file directly.
@@ -296,34 +296,11 @@ fn cached(name: &'static str, field: usize, key: &str) -> Option<Vec<String>> {
 }
 
 fn cached_passwd(field: usize, key: &str) -> Option<Passwd> {
-    let f = cached("passwd", field, key)?;
-    if f.len() != 7 {
-        return None;
-    }
-    Some(Passwd {
-        name: f[0].clone(),
-        uid: f[2].parse().ok()?,
-        gid: f[3].parse().ok()?,
-        gecos: f[4].clone(),
-        dir: f[5].clone(),
-        shell: f[6].clone(),
-    })
+    Passwd::from_line(&cached("passwd", field, key)?)
 }
 
 fn cached_group(field: usize, key: &str) -> Option<Group> {
-    let f = cached("group", field, key)?;
-    if f.len() != 4 {
-        return None;
-    }
-    Some(Group {
-        name: f[0].clone(),
-        gid: f[2].parse().ok()?,
-        members: f[3]
-            .split(',')
-            .filter(|m| !m.is_empty())
-            .map(str::to_string)
-            .collect(),
-    })
+    Group::from_line(&cached("group", field, key)?)
 }
 
 fn pw_answer(req: Request, out: *mut passwd, buf: *mut c_char, len: size_t) -> (nss_status, c_int) {

@@ -42,6 +42,56 @@ pub struct Group {
     pub members: Vec<String>,
 }
 
+impl Passwd {
+    /// The entry as a passwd(5) line (no newline), as in the daemon's cache file.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{}:x:{}:{}:{}:{}:{}",
+            self.name, self.uid, self.gid, self.gecos, self.dir, self.shell
+        )
+    }
+
+    /// A passwd(5) line; None unless it has seven fields and numeric ids.
+    pub fn from_line(line: &str) -> Option<Passwd> {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() != 7 {
+            return None;
+        }
+        Some(Passwd {
+            name: f[0].into(),
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            gecos: f[4].into(),
+            dir: f[5].into(),
+            shell: f[6].into(),
+        })
+    }
+}
+
+impl Group {
+    /// The entry as a group(5) line (no newline), as in the daemon's cache file.
+    pub fn to_line(&self) -> String {
+        format!("{}:x:{}:{}", self.name, self.gid, self.members.join(","))
+    }
+
+    /// A group(5) line; None unless it has four fields and a numeric gid.
+    pub fn from_line(line: &str) -> Option<Group> {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() != 4 {
+            return None;
+        }
+        Some(Group {
+            name: f[0].into(),
+            gid: f[2].parse().ok()?,
+            members: f[3]
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+}
+
 /// The local account a grid user was mapped to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
@@ -262,6 +312,30 @@ mod tests {
             "truncated"
         );
         assert!(write_frame(&mut Vec::new(), &vec![0; MAX_FRAME + 1]).is_err());
+    }
+
+    #[test]
+    fn passwd_and_group_lines_round_trip() {
+        let p = Passwd {
+            name: "/CN=a@vo".into(),
+            uid: 7,
+            gid: 8,
+            gecos: "/O=vo/CN=a".into(),
+            dir: "/tmp".into(),
+            shell: "/bin/sh".into(),
+        };
+        assert_eq!(p.to_line(), "/CN=a@vo:x:7:8:/O=vo/CN=a:/tmp:/bin/sh");
+        assert_eq!(Passwd::from_line(&p.to_line()), Some(p));
+        assert_eq!(Passwd::from_line("a:x:notanumber:8:g:/:/bin/sh"), None);
+        let g = Group {
+            name: "vo.cms".into(),
+            gid: 9,
+            members: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(g.to_line(), "vo.cms:x:9:a,b");
+        assert_eq!(Group::from_line(&g.to_line()), Some(g));
+        assert_eq!(Group::from_line("g:x:1:").unwrap().members.len(), 0);
+        assert_eq!(Group::from_line("g:x:1"), None);
     }
 
     #[test]

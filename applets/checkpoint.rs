@@ -58,6 +58,17 @@ Examples:
   checkpoint --unfreeze 6
   checkpoint --list
 
+Saved for every process of APP (single-threaded ones): memory (private pages that
+were ever touched, shared anonymous memory, file mappings by reference, mm fields,
+vDSO), registers and FPU state, regular files, devices, pipes with unread bytes and
+inherited stdio, signal handlers, mask and pending signals, interval timers, pid,
+parent, process group and session, uids, gids, groups, capability sets, rlimits,
+umask, working directory, personality, comm and no_new_privs.
+
+A socket, a second thread, a seccomp filter, a changed root or another resource it
+cannot save makes -c fail with one line naming the process and the resource; APP
+keeps running, thawed, and no version is written.
+
 Images are written to STATE/images/APP/VERSION/ (see restart(1)).";
 
 pub fn command() -> clap::Command {

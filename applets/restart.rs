@@ -19,6 +19,13 @@ use crate::{common, krgcr_run};
 /// or stderr (its terminal, or the files krgcr-run was given) are connected to
 /// restart's own. By default restart waits until the application ends and exits with
 /// its status, like krgcr-run; --detach returns once it runs.
+///
+/// An image from another kernel release, one needing CPU state features this CPU
+/// lacks, or one with a missing or truncated data file is refused before anything
+/// is created. Checksums are checked while the data is read, before any process
+/// runs: a corrupt image is refused and everything restart created is removed.
+/// Identity and capabilities are restored last, so the rebuilt processes run with
+/// their saved uids, groups and capability sets, not restart's.
 #[derive(Debug, Parser)]
 #[command(name = "restart", version = common::version(), after_help = AFTER)]
 struct Args {

@@ -4,7 +4,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use clap::{ArgGroup, CommandFactory, Parser};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use xos::applock::AppLock;
 use xos::registry::{self, Registry};
 
 use crate::common;
@@ -37,9 +42,13 @@ struct Args {
     #[arg(short, long)]
     list: bool,
 
-    /// How long to wait for the kernel to freeze or thaw, in seconds
+    /// How long to wait for the kernel (freezing, thawing, every task stopping), in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
+
+    /// If another checkpoint, restart, freeze or unfreeze of APP is in progress, wait for it instead of failing
+    #[arg(long)]
+    wait: bool,
 
     /// State directory holding the registry
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
@@ -58,16 +67,26 @@ Examples:
   checkpoint --unfreeze 6
   checkpoint --list
 
-Saved for every process of APP (single-threaded ones): memory (private pages that
-were ever touched, shared anonymous memory, file mappings by reference, mm fields,
-vDSO), registers and FPU state, regular files, devices, pipes with unread bytes and
-inherited stdio, signal handlers, mask and pending signals, interval timers, pid,
-parent, process group and session, uids, gids, groups, capability sets, rlimits,
-umask, working directory, personality, comm and no_new_privs.
+Saved for every process of APP: memory (private pages that were ever touched,
+shared anonymous memory, file mappings by reference, mm fields, vDSO), every
+thread (registers, TLS and FPU state, signal mask and queued signals, alternate
+signal stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
+priority and nice value, parent-death signal), regular files, devices, pipes with
+unread bytes and inherited stdio, signal handlers and process-wide queued
+signals, interval timers, POSIX timers, a job-control stop, pid, parent, process
+group and session, uids, gids, groups, capability sets, rlimits, umask, working
+directory, personality and no_new_privs.
 
-A socket, a second thread, a seccomp filter, a changed root or another resource it
-cannot save makes -c fail with one line naming the process and the resource; APP
-keeps running, thawed, and no version is written.
+A socket, a seccomp filter, a changed root or another resource it cannot save
+makes -c fail with one line naming the process and the resource; APP keeps
+running and no version is written.
+
+-c never leaves APP changed: it is stopped task by task under ptrace, and
+killing checkpoint at any moment (kill -9, Ctrl-C) lets every task continue
+exactly where it was. SIGINT, SIGTERM and SIGHUP abort -c cleanly; a temporary
+version left by a killed checkpoint is removed by the next one. One operation
+(checkpoint, restart, freeze, unfreeze) runs on APP at a time: a second one
+fails at once naming the first, or waits with --wait.
 
 Images are written to STATE/images/APP/VERSION/ (see restart(1)).";
 
@@ -105,9 +124,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
         return 1;
     }
     if a.checkpoint {
+        // SIGINT, SIGTERM and SIGHUP abort the checkpoint cleanly: the
+        // application is let go unchanged and no version is written.
+        let cancel = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&cancel)) {
+                return common::fail("checkpoint", anyhow::anyhow!("cannot catch signals: {e}"));
+            }
+        }
         let opts = xos::ckpt::CheckpointOptions {
             kill: a.kill,
             timeout,
+            wait: a.wait,
+            cancel: Some(cancel),
         };
         return match xos::ckpt::checkpoint(&a.state_dir, &rec, &opts) {
             Ok(c) => {
@@ -128,6 +157,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
             ),
         };
     }
+    let op = if a.freeze { "freeze" } else { "unfreeze" };
+    let _lock = match AppLock::acquire(&a.state_dir, rec.id, op, a.wait) {
+        Ok(l) => l,
+        Err(e) => return common::fail("checkpoint", e),
+    };
     let r = if a.freeze {
         rec.cgroup.freeze(timeout)
     } else {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser};
 use xos::app::{self, LaunchSpec};
+use xos::applock::AppLock;
 use xos::ckpt::{self, image};
 use xos::registry::{self, Registry};
 
@@ -40,6 +41,10 @@ struct Args {
     /// Leave the restarted application frozen (resume it with checkpoint --unfreeze)
     #[arg(long)]
     frozen: bool,
+
+    /// If a checkpoint or restart of APP is in progress, wait for it instead of failing
+    #[arg(long)]
+    wait: bool,
 
     /// State directory holding the registry and the images
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
@@ -94,6 +99,12 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(r) => r,
         Err(e) => return common::fail("restart", e),
     };
+    // Held until the application runs and is registered: a second restart or
+    // a checkpoint of the same application waits or fails meanwhile.
+    let lock = match AppLock::acquire(&a.state_dir, a.app, "restart", a.wait) {
+        Ok(l) => l,
+        Err(e) => return common::fail("restart", e),
+    };
     match reg.load(a.app) {
         Ok(rec) if rec.alive() => {
             eprintln!(
@@ -124,7 +135,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.app_id = Some(a.app);
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
-    krgcr_run::supervise("restart", &reg, &spec, a.detach, false)
+    spec.close_fds = vec![lock.raw_fd()];
+    krgcr_run::supervise_then("restart", &reg, &spec, a.detach, false, move |child| {
+        if child {
+            // A forked copy: unlocking here would unlock the caller's lock.
+            std::mem::forget(lock);
+        }
+    })
 }
 
 fn list(a: &Args) -> i32 {

@@ -63,6 +63,9 @@ pub struct LaunchSpec {
     /// With `restore`: leave the rebuilt processes frozen (cgroup freezer) until
     /// `checkpoint --unfreeze`.
     pub stay_frozen: bool,
+    /// Descriptors of the caller that no process of the application, nor a
+    /// background supervisor, may keep (the application lock).
+    pub close_fds: Vec<RawFd>,
 }
 
 impl LaunchSpec {
@@ -79,6 +82,7 @@ impl LaunchSpec {
             app_id: None,
             restore: None,
             stay_frozen: false,
+            close_fds: Vec::new(),
         }
     }
 }
@@ -290,7 +294,7 @@ fn start_in_group(
         Ok(ForkResult::Child) => {
             drop(go_w);
             drop(err_r);
-            for fd in close_in_child {
+            for fd in close_in_child.iter().chain(&spec.close_fds) {
                 let _ = nix::unistd::close(*fd);
             }
             let code = init_main(go_r, err_w, stdio, spec, &old_mask);
@@ -602,6 +606,14 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
         }
         ForkResult::Child => {
             drop(rd);
+            for fd in &spec.close_fds {
+                let _ = nix::unistd::close(*fd);
+            }
+            // Closed here, once: their numbers may be reused from now on.
+            let spec = &LaunchSpec {
+                close_fds: Vec::new(),
+                ..spec.clone()
+            };
             let mut wr = File::from(wr);
             let _ = nix::unistd::setsid();
             match launch_closing(registry, spec, &[wr.as_raw_fd()]) {

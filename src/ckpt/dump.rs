@@ -9,9 +9,9 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Vma};
+use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
 use super::ptrace::Tracee;
-use super::{sys, CkptError};
+use super::{sigframe, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -204,6 +204,112 @@ pub struct Dumper<'a> {
     pub shared: BTreeMap<u64, Blob>,
     pub pipes: BTreeMap<u64, PipeImg>,
     buf: Vec<u8>,
+    /// rt_sigreturn offsets found per code mapping (path, inode, offset, size).
+    restorers: HashMap<(String, u64, u64, u64), Option<usize>>,
+    /// Set by a signal to the checkpointer: stop at the next safe point.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// How calls are injected into the processes being saved.
+#[derive(Debug, Clone, Copy)]
+struct Safety {
+    gadget: u64,
+    /// rt_sigreturn sequence for the safety frame; None: no frame can be armed.
+    restorer: Option<u64>,
+}
+
+/// brk, signal actions and interval timers of a process.
+type ProcessFacts = (u64, Vec<(i32, u64, u64, u64, u64)>, Vec<[i64; 4]>);
+
+/// Runs `f` with calls injected into the stopped thread `t` (every signal
+/// blocked, the safety frame armed when possible) and puts the thread back
+/// exactly as it was, whatever `f` returned.
+fn with_injection<R>(
+    t: &mut Tracee,
+    regs0: &libc::user_regs_struct,
+    mask0: u64,
+    xstate: &[u8],
+    safety: Safety,
+    f: impl FnOnce(&Tracee, u64) -> Result<R>,
+) -> Result<R> {
+    let image_regs = restart_fixup(regs0, false);
+    let frame = safety.restorer.and_then(|restorer| {
+        sigframe::build(&sigframe::State {
+            regs: &image_regs,
+            sigmask: mask0,
+            xstate,
+            restorer,
+        })
+    });
+    t.gadget = safety.gadget;
+    // Without a frame: scratch space below the red zone, put back afterwards.
+    let (low, len, scratch) = match &frame {
+        Some(fr) => (fr.low, fr.bytes.len(), fr.scratch),
+        None => {
+            let s = (regs0.rsp - 1024) & !15;
+            (s, 256, s)
+        }
+    };
+    let mut saved = vec![0u8; len];
+    t.read_mem(low, &mut saved)?;
+    if let Some(fr) = &frame {
+        t.write_mem(fr.low, &fr.bytes)?;
+        t.safe_rsp = Some(fr.slot);
+    }
+    let result = t.set_sigmask(!0).and_then(|()| f(t, scratch));
+    let live = restart_fixup(regs0, true);
+    let put_back = t
+        .set_regs(live)
+        .and_then(|()| t.set_sigmask(mask0))
+        .and_then(|()| t.write_mem(low, &saved));
+    t.safe_rsp = None;
+    let r = result?;
+    put_back?;
+    Ok(r)
+}
+
+/// brk, signal handlers and interval timers, asked inside the process.
+fn process_queries(
+    t: &Tracee,
+    regs0: &libc::user_regs_struct,
+    scratch: u64,
+    status: &str,
+) -> Result<ProcessFacts> {
+    let brk = t.syscall_ok(regs0, "brk", libc::SYS_brk, [0; 6])?;
+    // Signals with a handler (SigCgt) or ignored (SigIgn) are not at default.
+    let caught = hex_mask(status, "SigCgt");
+    let ignored = hex_mask(status, "SigIgn");
+    let mut acts = Vec::new();
+    for sig in 1..=64i32 {
+        let bit = 1u64 << (sig - 1);
+        if (caught | ignored) & bit == 0 || sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        t.syscall_ok(
+            regs0,
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig as u64, 0, scratch, 8, 0, 0],
+        )?;
+        let mut b = [0u8; 32];
+        t.read_mem(scratch, &mut b)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        acts.push((sig, w(0), w(1), w(2), w(3)));
+    }
+    let mut timers = Vec::new();
+    for which in 0..3u64 {
+        t.syscall_ok(
+            regs0,
+            "getitimer",
+            libc::SYS_getitimer,
+            [which, scratch, 0, 0, 0, 0],
+        )?;
+        let mut b = [0u8; 32];
+        t.read_mem(scratch, &mut b)?;
+        let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        timers.push([w(0), w(1), w(2), w(3)]);
+    }
+    Ok((brk, acts, timers))
 }
 
 impl<'a> Dumper<'a> {
@@ -215,24 +321,23 @@ impl<'a> Dumper<'a> {
             shared: BTreeMap::new(),
             pipes: BTreeMap::new(),
             buf: vec![0u8; CHUNK],
+            restorers: HashMap::new(),
+            cancel: None,
         }
     }
 
-    /// Saves one stopped process. The task's registers are put back as they were
-    /// (with an interrupted call set to restart) before this returns.
-    pub fn dump(&mut self, t: &mut Tracee, host: i32) -> Result<Proc> {
-        let pid = t.label;
+    /// Saves one stopped process whose threads (leader first) are `threads`.
+    /// Every thread's registers, mask and stack are put back as they were
+    /// (with an interrupted call set to restart) before this returns; a
+    /// checkpointer killed meanwhile leaves that to the safety frame.
+    pub fn dump(
+        &mut self,
+        threads: &mut [Tracee],
+        host: i32,
+        stopped: Option<i32>,
+    ) -> Result<Proc> {
+        let pid = threads[0].label;
         let status = read_proc(host, pid, "status")?;
-        let threads: usize = status_field(&status, "Threads")
-            .first()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        if threads != 1 {
-            return Err(CkptError::Unsupported {
-                pid,
-                what: format!("{threads} threads (only single-threaded processes are supported)"),
-            });
-        }
         // A filter cannot be read back without CAP_SYS_ADMIN tricks and would
         // be lost silently; strict mode cannot even be entered again.
         let seccomp = status_field(&status, "Seccomp").first().copied();
@@ -243,17 +348,52 @@ impl<'a> Dumper<'a> {
             });
         }
         let maps = parse_maps(&read_proc(host, pid, "maps")?);
-        let regs0 = t.regs()?;
-        let mask0 = t.sigmask()?;
-        let xstate = t.xstate()?;
-        let rseq = t.rseq()?;
-        // Injected calls run with every signal blocked; the registers and mask are
-        // restored whatever happens.
-        let injected = self.injected(t, &maps, &regs0, &status);
-        let live = restart_fixup(&regs0, true);
-        let put_back = t.set_sigmask(mask0).and_then(|_| t.set_regs(live));
-        let (brk, sigactions, itimers) = injected?;
-        put_back?;
+        let mut seen = Vec::new();
+        for t in threads.iter() {
+            seen.push(thread::read(t, host, t.label)?);
+        }
+        let shared_pending: Vec<String> = sys::peek_siginfo(threads[0].pid, true)
+            .map_err(|e| CkptError::Ptrace {
+                pid,
+                what: "read queued signals",
+                source: e,
+            })?
+            .iter()
+            .map(|i| image::to_hex(i))
+            .collect();
+        let host_tids: HashMap<i32, i32> =
+            threads.iter().map(|t| (t.pid.as_raw(), t.label)).collect();
+        let mut timers = timer::parse(
+            &fs::read_to_string(format!("/proc/{host}/timers")).unwrap_or_default(),
+            &host_tids,
+        );
+        let safety = self.safety(&threads[0], &maps)?;
+        let mut leader_facts = None;
+        for (i, (t, (regs0, xstate, th))) in threads.iter_mut().zip(seen.iter_mut()).enumerate() {
+            let facts = with_injection(t, regs0, th.sigmask, xstate, safety, |t, scratch| {
+                thread::query(t, regs0, scratch, th)?;
+                if i == 0 {
+                    timer::query(t, regs0, scratch, &mut timers)?;
+                    return process_queries(t, regs0, scratch, &status).map(Some);
+                }
+                Ok(None)
+            })?;
+            if facts.is_some() {
+                leader_facts = facts;
+            }
+            if self.cancelled() {
+                return Err(CkptError::Cancelled);
+            }
+        }
+        let (brk, sigactions, itimers) = leader_facts.expect("the leader was queried");
+        let threads_img: Vec<Thread> = seen
+            .into_iter()
+            .map(|(regs0, xstate, mut th)| {
+                th.regs = sys::regs_to_words(&restart_fixup(&regs0, false)).to_vec();
+                th.xstate = image::to_hex(&xstate);
+                th
+            })
+            .collect();
 
         let stat = read_proc(host, pid, "stat")?;
         let close = stat.rfind(')').unwrap_or(0);
@@ -312,7 +452,6 @@ impl<'a> Dumper<'a> {
         })?;
         let personality =
             u64::from_str_radix(read_proc(host, pid, "personality")?.trim(), 16).unwrap_or(0);
-        let pending = hex_mask(&status, "SigPnd") | hex_mask(&status, "ShdPnd");
         let link = |what: &str| fs::read_link(format!("/proc/{host}/{what}")).unwrap_or_default();
         let root = link("root");
         if root != Path::new("/") {
@@ -322,7 +461,7 @@ impl<'a> Dumper<'a> {
             });
         }
 
-        let vmas = self.dump_memory(t, host, &maps)?;
+        let vmas = self.dump_memory(&threads[0], host, &maps)?;
         let fds = self.dump_fds(host, pid)?;
         let pages = vmas.1;
         Ok(Proc {
@@ -353,13 +492,12 @@ impl<'a> Dumper<'a> {
             },
             personality,
             rlimits,
-            regs: sys::regs_to_words(&restart_fixup(&regs0, false)).to_vec(),
-            xstate: image::to_hex(&xstate),
-            sigmask: mask0,
-            sigpending: pending,
+            threads: threads_img,
+            shared_pending,
+            stopped,
             sigactions,
             itimers,
-            rseq,
+            timers,
             mm,
             auxv,
             vmas: vmas.0,
@@ -368,64 +506,65 @@ impl<'a> Dumper<'a> {
         })
     }
 
-    /// brk and the signal handlers, by system calls run inside the task.
-    #[allow(clippy::type_complexity)]
-    fn injected(
-        &self,
-        t: &mut Tracee,
-        maps: &[MapLine],
-        regs0: &libc::user_regs_struct,
-        status: &str,
-    ) -> Result<(u64, Vec<(i32, u64, u64, u64, u64)>, Vec<[i64; 4]>)> {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The `syscall; …; ret` gadget of the process's vDSO and an rt_sigreturn
+    /// sequence in its code, when both exist (see [`sigframe`]); else a plain
+    /// `syscall` and no safety frame.
+    fn safety(&mut self, t: &Tracee, maps: &[MapLine]) -> Result<Safety> {
         let vdso = maps
             .iter()
             .find(|m| m.path == "[vdso]")
             .ok_or(CkptError::NoSyscallInsn { pid: t.label })?;
-        t.find_gadget(vdso.start, vdso.end)?;
-        t.set_sigmask(!0)?;
-        let brk = t.syscall_ok(regs0, "brk", libc::SYS_brk, [0; 6])?;
-        // Signals with a handler (SigCgt) or ignored (SigIgn) are not at default.
-        let caught = hex_mask(status, "SigCgt");
-        let ignored = hex_mask(status, "SigIgn");
-        let mut acts = Vec::new();
-        let mut timers = Vec::new();
-        // Scratch space below the red zone of the task's stack, put back afterwards.
-        let scratch = (regs0.rsp - 1024) & !15;
-        let mut saved = [0u8; 32];
-        t.read_mem(scratch, &mut saved)?;
-        let result = (|| {
-            for sig in 1..=64i32 {
-                let bit = 1u64 << (sig - 1);
-                if (caught | ignored) & bit == 0 || sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                    continue;
+        let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+        t.read_mem(vdso.start, &mut code)?;
+        let plain = code
+            .windows(2)
+            .position(|w| w == [0x0f, 0x05])
+            .ok_or(CkptError::NoSyscallInsn { pid: t.label })?;
+        let unsafe_way = Safety {
+            gadget: vdso.start + plain as u64,
+            restorer: None,
+        };
+        let Some(ret) = sigframe::find_ret_gadget(&code) else {
+            return Ok(unsafe_way);
+        };
+        // The C library first: that is where the signal restorer lives.
+        let mut code_maps: Vec<&MapLine> = maps
+            .iter()
+            .filter(|m| m.perms.starts_with("r-x") && m.path.starts_with('/'))
+            .collect();
+        code_maps.sort_by_key(|m| !m.path.contains("/libc"));
+        for m in code_maps {
+            let key = (m.path.clone(), m.inode, m.offset, m.end - m.start);
+            let off = match self.restorers.get(&key) {
+                Some(o) => *o,
+                None => {
+                    let mut code = vec![0u8; (m.end - m.start) as usize];
+                    let o = t
+                        .read_mem(m.start, &mut code)
+                        .ok()
+                        .and_then(|()| sigframe::find_sigreturn(&code));
+                    self.restorers.insert(key, o);
+                    o
                 }
-                t.syscall_ok(
-                    regs0,
-                    "rt_sigaction",
-                    libc::SYS_rt_sigaction,
-                    [sig as u64, 0, scratch, 8, 0, 0],
-                )?;
-                let mut b = [0u8; 32];
-                t.read_mem(scratch, &mut b)?;
-                let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-                acts.push((sig, w(0), w(1), w(2), w(3)));
+            };
+            if let Some(o) = off {
+                return Ok(Safety {
+                    gadget: vdso.start + ret as u64,
+                    restorer: Some(m.start + o as u64),
+                });
             }
-            for which in 0..3u64 {
-                t.syscall_ok(
-                    regs0,
-                    "getitimer",
-                    libc::SYS_getitimer,
-                    [which, scratch, 0, 0, 0, 0],
-                )?;
-                let mut b = [0u8; 32];
-                t.read_mem(scratch, &mut b)?;
-                let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-                timers.push([w(0), w(1), w(2), w(3)]);
-            }
-            Ok(())
-        })();
-        t.write_mem(scratch, &saved)?;
-        result.map(|()| (brk, acts, timers))
+        }
+        log::debug!(
+            "process {}: no rt_sigreturn sequence found, no safety frame",
+            t.label
+        );
+        Ok(unsafe_way)
     }
 
     fn dump_memory(&mut self, t: &Tracee, host: i32, maps: &[MapLine]) -> Result<(Vec<Vma>, Blob)> {
@@ -500,6 +639,9 @@ impl<'a> Dumper<'a> {
         mut len: u64,
     ) -> Result<()> {
         while len > 0 {
+            if self.cancelled() {
+                return Err(CkptError::Cancelled);
+            }
             let n = len.min(self.buf.len() as u64) as usize;
             t.read_mem(addr, &mut self.buf[..n])?;
             let dir = self.dir;

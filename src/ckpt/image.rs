@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &str = "xos-image";
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// A whole application image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ pub struct PipeImg {
     pub data: Blob,
 }
 
-/// One process (single-threaded).
+/// One process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Proc {
     /// pid, parent, group and session in the application's PID namespace; 0 for a
@@ -73,27 +73,70 @@ pub struct Proc {
     pub personality: u64,
     /// (resource, soft, hard).
     pub rlimits: Vec<(u32, u64, u64)>,
-    /// General registers in `user_regs_struct` order, fixed up so that an
-    /// interrupted system call is entered again.
-    pub regs: Vec<u64>,
-    /// The XSAVE area, hex.
-    pub xstate: String,
-    pub sigmask: u64,
-    /// Pending signals (private and shared sets merged).
-    pub sigpending: u64,
+    /// Every thread, the leader (tid == pid) first.
+    pub threads: Vec<Thread>,
+    /// Signals queued for the whole process, as 128-byte siginfos (hex), in order.
+    pub shared_pending: Vec<String>,
+    /// The signal that put the process in a job-control stop, if it was stopped.
+    pub stopped: Option<i32>,
     /// (signal, handler, flags, restorer, mask) for every signal not at default.
     pub sigactions: Vec<(i32, u64, u64, u64, u64)>,
     /// Interval timers (real, virtual, profiling): interval and value as
     /// (sec, usec, sec, usec).
-    #[serde(default)]
     pub itimers: Vec<[i64; 4]>,
-    /// Registered rseq area (address, size, signature), registered again on restart.
-    pub rseq: Option<(u64, u32, u32)>,
+    /// POSIX timers (timer_create(2)).
+    pub timers: Vec<PosixTimer>,
     pub mm: Mm,
     pub auxv: Vec<u64>,
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
     pub pages: Blob,
+}
+
+/// One thread of a process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Thread {
+    /// Thread id in the application's PID namespace.
+    pub tid: i32,
+    /// General registers in `user_regs_struct` order (with `fs_base`, the TLS),
+    /// fixed up so that an interrupted system call is entered again.
+    pub regs: Vec<u64>,
+    /// The XSAVE area, hex.
+    pub xstate: String,
+    pub sigmask: u64,
+    /// Signals queued for this thread only, as 128-byte siginfos (hex), in order.
+    pub pending: Vec<String>,
+    /// sigaltstack(2): (sp, flags, size), or None when disabled.
+    pub altstack: Option<(u64, u32, u64)>,
+    /// Registered rseq area (address, size, signature).
+    pub rseq: Option<(u64, u32, u32)>,
+    /// set_robust_list(2): (head, length); (0, 0) when none.
+    pub robust_list: (u64, u64),
+    /// set_tid_address(2): the clear_child_tid word that pthread_join waits on.
+    pub clear_tid: u64,
+    pub comm: String,
+    /// Scheduling policy, real-time priority and nice value.
+    pub policy: i32,
+    pub rt_priority: i32,
+    pub nice: i32,
+    /// PR_SET_PDEATHSIG.
+    pub pdeathsig: i32,
+}
+
+/// A POSIX timer of a process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    /// sigev_notify (SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID…).
+    pub notify: i32,
+    pub signo: i32,
+    /// sigev_value.
+    pub value: u64,
+    /// Thread for SIGEV_THREAD_ID, in the application's PID namespace.
+    pub tid: i32,
+    /// it_interval and it_value (remaining) as (sec, nsec, sec, nsec).
+    pub spec: [i64; 4],
 }
 
 /// Capability sets, as bit masks (bit N = capability N).

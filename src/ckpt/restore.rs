@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc};
 use super::ptrace::Tracee;
-use super::{sys, CkptError};
+use super::{sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -202,7 +202,13 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
     let mut tree = Tree {
         children: BTreeMap::new(),
         orphans: BTreeMap::new(),
-        helper_pid: pids.iter().max().copied().unwrap_or(1) + 1,
+        helper_pid: img
+            .processes
+            .iter()
+            .flat_map(|p| p.threads.iter().map(|t| t.tid).chain([p.pid]))
+            .max()
+            .unwrap_or(1)
+            + 1,
     };
     for p in &img.processes {
         let led_elsewhere = p.ppid == 1 && p.sid > 1 && p.sid != p.pid && pids.contains(&p.sid);
@@ -215,6 +221,7 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
     let tree = &tree;
     let by_pid: HashMap<i32, &Proc> = img.processes.iter().map(|p| (p.pid, p)).collect();
     let mut created = Vec::new();
+    let mut tracees: Vec<Tracee> = Vec::new();
     let result = (|| {
         for p in tree.children.get(&1).cloned().unwrap_or_default() {
             spawn(p, tree, &shared, &mut created)?;
@@ -225,33 +232,42 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
         // the namespace.
         let pages: Vec<Blob> = img.processes.iter().map(|p| p.pages.clone()).collect();
         let pages_dir = dir.to_path_buf();
+        // The checker thread takes a pid of the namespace: one above every
+        // saved pid and tid, which the threads created below need.
+        std::fs::write(
+            "/proc/sys/kernel/ns_last_pid",
+            (tree.helper_pid + 1).to_string(),
+        )
+        .map_err(|e| rerr(1, format!("cannot set ns_last_pid: {e}")))?;
         let checker = std::thread::spawn(move || check_blobs(&pages_dir, &pages));
-        let mut tracees = Vec::new();
+        let mut leaders = Vec::new();
         for &pid in &created {
             let t = Tracee::seize(Pid::from_raw(pid), pid, true)?;
             t.wait_stopped()?;
-            tracees.push(t);
+            leaders.push(t);
         }
-        for t in tracees.iter_mut() {
-            rebuild(t, by_pid[&t.label], dir, &shared)?;
+        for t in leaders.iter_mut() {
+            let threads = rebuild(t, by_pid[&t.label], dir, &shared)?;
+            tracees.extend(threads);
         }
         checker
             .join()
             .unwrap_or_else(|_| Err(rerr(1, "the check of the image failed")))?;
-        for t in &tracees {
-            let p = by_pid[&t.label];
-            for sig in 1..=64 {
-                if p.sigpending & (1u64 << (sig - 1)) != 0 {
-                    let _ = nix::sys::signal::kill(t.pid, Signal::try_from(sig).ok());
-                }
+        // A process that was in a job-control stop stops again as soon as it
+        // is let go (its parent sees it stopped, as before).
+        for t in &leaders {
+            if let Some(sig) = by_pid[&t.label].stopped {
+                let _ = nix::sys::signal::kill(t.pid, Signal::try_from(sig).ok());
             }
         }
+        tracees.extend(leaders);
         before_detach();
         for t in &tracees {
             t.detach()?;
         }
         Ok(())
     })();
+    drop(tracees);
     for fd in shared
         .pipes
         .values()
@@ -674,8 +690,9 @@ fn free_range(a: &[(u64, u64)], b: &[(u64, u64)], len: u64) -> u64 {
     }
 }
 
-/// Replaces the address space and registers of a seized new process by the saved ones.
-fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> {
+/// Replaces the address space and registers of a seized new process by the
+/// saved ones and creates its other threads; returns them, stopped.
+fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<Tracee>> {
     let pid = t.label;
     let now = parse_maps(
         &std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| rerr(pid, e))?,
@@ -965,30 +982,41 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
         t.syscall(&base, libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
     }
     r?;
-    if let Some((addr, size, sig)) = p.rseq {
-        t.syscall_ok(
-            &base,
-            "rseq",
-            libc::SYS_rseq,
-            [addr, size as u64, 0, sig as u64, 0, 0],
-        )?;
+    // The other threads, created by the leader while it still has the
+    // restorer's privileges (clone3 with set_tid needs them).
+    t.trace_clones()?;
+    let mut threads = Vec::new();
+    for th in p.threads.iter().skip(1) {
+        let mut n = thread::create(t, &base, scratch, th.tid)?;
+        n.gadget = t.gadget;
+        threads.push(n);
     }
-    set_credentials(t, &base, p, scratch)?;
+    for (i, th) in p.threads.iter().enumerate() {
+        let tt: &Tracee = if i == 0 { t } else { &threads[i - 1] };
+        let own = tt.regs()?;
+        thread::restore(tt, &own, scratch, th)?;
+        set_credentials(tt, &own, p, scratch)?;
+        thread::queue_signals(tt, &own, scratch, p.pid, &th.pending, false)?;
+    }
+    timer::restore(t, &base, scratch, &p.timers)?;
+    thread::queue_signals(t, &base, scratch, p.pid, &p.shared_pending, true)?;
     t.syscall_ok(
         &base,
         "munmap scratch",
         libc::SYS_munmap,
         [scratch, SCRATCH_LEN, 0, 0, 0, 0],
     )?;
-
-    let words: [u64; sys::REGS_WORDS] = p
-        .regs
-        .as_slice()
-        .try_into()
-        .map_err(|_| rerr(pid, "bad register block"))?;
-    t.set_regs(sys::words_to_regs(&words))?;
-    let xs = image::from_hex(&p.xstate).ok_or_else(|| rerr(pid, "bad FPU state"))?;
-    t.set_xstate(&xs)?;
-    t.set_sigmask(p.sigmask)?;
-    Ok(())
+    for (i, th) in p.threads.iter().enumerate() {
+        let tt: &Tracee = if i == 0 { t } else { &threads[i - 1] };
+        let words: [u64; sys::REGS_WORDS] = th
+            .regs
+            .as_slice()
+            .try_into()
+            .map_err(|_| rerr(th.tid, "bad register block"))?;
+        tt.set_regs(sys::words_to_regs(&words))?;
+        let xs = image::from_hex(&th.xstate).ok_or_else(|| rerr(th.tid, "bad FPU state"))?;
+        tt.set_xstate(&xs)?;
+        tt.set_sigmask(th.sigmask)?;
+    }
+    Ok(threads)
 }

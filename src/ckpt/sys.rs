@@ -245,3 +245,77 @@ pub fn set_itimer(which: i32, v: [i64; 4]) -> nix::Result<()> {
     }
     Ok(())
 }
+
+/// `PTRACE_PEEKSIGINFO`: the queued signals of a stopped tracee, each as the
+/// kernel's 128-byte siginfo; `shared` reads the process-wide queue, else the
+/// thread's own.
+pub fn peek_siginfo(pid: Pid, shared: bool) -> nix::Result<Vec<[u8; 128]>> {
+    const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![[0u8; 128]; 32];
+    loop {
+        let args = Args {
+            off: out.len() as u64,
+            flags: shared as u32,
+            nr: buf.len() as i32,
+        };
+        // SAFETY: the kernel writes at most `nr` siginfos of 128 bytes into `buf`.
+        let n = check(unsafe {
+            libc::ptrace(
+                PTRACE_PEEKSIGINFO,
+                pid.as_raw(),
+                &args as *const Args,
+                buf.as_mut_ptr(),
+            )
+        })? as usize;
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// get_robust_list(2) of thread `tid`: (head, length).
+pub fn get_robust_list(tid: Pid) -> nix::Result<(u64, u64)> {
+    let mut head = 0u64;
+    let mut len = 0usize;
+    // SAFETY: the kernel writes one pointer and one size_t into the two locals.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid.as_raw(),
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    })?;
+    Ok((head, len as u64))
+}
+
+/// sched_setscheduler(2) of thread `tid` with a static priority.
+pub fn set_scheduler(tid: i32, policy: i32, rt_priority: i32) -> nix::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: rt_priority,
+    };
+    // SAFETY: `p` is a valid sched_param for the call.
+    check(unsafe { libc::sched_setscheduler(tid, policy, &p) } as libc::c_long).map(drop)
+}
+
+/// setpriority(PRIO_PROCESS, tid, nice): the nice value of one thread.
+pub fn set_nice(tid: i32, nice: i32) -> nix::Result<()> {
+    // SAFETY: plain integers.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } as libc::c_long)
+        .map(drop)
+}
+
+/// Whether processes `a` and `b` share one address space (kcmp(2) KCMP_VM).
+pub fn same_mm(a: i32, b: i32) -> bool {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp takes plain integers.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0 }
+}

@@ -151,10 +151,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
                 );
                 0
             }
-            Err(e) => common::fail(
-                "checkpoint",
-                anyhow::anyhow!("application {}: {}", rec.id, common::one_line(&e)),
-            ),
+            Err(e) => {
+                let msg = common::one_line(&e);
+                let prefix = format!("application {}: ", rec.id);
+                let msg = if msg.starts_with(&prefix) {
+                    msg
+                } else {
+                    format!("{prefix}{msg}")
+                };
+                common::fail("checkpoint", anyhow::anyhow!("{msg}"))
+            }
         };
     }
     let op = if a.freeze { "freeze" } else { "unfreeze" };

@@ -63,9 +63,18 @@ impl AppLock {
                 Ok(l) => break l,
                 Err((f, nix::Error::EWOULDBLOCK)) => {
                     if !wait {
+                        // The holder writes its name right after locking.
                         let mut who = String::new();
-                        let mut g = &f;
-                        let _ = g.read_to_string(&mut who);
+                        for _ in 0..20 {
+                            let mut g = &f;
+                            let _ = g.rewind();
+                            who.clear();
+                            let _ = g.read_to_string(&mut who);
+                            if who.ends_with('\n') {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
                         let mut words = who.split_whitespace();
                         let holder = match (words.next(), words.next()) {
                             (Some(pid), Some(op)) => {

@@ -594,3 +594,341 @@ fn seccomp_filter_fails_cleanly() {
         "{err}"
     );
 }
+
+/// The last "tick" line of the threads program: its six counters.
+fn ticks(out: &Path) -> Vec<i64> {
+    lines(out)
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("tick "))
+        .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn threads_continue_with_their_own_state() {
+    let env = Env::new();
+    let (id, out) = start(&env, "threads");
+    assert!(wait_until(T, || ticks(&out).iter().all(|c| *c > 5)));
+    let v = checkpoint_kill(&env, id);
+    let before = ticks(&out);
+    restart(&env, id, v);
+    // Every counter (two ping-pong threads, the futex waiter, the sleeper,
+    // both POSIX timers) goes on from where it was, none from zero.
+    assert!(
+        wait_until(T, || {
+            let now = ticks(&out);
+            now.len() == 6 && now.iter().zip(&before).all(|(n, b)| n > &(b + 2))
+        }),
+        "no progress after restart: {before:?} -> {:?}",
+        ticks(&out)
+    );
+    // A second cycle, then the program winds up and checks itself.
+    let v = checkpoint_kill(&env, id);
+    restart(&env, id, v);
+    let stop = PathBuf::from(format!("{}.stop", out.display()));
+    std::fs::write(&stop, "").unwrap();
+    assert!(
+        wait_until(T, || lines(&out).iter().any(|l| l.starts_with("altstack"))),
+        "the program did not finish: {:?}",
+        lines(&out).iter().rev().take(3).collect::<Vec<_>>()
+    );
+    let tail: Vec<String> = lines(&out).into_iter().rev().take(4).rev().collect();
+    assert_eq!(
+        tail,
+        ["joined", "robust EOWNERDEAD", "usr2 t4", "altstack ok"],
+        "pthread_join, the robust list, the thread's pending signal and its altstack"
+    );
+}
+
+#[test]
+fn a_stopped_process_comes_back_stopped() {
+    let env = Env::new();
+    let (id, out) = start(&env, "stopped");
+    let child_out = PathBuf::from(format!("{}.child", out.display()));
+    assert!(wait_until(T, || read(&out) == "stopped 19"));
+    let v = checkpoint_kill(&env, id);
+    let n = numbers(&child_out).len();
+    restart(&env, id, v);
+    // The child is stopped again and its parent sees it so.
+    let rec = env.registry().load(id).unwrap();
+    let mut child = 0;
+    assert!(wait_until(T, || {
+        child = rec
+            .cgroup
+            .pids()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != rec.root_pid)
+            .max()
+            .unwrap_or(0);
+        child > 0 && common::proc_state(child) == 'T'
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(numbers(&child_out).len(), n, "the stopped child ran");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    assert!(wait_until(T, || lines(&out).last().map(String::as_str)
+        == Some("continued")));
+    assert!(wait_until(T, || numbers(&child_out).len() > n + 5));
+    assert_consecutive(&child_out);
+}
+
+/// The busy program's last "alive USR1 BAD" line.
+fn alive(out: &Path) -> (i64, i64) {
+    lines(out)
+        .last()
+        .and_then(|l| {
+            let v: Vec<i64> = l
+                .split(' ')
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 2).then(|| (v[0], v[1]))
+        })
+        .unwrap_or((-1, -1))
+}
+
+/// Kills or interrupts `checkpoint -c` at `moments`, each time checking that the
+/// application still runs, still catches SIGUSR1 and finds its memory intact,
+/// and that no version was written.
+fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
+    let env = Env::new();
+    let prog = cc(env.state.path(), "busy");
+    let out = env.state.path().join("out");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap(), "512", mode]);
+    assert!(wait_until(Duration::from_secs(60), || alive(&out).0 == 0));
+    let host = app_process(&env, id);
+    let signals = [
+        nix::sys::signal::Signal::SIGKILL,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ];
+    let mut usr1 = 0;
+    for (i, ms) in moments.iter().enumerate() {
+        let mut c = env.cmd("checkpoint");
+        let child = c
+            .args(["-c", &id.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(*ms));
+        let sig = signals[i % 3];
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        let _ = child.wait_with_output();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(host),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap_or_else(|e| panic!("{sig} after {ms} ms: the application is gone: {e}"));
+        usr1 += 1;
+        assert!(
+            wait_until(T, || alive(&out) == (usr1, 0)),
+            "{sig} after {ms} ms: the application does not answer: {:?}",
+            alive(&out)
+        );
+    }
+    // The same, with the checkpointer killed while calls are injected.
+    let o = env
+        .cmd("checkpoint")
+        .env("XOS_CKPT_FAULT", "injection")
+        .args(["-c", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .expect("the application survives a checkpointer killed while injecting");
+    assert!(wait_until(T, || alive(&out) == (usr1 + 1, 0)));
+    assert!(
+        xos::ckpt::image::versions(env.state.path(), id).is_empty(),
+        "a version was left"
+    );
+    // The next checkpoint works and removes what the killed ones left.
+    assert_eq!(checkpoint(&env, id, false), 1);
+    let left: Vec<String> = std::fs::read_dir(xos::ckpt::image::app_dir(env.state.path(), id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["1"]);
+}
+
+#[test]
+fn a_killed_checkpoint_leaves_a_busy_application_intact() {
+    let moments: Vec<u64> = (0..20).map(|i| 5 + i * 40).collect();
+    interrupt_checkpoints("busy", &moments);
+}
+
+#[test]
+fn a_killed_checkpoint_leaves_a_pausing_application_intact() {
+    interrupt_checkpoints("pause", &[5, 20, 60, 150, 300, 600]);
+}
+
+#[test]
+fn one_operation_on_an_application_at_a_time() {
+    let env = Env::new();
+    let (id, out) = start(&env, "counter");
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let run = |args: &[&str]| {
+        let mut c = env.cmd(args[0]);
+        c.args(&args[1..])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let app = id.to_string();
+    for _ in 0..3 {
+        let a = run(&["checkpoint", "-c", &app]);
+        let b = run(&["checkpoint", "-c", &app]);
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let ok = [a.status.success(), b.status.success()];
+        assert_eq!(
+            ok.iter().filter(|x| **x).count(),
+            1,
+            "{} / {}",
+            show(&a),
+            show(&b)
+        );
+        let failed = if ok[0] { &b } else { &a };
+        assert!(
+            String::from_utf8_lossy(&failed.stderr)
+                .contains("a checkpoint is already in progress (pid "),
+            "{}",
+            show(failed)
+        );
+    }
+    // --wait queues the second one instead.
+    let a = run(&["checkpoint", "-c", &app]);
+    let b = run(&["checkpoint", "-c", "--wait", &app]);
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+    let v = checkpoint_kill(&env, id);
+    // Two restarts and a checkpoint at once: one application comes back.
+    let ver = v.to_string();
+    let r1 = run(&[
+        "restart",
+        "--detach",
+        "--stdout",
+        "/dev/null",
+        "--stderr",
+        "/dev/null",
+        &app,
+        &ver,
+    ]);
+    let r2 = run(&[
+        "restart",
+        "--detach",
+        "--stdout",
+        "/dev/null",
+        "--stderr",
+        "/dev/null",
+        &app,
+        &ver,
+    ]);
+    let (r1, r2) = (
+        r1.wait_with_output().unwrap(),
+        r2.wait_with_output().unwrap(),
+    );
+    assert_eq!(
+        [r1.status.success(), r2.status.success()]
+            .iter()
+            .filter(|x| **x)
+            .count(),
+        1,
+        "{} / {}",
+        show(&r1),
+        show(&r2)
+    );
+    let n = numbers(&out).len();
+    assert!(wait_until(T, || numbers(&out).len() > n + 3));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_consecutive(&out);
+    let rec = env.registry().load(id).unwrap();
+    let procs: Vec<i32> = rec
+        .cgroup
+        .pids()
+        .unwrap()
+        .into_iter()
+        .filter(|p| *p != rec.root_pid)
+        .collect();
+    assert_eq!(procs.len(), 1, "one copy of the application runs");
+}
+
+#[test]
+fn threaded_tools_give_the_same_output_as_an_uninterrupted_run() {
+    let env = Env::new();
+    let dir = env.state.path();
+    // Input: 48 MiB of compressible but not trivial text.
+    let input = dir.join("input");
+    let py = format!(
+        "import random\nr=random.Random(7)\nw=[''.join(r.choice('abcdefgh') for _ in range(r.randint(2,9))) for _ in range(5000)]\n\
+         f=open('{}','w')\nn=0\nwhile n < 48<<20:\n    l=' '.join(r.choice(w) for _ in range(12))+'\\n'\n    f.write(l); n+=len(l)\n",
+        input.display()
+    );
+    assert!(Command::new("python3")
+        .args(["-c", &py])
+        .status()
+        .unwrap()
+        .success());
+    let script = dir.join("job.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncd {d}\nxz -T2 -6 -c input > input.xz\nsort --parallel=2 -S 8M input > sorted\n\
+             python3 -c \"\nimport threading,hashlib\nres={{}}\ndef work(k):\n    h=hashlib.sha256()\n    for i in range(200000):\n        h.update(str(i*k).encode())\n    res[k]=h.hexdigest()\nts=[threading.Thread(target=work,args=(k,)) for k in range(4)]\n[t.start() for t in ts]\n[t.join() for t in ts]\nopen('py.out','w').write(repr(sorted(res.items())))\n\"\necho done > done\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The reference run, uninterrupted.
+    assert!(Command::new(&script).status().unwrap().success());
+    let reference: Vec<Vec<u8>> = ["input.xz", "sorted", "py.out"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    for f in ["input.xz", "sorted", "py.out", "done"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let id = env.detach(&[script.to_str().unwrap()]);
+    // Checkpoint and restart it several times while it works.
+    let mut cycles = 0;
+    while !dir.join("done").exists() && cycles < 6 {
+        std::thread::sleep(Duration::from_millis(400));
+        if env.registry().load(id).is_err() {
+            break;
+        }
+        let o = env
+            .cmd("checkpoint")
+            .args(["-c", "--kill", &id.to_string()])
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            // The job ended meanwhile.
+            assert!(dir.join("done").exists(), "checkpoint: {}", show(&o));
+            break;
+        }
+        wait_gone(&env, id);
+        let v = xos::ckpt::image::versions(dir, id).last().copied().unwrap();
+        restart(&env, id, v);
+        cycles += 1;
+    }
+    assert!(
+        cycles >= 2,
+        "the job ended before it could be checkpointed twice"
+    );
+    assert!(wait_until(Duration::from_secs(120), || dir
+        .join("done")
+        .exists()));
+    for (f, want) in ["input.xz", "sorted", "py.out"].iter().zip(&reference) {
+        assert!(std::fs::read(dir.join(f)).unwrap() == *want, "{f} differs");
+    }
+}

@@ -214,6 +214,8 @@ pub struct Dumper<'a> {
 #[derive(Debug, Clone, Copy)]
 struct Safety {
     gadget: u64,
+    /// A `syscall` with no safety frame.
+    plain: u64,
     /// rt_sigreturn sequence for the safety frame; None: no frame can be armed.
     restorer: Option<u64>,
 }
@@ -241,7 +243,11 @@ fn with_injection<R>(
             restorer,
         })
     });
-    t.gadget = safety.gadget;
+    // The `ret` gadget is only safe with its frame.
+    t.gadget = match &frame {
+        Some(_) => safety.gadget,
+        None => safety.plain,
+    };
     // Without a frame: scratch space below the red zone, put back afterwards.
     let (low, len, scratch) = match &frame {
         Some(fr) => (fr.low, fr.bytes.len(), fr.scratch),
@@ -256,7 +262,11 @@ fn with_injection<R>(
         t.write_mem(fr.low, &fr.bytes)?;
         t.safe_rsp = Some(fr.slot);
     }
-    let result = t.set_sigmask(!0).and_then(|()| f(t, scratch));
+    let result = t.set_sigmask(!0).and_then(|()| {
+        let r = f(t, scratch);
+        fault_point("injection");
+        r
+    });
     let live = restart_fixup(regs0, true);
     let put_back = t
         .set_regs(live)
@@ -266,6 +276,15 @@ fn with_injection<R>(
     let r = result?;
     put_back?;
     Ok(r)
+}
+
+/// Fault injection for the tests: with `XOS_CKPT_FAULT=NAME`, the checkpointer
+/// kills itself with SIGKILL at the point NAME, as an administrator or the OOM
+/// killer could.
+fn fault_point(name: &str) {
+    if std::env::var("XOS_CKPT_FAULT").is_ok_and(|v| v == name) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 /// brk, signal handlers and interval timers, asked inside the process.
@@ -526,8 +545,10 @@ impl<'a> Dumper<'a> {
             .windows(2)
             .position(|w| w == [0x0f, 0x05])
             .ok_or(CkptError::NoSyscallInsn { pid: t.label })?;
+        let plain = vdso.start + plain as u64;
         let unsafe_way = Safety {
-            gadget: vdso.start + plain as u64,
+            gadget: plain,
+            plain,
             restorer: None,
         };
         let Some(ret) = sigframe::find_ret_gadget(&code) else {
@@ -556,6 +577,7 @@ impl<'a> Dumper<'a> {
             if let Some(o) = off {
                 return Ok(Safety {
                     gadget: vdso.start + ret as u64,
+                    plain,
                     restorer: Some(m.start + o as u64),
                 });
             }

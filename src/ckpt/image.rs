@@ -281,10 +281,10 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// XCR0 feature bits recorded in the software-reserved bytes of an XSAVE area.
+/// XCR0 feature bits recorded in the software-reserved bytes of an XSAVE area
+/// as PTRACE_GETREGSET gives it (their first word).
 pub fn xstate_features(x: &[u8]) -> u64 {
-    // fxsave bytes 464..512 hold struct _fpx_sw_bytes: magic1, extended_size, xfeatures.
-    x.get(472..480)
+    x.get(464..472)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         .unwrap_or(0)
 }

@@ -32,6 +32,9 @@ pub struct Tracee {
     pub gadget: u64,
     /// Stack pointer for injected calls: the slot of an armed safety frame.
     pub safe_rsp: Option<u64>,
+    /// Injected calls single-step (one stop each) rather than stop at entry and
+    /// exit: for tasks killed with their tracer (PTRACE_O_EXITKILL).
+    single_step: bool,
 }
 
 /// How a seized task stopped.
@@ -72,7 +75,8 @@ impl Tracee {
                 what: "open memory",
                 source: e,
             })?;
-        let t = Tracee::attached(pid, label, mem);
+        let mut t = Tracee::attached(pid, label, mem);
+        t.single_step = exit_kill;
         ptrace::interrupt(pid).map_err(t.err("interrupt"))?;
         Ok(t)
     }
@@ -86,6 +90,8 @@ impl Tracee {
             mem,
             gadget: 0,
             safe_rsp: None,
+            // Threads are only attached this way at restart, under EXITKILL.
+            single_step: true,
         }
     }
 
@@ -233,17 +239,27 @@ impl Tracee {
             r.rsp = sp;
         }
         self.set_regs(r)?;
-        // One step over the `syscall` instruction: a single stop once the call
-        // has returned (two with PTRACE_SYSCALL, at entry and exit).
+        if self.single_step {
+            self.run_stepping(nr)?;
+        } else {
+            self.run_to_syscall_exit(nr)?;
+        }
+        Ok(self.regs()?.rax as i64)
+    }
+
+    /// One step over the `syscall` instruction: a single stop once the call has
+    /// returned. A tracer that dies meanwhile leaves the trap flag set and the
+    /// task gets SIGTRAP: only for tasks that die with their tracer anyway.
+    fn run_stepping(&self, nr: i64) -> Result<()> {
         ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
         loop {
             match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
-                WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => return Ok(()),
                 WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
                     return Err(CkptError::TraceeDied { pid: self.label })
                 }
                 // Signals are blocked while calls are injected; anything else
-                // (a stop request) is passed over.
+                // (a stop request, a clone event) is passed over.
                 other => {
                     log::debug!(
                         "process {}: unexpected stop {other:?} while running syscall {nr}",
@@ -253,7 +269,27 @@ impl Tracee {
                 }
             }
         }
-        Ok(self.regs()?.rax as i64)
+    }
+
+    /// PTRACE_SYSCALL to the syscall-entry and then the syscall-exit stop: the
+    /// kernel clears that tracing when the tracer dies, so the task just runs on.
+    fn run_to_syscall_exit(&self, nr: i64) -> Result<()> {
+        let mut entered = false;
+        ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
+                WaitStatus::PtraceSyscall(_) if entered => return Ok(()),
+                WaitStatus::PtraceSyscall(_) => entered = true,
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    return Err(CkptError::TraceeDied { pid: self.label })
+                }
+                other => log::debug!(
+                    "process {}: unexpected stop {other:?} while running syscall {nr}",
+                    self.label
+                ),
+            }
+            ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+        }
     }
 
     /// Like [`syscall`](Self::syscall) but turns a negative result into an error.

@@ -52,14 +52,16 @@ fn put(b: &mut [u8], off: usize, v: u64) {
 }
 
 /// Lays out the frame for a task whose stack pointer is `regs.rsp`. None if the
-/// XSAVE area lacks the software-reserved description the kernel checks.
+/// XSAVE area is too small to be one.
 pub fn build(s: &State) -> Option<Frame> {
     let x = s.xstate;
-    let magic1 = u32::from_le_bytes(x.get(464..468)?.try_into().ok()?);
-    let xsize = u32::from_le_bytes(x.get(480..484)?.try_into().ok()?) as u64;
-    if magic1 != FP_XSTATE_MAGIC1 || xsize as usize > x.len() || xsize < 512 {
+    let xsize = x.len() as u64;
+    if xsize < 576 {
         return None;
     }
+    // ptrace puts XCR0 in the first software-reserved word; a signal frame
+    // describes itself there instead (struct _fpx_sw_bytes).
+    let xcr0 = u64::from_le_bytes(x[464..472].try_into().ok()?);
     let top = s.regs.rsp.checked_sub(RED_ZONE)? & !63;
     let need = SCRATCH + FRAME_LEN + 64 + xsize + 4;
     let low = top.checked_sub(need)? & !63;
@@ -78,7 +80,8 @@ pub fn build(s: &State) -> Option<Frame> {
     );
     // uc_stack: ss_sp, ss_flags, ss_size.
     b[at(uc + 24)..at(uc + 28)].copy_from_slice(&SS_LEAVE_ALONE.to_le_bytes());
-    let sc = uc + 48;
+    // uc_flags, uc_link, uc_stack (24 bytes), then the sigcontext.
+    let sc = uc + 40;
     let words = [
         r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
         r.rax, r.rcx, r.rsp, r.rip, r.eflags,
@@ -93,9 +96,15 @@ pub fn build(s: &State) -> Option<Frame> {
         b[o..o + 2].copy_from_slice(&v.to_le_bytes());
     }
     put(&mut b, at(sc) + 184, fpstate);
-    put(&mut b, at(uc + 304), s.sigmask);
+    put(&mut b, at(uc + 296), s.sigmask);
     let f = at(fpstate);
-    b[f..f + xsize as usize].copy_from_slice(&x[..xsize as usize]);
+    b[f..f + xsize as usize].copy_from_slice(x);
+    let sw = f + 464;
+    b[sw..sw + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+    b[sw + 4..sw + 8].copy_from_slice(&(xsize as u32 + 4).to_le_bytes());
+    b[sw + 8..sw + 16].copy_from_slice(&xcr0.to_le_bytes());
+    b[sw + 16..sw + 20].copy_from_slice(&(xsize as u32).to_le_bytes());
+    b[sw + 20..sw + 48].fill(0);
     b[f + xsize as usize..f + xsize as usize + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
     Some(Frame {
         low,
@@ -161,9 +170,8 @@ mod tests {
 
     #[test]
     fn frame_layout() {
-        let mut x = vec![0u8; 1024];
-        x[464..468].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
-        x[480..484].copy_from_slice(&832u32.to_le_bytes());
+        let mut x = vec![0u8; 832];
+        x[464..472].copy_from_slice(&7u64.to_le_bytes());
         x[0] = 0x7f;
         let mut r: libc::user_regs_struct = super::super::sys::words_to_regs(&[0; 27]);
         r.rsp = 0x7fff_0000_1008;
@@ -183,13 +191,16 @@ mod tests {
             u64::from_le_bytes(f.bytes[o..o + 8].try_into().unwrap())
         };
         assert_eq!(word(f.slot), 0x1234);
-        // sigcontext ip at uc + 48 + 16 * 8; mask at uc + 304.
-        assert_eq!(word(f.slot + 8 + 48 + 128), 0x4000);
-        assert_eq!(word(f.slot + 8 + 304), 0x55);
-        let fp = word(f.slot + 8 + 48 + 184);
+        // sigcontext ip at uc + 40 + 16 * 8; mask at uc + 296.
+        assert_eq!(word(f.slot + 8 + 40 + 128), 0x4000);
+        assert_eq!(word(f.slot + 8 + 296), 0x55);
+        let fp = word(f.slot + 8 + 40 + 184);
         assert_eq!(fp % 64, 0);
         assert_eq!(f.bytes[(fp - f.low) as usize], 0x7f);
         let m2 = (fp + 832 - f.low) as usize;
         assert_eq!(&f.bytes[m2..m2 + 4], &FP_XSTATE_MAGIC2.to_le_bytes());
+        let sw = (fp + 464 - f.low) as usize;
+        assert_eq!(&f.bytes[sw..sw + 4], &FP_XSTATE_MAGIC1.to_le_bytes());
+        assert_eq!(&f.bytes[sw + 8..sw + 16], &7u64.to_le_bytes());
     }
 }

@@ -633,11 +633,18 @@ fn threads_continue_with_their_own_state() {
         "the program did not finish: {:?}",
         lines(&out).iter().rev().take(3).collect::<Vec<_>>()
     );
-    let tail: Vec<String> = lines(&out).into_iter().rev().take(4).rev().collect();
+    let tail: Vec<String> = lines(&out).into_iter().rev().take(5).rev().collect();
     assert_eq!(
         tail,
-        ["joined", "robust EOWNERDEAD", "usr2 t4", "altstack ok"],
-        "pthread_join, the robust list, the thread's pending signal and its altstack"
+        [
+            "sleeper 3 5 sleeper 10",
+            "joined",
+            "robust EOWNERDEAD",
+            "usr2 t4",
+            "altstack ok"
+        ],
+        "the sleeper's policy (SCHED_BATCH), nice value, name and parent-death signal, \
+         pthread_join, the robust list, the thread's pending signal and its altstack"
     );
 }
 
@@ -931,4 +938,45 @@ fn threaded_tools_give_the_same_output_as_an_uninterrupted_run() {
     for (f, want) in ["input.xz", "sorted", "py.out"].iter().zip(&reference) {
         assert!(std::fs::read(dir.join(f)).unwrap() == *want, "{f} differs");
     }
+}
+
+#[test]
+fn a_parent_blocked_in_vfork_is_checkpointed_once_its_child_execs() {
+    let env = Env::new();
+    let (id, out) = start(&env, "vfork");
+    let mut last = 0;
+    for cycle in 0..4 {
+        assert!(
+            wait_until(T, || numbers(&out).len() as i64 > last + 1),
+            "cycle {cycle}: no progress"
+        );
+        let v = checkpoint_kill(&env, id);
+        last = assert_consecutive(&out);
+        restart(&env, id, v);
+    }
+    assert!(wait_until(T, || numbers(&out).len() as i64 > last + 2));
+    assert_consecutive(&out);
+}
+
+#[test]
+fn twenty_cycles_of_a_threaded_program() {
+    let env = Env::new();
+    let (id, out) = start(&env, "threads");
+    let mut before = vec![0; 6];
+    for cycle in 0..20 {
+        assert!(
+            wait_until(T, || {
+                let now = ticks(&out);
+                now.len() == 6 && now.iter().zip(&before).all(|(n, b)| n > b)
+            }),
+            "cycle {cycle}: no progress from {before:?}"
+        );
+        let v = checkpoint_kill(&env, id);
+        before = ticks(&out);
+        restart(&env, id, v);
+    }
+    std::fs::write(format!("{}.stop", out.display()), "").unwrap();
+    assert!(wait_until(T, || lines(&out).last().map(String::as_str)
+        == Some("altstack ok")));
+    assert!(lines(&out).iter().any(|l| l == "robust EOWNERDEAD"));
 }

@@ -150,7 +150,8 @@ pub fn seize_all(
                         return Err(CkptError::Cancelled);
                     }
                     let slice = (Instant::now() + Duration::from_millis(100)).min(deadline);
-                    let t = &tasks[&tid];
+                    // A released vfork child is no longer waited for.
+                    let Some(t) = tasks.get(&tid) else { break };
                     match t.tracee.wait_stop_until(Some(slice)) {
                         Ok(stop) => {
                             tasks.get_mut(&tid).expect("listed").stop = Some(stop);

@@ -5,7 +5,8 @@
  * Every 20 ms main appends "tick A B C D T1 T2" (the counters) to argv[1].
  * When the file argv[1].stop exists, everything is wound up and checked, and
  * the results are appended: "joined", "robust EOWNERDEAD", "usr2 t4",
- * "altstack ok". */
+ * "altstack ok", and "sleeper POLICY NICE NAME PDEATHSIG" of the sleeper
+ * thread, which set SCHED_BATCH, nice 5, its name and SIGUSR1 itself. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -13,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,6 +37,7 @@ static char *alt;
 static volatile int alt_ok = -1;
 static pthread_t th[4];
 static FILE *out;
+
 
 static void on_usr2(int s) { (void)s; usr2_tid = syscall(SYS_gettid); }
 static void on_usr1(int s)
@@ -95,6 +100,11 @@ static void *sleeper(void *arg)
     sigemptyset(&s);
     sigaddset(&s, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &s, NULL);
+    struct sched_param sp = {0};
+    sched_setscheduler(0, SCHED_BATCH, &sp);
+    setpriority(PRIO_PROCESS, 0, 5);
+    prctl(PR_SET_NAME, "sleeper");
+    prctl(PR_SET_PDEATHSIG, SIGUSR1);
     t4_tid = syscall(SYS_gettid);
     while (!stop) {
         struct timespec ts = {0, 5 * 1000 * 1000};
@@ -102,6 +112,12 @@ static void *sleeper(void *arg)
         mine++;
         counts[3] = mine;
     }
+    char name[16] = "";
+    int pdeath = 0;
+    prctl(PR_GET_NAME, name);
+    prctl(PR_GET_PDEATHSIG, &pdeath);
+    fprintf(out, "sleeper %d %d %s %d\n", sched_getscheduler(0), getpriority(PRIO_PROCESS, 0), name,
+            pdeath);
     pthread_sigmask(SIG_UNBLOCK, &s, NULL);
     return NULL;
 }

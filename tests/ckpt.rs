@@ -980,3 +980,35 @@ fn twenty_cycles_of_a_threaded_program() {
         == Some("altstack ok")));
     assert!(lines(&out).iter().any(|l| l == "robust EOWNERDEAD"));
 }
+
+#[test]
+fn threads_that_come_and_go_do_not_break_a_checkpoint() {
+    let env = Env::new();
+    let (id, out) = start(&env, "churn");
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    // Checkpoints that leave it running, then one that kills it.
+    for v in 1..=5 {
+        assert_eq!(checkpoint(&env, id, false), v);
+    }
+    let v = checkpoint_kill(&env, id);
+    let last = assert_consecutive(&out);
+    restart(&env, id, v);
+    assert!(wait_until(T, || numbers(&out).len() as i64 > last + 3));
+    assert_consecutive(&out);
+}
+
+#[test]
+fn unreaped_children_are_still_there_for_their_parent() {
+    let env = Env::new();
+    let (id, out) = start(&env, "zombie");
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let v = checkpoint_kill(&env, id);
+    let n = numbers(&out).len() as i64;
+    restart(&env, id, v);
+    assert!(wait_until(T, || numbers(&out).len() as i64 > n + 3));
+    std::fs::write(format!("{}.reap", out.display()), "").unwrap();
+    assert!(wait_until(T, || lines(&out).last().map(String::as_str)
+        == Some("signal 15")));
+    let tail: Vec<String> = lines(&out).into_iter().rev().take(2).rev().collect();
+    assert_eq!(tail, ["exit 7", "signal 15"]);
+}

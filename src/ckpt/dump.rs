@@ -525,6 +525,25 @@ impl<'a> Dumper<'a> {
         })
     }
 
+    /// An ended child not reaped yet: its ids and wait status (stat(5) field 52).
+    pub fn zombie(&self, host: i32) -> Result<image::Zombie> {
+        let status = read_proc(host, host, "status")?;
+        let pid = ns_value(&status, "NSpid");
+        let stat = read_proc(host, pid, "stat")?;
+        let f: Vec<i64> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+            .split(' ')
+            .map(|v| v.trim().parse().unwrap_or(0))
+            .collect();
+        let ppid_host = f.get(1).copied().unwrap_or(0) as i32;
+        Ok(image::Zombie {
+            pid,
+            ppid: self.ns_pids.get(&ppid_host).copied().unwrap_or(1),
+            pgid: ns_value(&status, "NSpgid"),
+            sid: ns_value(&status, "NSsid"),
+            status: f.get(52 - 3).copied().unwrap_or(0) as i32,
+        })
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel
             .as_ref()

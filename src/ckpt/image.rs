@@ -30,6 +30,10 @@ pub struct Image {
     pub owner_gid: u32,
     pub limits: crate::cgroup::Limits,
     pub processes: Vec<Proc>,
+    /// Children that had ended but were not reaped yet: created again and
+    /// ended the same way, for their parent's wait.
+    #[serde(default)]
+    pub zombies: Vec<Zombie>,
     pub shared: Vec<Blob>,
     pub pipes: Vec<PipeImg>,
 }
@@ -91,6 +95,17 @@ pub struct Proc {
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
     pub pages: Blob,
+}
+
+/// An ended process not yet reaped by its parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Zombie {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Its wait status, as waitpid(2) would give it.
+    pub status: i32,
 }
 
 /// One thread of a process.

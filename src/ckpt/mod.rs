@@ -152,11 +152,12 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
     let group = &rec.cgroup;
     let was_frozen = group.freezer_state()? == FreezerState::Frozen;
     let start = std::time::Instant::now();
-    let mut procs = seize::seize_all(group, rec.root_pid, opts.timeout, opts.cancel.as_ref())?;
+    let seizure = seize::seize_all(group, rec.root_pid, opts.timeout, opts.cancel.as_ref())?;
+    let mut procs = seizure.procs;
     let result = if procs.is_empty() {
         Err(CkptError::Empty(rec.id))
     } else {
-        write_image(state, rec, &mut procs, opts)
+        write_image(state, rec, &mut procs, &seizure.zombies, opts)
     };
     if opts.kill && result.is_ok() {
         // Killed while still stopped: the application does not run one more
@@ -194,6 +195,7 @@ fn write_image(
     state: &Path,
     rec: &AppRecord,
     procs: &mut [seize::Seized],
+    zombies: &[i32],
     opts: &CheckpointOptions,
 ) -> Result<Pending> {
     let version = image::versions(state, rec.id).last().copied().unwrap_or(0) + 1;
@@ -234,6 +236,10 @@ fn write_image(
             owner_gid: rec.owner_gid,
             limits: rec.limits.clone(),
             processes: out,
+            zombies: zombies
+                .iter()
+                .map(|z| d.zombie(*z))
+                .collect::<Result<_>>()?,
             shared: d.shared.values().cloned().collect(),
             pipes: d.pipes.values().cloned().collect(),
         })

@@ -23,7 +23,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::{ForkResult, Pid};
 
 use super::dump::parse_maps;
-use super::image::{self, Backing, Blob, FdKind, Image, Proc};
+use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
 use super::{sys, thread, timer, CkptError};
 
@@ -100,6 +100,14 @@ pub fn verify(dir: &Path, img: &Image) -> Result<()> {
         }
     }
     let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
+    for z in &img.zombies {
+        if z.ppid != 1 && !pids.contains(&z.ppid) {
+            return Err(rerr(
+                z.pid,
+                format!("its parent {} is not in the image", z.ppid),
+            ));
+        }
+    }
     for p in &img.processes {
         if p.ppid != 1 && !pids.contains(&p.ppid) {
             return Err(rerr(
@@ -186,6 +194,8 @@ struct Tree<'a> {
     orphans: BTreeMap<i32, Vec<&'a Proc>>,
     /// pid for the short-lived helpers, above every saved pid.
     helper_pid: i32,
+    /// parent -> its ended, unreaped children.
+    zombies: BTreeMap<i32, Vec<&'a Zombie>>,
 }
 
 /// Rebuilds the tree; called in the application's init. Returns the pids of the
@@ -202,10 +212,12 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
     let mut tree = Tree {
         children: BTreeMap::new(),
         orphans: BTreeMap::new(),
+        zombies: BTreeMap::new(),
         helper_pid: img
             .processes
             .iter()
             .flat_map(|p| p.threads.iter().map(|t| t.tid).chain([p.pid]))
+            .chain(img.zombies.iter().map(|z| z.pid))
             .max()
             .unwrap_or(1)
             + 1,
@@ -216,6 +228,12 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
             tree.orphans.entry(p.sid).or_default().push(p);
         } else {
             tree.children.entry(p.ppid).or_default().push(p);
+        }
+    }
+    for z in &img.zombies {
+        // The init reaps its own children at once: nothing to rebuild there.
+        if z.ppid != 1 {
+            tree.zombies.entry(z.ppid).or_default().push(z);
         }
     }
     let tree = &tree;
@@ -378,6 +396,51 @@ fn spawn_orphan(o: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) 
     }
 }
 
+/// Creates the ended child `z` again: forked with its pid, it ends at once the
+/// way it ended, and stays a zombie until its parent waits for it. The
+/// SIGCHLD this sends (blocked here) is taken back; a saved one is queued again
+/// with the parent's other pending signals.
+fn spawn_zombie(z: &Zombie) -> Result<()> {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (z.pid - 1).to_string())
+        .map_err(|e| rerr(z.pid, format!("cannot set ns_last_pid: {e}")))?;
+    match sys_fork().map_err(|e| rerr(z.pid, format!("fork: {e}")))? {
+        ForkResult::Child => {
+            if z.pgid == z.pid {
+                let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            }
+            let sig = z.status & 0x7f;
+            if sig != 0 {
+                // Killed by a signal: die by it (without a core file).
+                let _ = sys::set_rlimit(libc::RLIMIT_CORE, 0, 0);
+                let _ = sys::set_sigaction(sig, &sys::KSigaction::default());
+                if let Ok(s) = Signal::try_from(sig) {
+                    let mut set = SigSet::empty();
+                    set.add(s);
+                    let _ = set.thread_unblock();
+                    let _ = nix::sys::signal::raise(s);
+                }
+            }
+            std::process::exit((z.status >> 8) & 0xff)
+        }
+        ForkResult::Parent { child } => {
+            if child.as_raw() != z.pid {
+                return Err(rerr(z.pid, format!("the pid is taken (got {child})")));
+            }
+            nix::sys::wait::waitid(
+                nix::sys::wait::Id::Pid(child),
+                nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
+            )
+            .map_err(|e| rerr(z.pid, format!("wait: {e}")))?;
+            let mut chld = SigSet::empty();
+            chld.add(Signal::SIGCHLD);
+            if SigSet::thread_get_mask().is_ok_and(|m| m.contains(Signal::SIGCHLD)) {
+                let _ = chld.wait();
+            }
+            Ok(())
+        }
+    }
+}
+
 fn sys_fork() -> nix::Result<ForkResult> {
     crate::sys::fork()
 }
@@ -427,6 +490,9 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     }
     for o in tree.orphans.get(&me).cloned().unwrap_or_default() {
         spawn_orphan(o, tree, shared, &mut subtree)?;
+    }
+    for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
+        spawn_zombie(z)?;
     }
     setup_fds(p, shared, keep_fd)?;
     nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;

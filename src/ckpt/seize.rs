@@ -25,6 +25,14 @@ use crate::cgroup::Group;
 
 type Result<T> = std::result::Result<T, CkptError>;
 
+/// Every process of an application, stopped, and its zombies.
+pub struct Seizure {
+    pub procs: Vec<Seized>,
+    /// Host pids of children that have ended but were not reaped yet by their
+    /// parent (exited tasks leave the cgroup; their parents still list them).
+    pub zombies: Vec<i32>,
+}
+
 /// One process, all of its threads stopped under ptrace.
 pub struct Seized {
     /// Host pid.
@@ -82,8 +90,9 @@ fn wchan(tid: i32) -> String {
     fs::read_to_string(format!("/proc/{tid}/wchan")).unwrap_or_default()
 }
 
-/// Children of `tgid` that share its memory (a vfork child before its execve).
-fn vfork_children(tgid: i32) -> Vec<i32> {
+/// Children of every thread of `tgid`; with `shared_mm`, only those sharing its
+/// memory (a vfork child before its execve).
+fn children_of(tgid: i32, shared_mm: bool) -> Vec<i32> {
     let mut out = Vec::new();
     for tid in threads_of(tgid) {
         let kids =
@@ -92,7 +101,7 @@ fn vfork_children(tgid: i32) -> Vec<i32> {
             .split_whitespace()
             .filter_map(|c| c.parse::<i32>().ok())
         {
-            if super::sys::same_mm(tgid, c) {
+            if !shared_mm || super::sys::same_mm(tgid, c) {
                 out.push(c);
             }
         }
@@ -108,7 +117,7 @@ pub fn seize_all(
     root: i32,
     timeout: Duration,
     cancel: Option<&Arc<AtomicBool>>,
-) -> Result<Vec<Seized>> {
+) -> Result<Seizure> {
     let deadline = Instant::now() + timeout;
     let frozen = group.freezer_state()? == crate::cgroup::FreezerState::Frozen;
     let mut tasks: BTreeMap<i32, Task> = BTreeMap::new();
@@ -165,7 +174,7 @@ pub fn seize_all(
                             // A vfork parent waits for its child: let the child
                             // run to its execve.
                             let tgid = t.tgid;
-                            for child in vfork_children(tgid) {
+                            for child in children_of(tgid, true) {
                                 let kids: Vec<i32> = tasks
                                     .iter()
                                     .filter(|(_, k)| k.tgid == child)
@@ -253,7 +262,24 @@ pub fn seize_all(
             what: "a process whose main thread has exited".into(),
         });
     }
-    Ok(procs)
+    let hosts: Vec<i32> = procs.iter().map(|p| p.host).collect();
+    let mut zombies = Vec::new();
+    for p in &procs {
+        for c in children_of(p.host, false) {
+            if !hosts.contains(&c) && !zombies.contains(&c) && state(c) == 'Z' {
+                zombies.push(c);
+            }
+        }
+    }
+    zombies.sort_unstable();
+    Ok(Seizure { procs, zombies })
+}
+
+fn state(pid: i32) -> char {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next())
+        .unwrap_or('?')
 }
 
 /// Seizes one task; false when it is gone already.

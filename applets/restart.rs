@@ -48,6 +48,10 @@ struct Args {
     #[arg(long)]
     wait: bool,
 
+    /// Reopen files that changed since the checkpoint (another size, shorter than the saved offset) instead of refusing
+    #[arg(long)]
+    allow_changed_files: bool,
+
     /// State directory holding the registry and the images
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -137,6 +141,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.app_id = Some(a.app);
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
+    spec.allow_changed_files = a.allow_changed_files;
     spec.close_fds = vec![lock.raw_fd()];
     krgcr_run::supervise_then("restart", &reg, &spec, a.detach, false, move |child| {
         if child {

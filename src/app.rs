@@ -63,6 +63,8 @@ pub struct LaunchSpec {
     /// With `restore`: leave the rebuilt processes frozen (cgroup freezer) until
     /// `checkpoint --unfreeze`.
     pub stay_frozen: bool,
+    /// With `restore`: reopen files that changed since the checkpoint.
+    pub allow_changed_files: bool,
     /// Descriptors of the caller that no process of the application, nor a
     /// background supervisor, may keep (the application lock).
     pub close_fds: Vec<RawFd>,
@@ -83,6 +85,7 @@ impl LaunchSpec {
             restore: None,
             stay_frozen: false,
             close_fds: Vec::new(),
+            allow_changed_files: false,
         }
     }
 }
@@ -417,7 +420,10 @@ fn init_main(
         }
     };
     let restored = spec.restore.as_ref().map(|(dir, img)| {
-        crate::ckpt::restore::restore_tree(dir, img, &mut before_detach).map(|p| (p, img))
+        let opts = crate::ckpt::restore::RestoreOptions {
+            allow_changed_files: spec.allow_changed_files,
+        };
+        crate::ckpt::restore::restore_tree(dir, img, &opts, &mut before_detach).map(|p| (p, img))
     });
     drop(go);
     let command = match restored {

@@ -1012,3 +1012,151 @@ fn unreaped_children_are_still_there_for_their_parent() {
     let tail: Vec<String> = lines(&out).into_iter().rev().take(2).rev().collect();
     assert_eq!(tail, ["exit 7", "signal 15"]);
 }
+
+/// The last "tick T SEM PLAIN USR1 PIPE" line of the special-files program.
+fn special_tick(out: &Path) -> Vec<i64> {
+    lines(out)
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("tick "))
+        .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn lock_is_free(file: &Path, posix: bool) -> bool {
+    let py = if posix {
+        "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n    fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10, 10)\nexcept OSError:\n    sys.exit(1)\n"
+    } else {
+        "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(1)\n"
+    };
+    Command::new("python3")
+        .args(["-c", py])
+        .arg(file)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn eventfd_signalfd_timerfd_epoll_locks_and_flags_come_back() {
+    let env = Env::new();
+    let (id, out) = start(&env, "special");
+    let flock_file = PathBuf::from(format!("{}.flock", out.display()));
+    let posix_file = PathBuf::from(format!("{}.posix", out.display()));
+    assert!(wait_until(T, || special_tick(&out)
+        .first()
+        .is_some_and(|t| *t >= 5)));
+    let host = app_process(&env, id);
+    // One at a time: two standard signals sent at once are one.
+    for n in 1..=2 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(host),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        assert!(wait_until(T, || special_tick(&out).get(3) == Some(&n)));
+    }
+    assert!(!lock_is_free(&flock_file, false) && !lock_is_free(&posix_file, true));
+    let v = checkpoint_kill(&env, id);
+    let before = special_tick(&out);
+    // A lock taken by someone else meanwhile makes the restart fail cleanly.
+    // -o: the lock stays with flock(1) itself, not with its sleep.
+    let mut holder = Command::new("flock")
+        .args(["-n", "-o"])
+        .arg(&flock_file)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id.to_string(), &v.to_string()])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another process holds a conflicting lock"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        env.registry().load(id).is_err(),
+        "a failed restart left the application"
+    );
+    restart(&env, id, v);
+    // Timer ticks go on through epoll; the semaphore keeps counting down from
+    // where it was, the plain counter up; the signalfd count and the drained
+    // bytes of the non-blocking, edge-triggered pipe go on.
+    assert!(
+        wait_until(T, || special_tick(&out)[0] > before[0] + 5),
+        "no tick after restart: {before:?} -> {:?}",
+        special_tick(&out)
+    );
+    let after = special_tick(&out);
+    assert!(
+        after[1] < before[1] && after[1] > 800,
+        "semaphore {before:?} -> {after:?}"
+    );
+    assert!(after[2] > before[2], "eventfd {before:?} -> {after:?}");
+    assert!(after[4] > before[4], "pipe {before:?} -> {after:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(app_process(&env, id)),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    assert!(wait_until(T, || special_tick(&out).get(3) == Some(&3)));
+    assert!(
+        !lock_is_free(&flock_file, false),
+        "the flock was not taken again"
+    );
+    assert!(
+        !lock_is_free(&posix_file, true),
+        "the POSIX lock was not taken again"
+    );
+}
+
+#[test]
+fn a_file_changed_since_the_checkpoint_is_refused() {
+    let env = Env::new();
+    let (id, out) = start(&env, "counter");
+    assert!(wait_until(T, || numbers(&out).len() >= 5));
+    let v = checkpoint_kill(&env, id);
+    // The output file, open for writing, is truncated before the restart.
+    std::fs::write(&out, "1\n").unwrap();
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id.to_string(), &v.to_string()])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{} changed since the checkpoint", out.display()))
+            && err.contains("--allow-changed-files"),
+        "{err}"
+    );
+    assert!(env.registry().load(id).is_err());
+    let o = env
+        .cmd("restart")
+        .args([
+            "--detach",
+            "--allow-changed-files",
+            "--stdout",
+            "/dev/null",
+            "--stderr",
+            "/dev/null",
+            &id.to_string(),
+            &v.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(wait_until(T, || std::fs::metadata(&out)
+        .map(|m| m.len())
+        .unwrap_or(0)
+        > 10));
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
 use super::ptrace::Tracee;
-use super::{sigframe, sys, thread, timer, CkptError};
+use super::{files, sigframe, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -206,6 +206,8 @@ pub struct Dumper<'a> {
     buf: Vec<u8>,
     /// rt_sigreturn offsets found per code mapping (path, inode, offset, size).
     restorers: HashMap<(String, u64, u64, u64), Option<usize>>,
+    /// (host pid, fd, link) of every anonymous-inode file saved so far.
+    anon_files: Vec<(i32, i32, String)>,
     /// Set by a signal to the checkpointer: stop at the next safe point.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -341,6 +343,7 @@ impl<'a> Dumper<'a> {
             pipes: BTreeMap::new(),
             buf: vec![0u8; CHUNK],
             restorers: HashMap::new(),
+            anon_files: Vec::new(),
             cancel: None,
         }
     }
@@ -371,15 +374,6 @@ impl<'a> Dumper<'a> {
         for t in threads.iter() {
             seen.push(thread::read(t, host, t.label)?);
         }
-        let shared_pending: Vec<String> = sys::peek_siginfo(threads[0].pid, true)
-            .map_err(|e| CkptError::Ptrace {
-                pid,
-                what: "read queued signals",
-                source: e,
-            })?
-            .iter()
-            .map(|i| image::to_hex(i))
-            .collect();
         let host_tids: HashMap<i32, i32> =
             threads.iter().map(|t| (t.pid.as_raw(), t.label)).collect();
         let mut timers = timer::parse(
@@ -405,6 +399,10 @@ impl<'a> Dumper<'a> {
             }
         }
         let (brk, sigactions, itimers) = leader_facts.expect("the leader was queried");
+        let shared_pending = thread::queued(&threads[0], true)?;
+        for (t, (_, _, th)) in threads.iter().zip(seen.iter_mut()) {
+            th.pending = thread::queued(t, false)?;
+        }
         let threads_img: Vec<Thread> = seen
             .into_iter()
             .map(|(regs0, xstate, mut th)| {
@@ -738,75 +736,140 @@ impl<'a> Dumper<'a> {
     }
 
     fn dump_fds(&mut self, host: i32, pid: i32) -> Result<Vec<Fd>> {
-        let mut std_ids = Vec::new();
-        for k in 0..3 {
-            if let Ok(md) = fs::metadata(format!("/proc/{}/fd/{k}", self.root_host)) {
-                std_ids.push((k, md.dev(), md.ino()));
-            }
-        }
         let dir = format!("/proc/{host}/fd");
-        let mut fds = Vec::new();
+        let mut numbers = Vec::new();
         for ent in fs::read_dir(&dir).map_err(proc_err(pid, "list fds"))? {
             let ent = ent.map_err(proc_err(pid, "list fds"))?;
-            let Ok(fd) = ent.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let target = fs::read_link(ent.path()).unwrap_or_default();
+            if let Ok(fd) = ent.file_name().to_string_lossy().parse::<i32>() {
+                numbers.push(fd);
+            }
+        }
+        numbers.sort_unstable();
+        let mut fds: Vec<Fd> = Vec::new();
+        // (fd, link) of this process, to find dup(2)ed descriptors.
+        let mut seen: Vec<(i32, String)> = Vec::new();
+        for fd in numbers {
+            let path = PathBuf::from(format!("{dir}/{fd}"));
+            let target = fs::read_link(&path).unwrap_or_default();
             let target_s = target.to_string_lossy().into_owned();
-            let info = fs::read_to_string(format!("/proc/{host}/fdinfo/{fd}")).unwrap_or_default();
-            let get = |k: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(|v| v.trim().to_string())
-                    .unwrap_or_default()
-            };
-            let flags = u32::from_str_radix(&get("flags:"), 8).unwrap_or(0);
-            let pos: u64 = get("pos:").parse().unwrap_or(0);
-            let md = fs::metadata(ent.path()).ok();
-            let unsupported = || CkptError::Unsupported {
+            let text = fs::read_to_string(format!("/proc/{host}/fdinfo/{fd}")).unwrap_or_default();
+            let info = files::FdInfo { text: &text };
+            let flags = info
+                .get("flags:")
+                .and_then(|v| u32::from_str_radix(v, 8).ok())
+                .unwrap_or(0);
+            let pos: u64 = info.get("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let md = fs::metadata(&path).ok();
+            let unsupported = |why: &str| CkptError::Unsupported {
                 pid,
-                what: format!("fd {fd} ({target_s})"),
+                what: format!("fd {fd} ({target_s}){why}"),
             };
-            if let Some(md) = &md {
-                if let Some((k, _, _)) = std_ids
+            let locks = files::lock::dump(&info).map_err(|w| unsupported(&format!(": {w}")))?;
+            // The very open file of one of the init's standard descriptors
+            // (the same one when several are, as stdin, stdout and stderr on
+            // one terminal or /dev/null).
+            let std = (0..3)
+                .filter(|k| sys::same_file(host, fd, self.root_host, *k))
+                .min_by_key(|k| (*k != fd, *k));
+            if let Some(k) = std {
+                fds.push(Fd {
+                    fd,
+                    flags,
+                    kind: FdKind::Inherited { std: k },
+                    locks,
+                });
+                continue;
+            }
+            let is_pipe = target_s.starts_with("pipe:[");
+            if !is_pipe {
+                if let Some((of, _)) = seen
                     .iter()
-                    .find(|(_, d, i)| *d == md.dev() && *i == md.ino())
+                    .find(|(f, t)| *t == target_s && sys::same_file(host, *f, host, fd))
                 {
                     fds.push(Fd {
                         fd,
                         flags,
-                        kind: FdKind::Inherited { std: *k },
+                        kind: FdKind::Dup { of: *of },
+                        locks,
                     });
                     continue;
                 }
+                seen.push((fd, target_s.clone()));
             }
             let kind = if let Some(id) = target_s
                 .strip_prefix("pipe:[")
                 .and_then(|r| r.strip_suffix(']'))
             {
-                let id: u64 = id.parse().map_err(|_| unsupported())?;
+                let id: u64 = id.parse().map_err(|_| unsupported(""))?;
                 if !self.pipes.contains_key(&id) {
-                    let p = self.dump_pipe(&ent.path(), pid, id)?;
+                    let p = self.dump_pipe(&path, pid, id)?;
                     self.pipes.insert(id, p);
                 }
                 FdKind::Pipe {
                     id,
                     write: flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32,
                 }
+            } else if let Some(anon) = target_s.strip_prefix("anon_inode:") {
+                // One object in two processes would become two after restart.
+                if let Some((other, _, _)) = self.anon_files.iter().find(|(h, f, t)| {
+                    *h != host && *t == target_s && sys::same_file(*h, *f, host, fd)
+                }) {
+                    let other = self.ns_pids.get(other).copied().unwrap_or(0);
+                    return Err(unsupported(&format!(", shared with process {other}")));
+                }
+                self.anon_files.push((host, fd, target_s.clone()));
+                let bad = || unsupported(": unreadable fdinfo");
+                match anon {
+                    "[eventfd]" => {
+                        let (count, semaphore) = files::eventfd::dump(&info).ok_or_else(bad)?;
+                        FdKind::EventFd { count, semaphore }
+                    }
+                    "[signalfd]" => FdKind::SignalFd {
+                        mask: files::signalfd::dump(&info).ok_or_else(bad)?,
+                    },
+                    "[timerfd]" => FdKind::TimerFd(files::timerfd::dump(&info).ok_or_else(bad)?),
+                    "[eventpoll]" => FdKind::Epoll {
+                        targets: files::epoll::dump(&info).ok_or_else(bad)?,
+                    },
+                    _ => return Err(unsupported("")),
+                }
             } else if target_s.starts_with('/') && !target_s.ends_with(" (deleted)") {
-                let md = md.ok_or_else(unsupported)?;
+                let md = md.ok_or_else(|| unsupported(""))?;
                 let ft = md.file_type();
                 use std::os::unix::fs::FileTypeExt;
                 if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
-                    return Err(unsupported());
+                    return Err(unsupported(""));
                 }
-                FdKind::Path { path: target, pos }
+                FdKind::Path {
+                    path: target,
+                    pos,
+                    size: md.len(),
+                    ftype: md.mode() & libc::S_IFMT,
+                }
             } else {
-                return Err(unsupported());
+                return Err(unsupported(""));
             };
-            fds.push(Fd { fd, flags, kind });
+            fds.push(Fd {
+                fd,
+                flags,
+                kind,
+                locks,
+            });
         }
-        fds.sort_by_key(|f| f.fd);
+        // Every epoll target must be a descriptor of the process.
+        for f in &fds {
+            if let FdKind::Epoll { targets } = &f.kind {
+                if let Some((t, ..)) = targets
+                    .iter()
+                    .find(|(t, ..)| !fds.iter().any(|g| g.fd == *t))
+                {
+                    return Err(CkptError::Unsupported {
+                        pid,
+                        what: format!("fd {} (epoll) watching fd {t}, closed since", f.fd),
+                    });
+                }
+            }
+        }
         Ok(fds)
     }
 

@@ -242,17 +242,76 @@ pub struct Fd {
     /// open(2) flags as in fdinfo, O_CLOEXEC included.
     pub flags: u32,
     pub kind: FdKind,
+    /// Locks held through this descriptor.
+    #[serde(default)]
+    pub locks: Vec<FileLock>,
+}
+
+/// A file lock (see `files::lock`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileLock {
+    pub kind: LockKind,
+    pub write: bool,
+    pub start: u64,
+    /// Last byte, None for "to the end of the file".
+    pub end: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Flock,
+    Posix,
+    Ofd,
+}
+
+/// A timerfd: clock, expirations not read, time left and interval (sec, nsec).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimerFd {
+    pub clock: i32,
+    pub ticks: u64,
+    pub value: (i64, i64),
+    pub interval: (i64, i64),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FdKind {
-    /// A file reopened by path at this offset.
-    Path { path: PathBuf, pos: u64 },
+    /// A file reopened by path at this offset; its size and file type (S_IFMT
+    /// bits) then, checked again at restart.
+    Path {
+        path: PathBuf,
+        pos: u64,
+        #[serde(default)]
+        size: u64,
+        #[serde(default)]
+        ftype: u32,
+    },
+    /// Another number for the open file of an earlier descriptor (dup(2)).
+    Dup {
+        of: i32,
+    },
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// The signals it reads, bit N-1 for signal N.
+    SignalFd {
+        mask: u64,
+    },
+    TimerFd(TimerFd),
+    /// (target fd, events, data) of every registration.
+    Epoll {
+        targets: Vec<(i32, u32, u64)>,
+    },
     /// One end of a pipe of the application.
-    Pipe { id: u64, write: bool },
+    Pipe {
+        id: u64,
+        write: bool,
+    },
     /// The standard descriptor `std` of the application's init (terminal or stdio
     /// inherited from krgcr-run): reconnected to the restarter's.
-    Inherited { std: i32 },
+    Inherited {
+        std: i32,
+    },
 }
 
 /// Directory of all versions of an application.

@@ -10,6 +10,7 @@
 //! application's init.
 
 pub mod dump;
+mod files;
 pub mod image;
 mod ptrace;
 pub mod restore;

@@ -12,9 +12,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use super::sys::Waited;
 use nix::sys::ptrace::{self, Options};
-use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::sys;
@@ -124,30 +123,24 @@ impl Tracee {
     /// Like [`wait_stopped`](Self::wait_stopped), giving up at `deadline` with a
     /// timeout error that names the task.
     pub fn wait_stop_until(&self, deadline: Option<Instant>) -> Result<Stop> {
-        let mut flags = WaitPidFlag::__WALL;
-        if deadline.is_some() {
-            flags |= WaitPidFlag::WNOHANG;
-        }
         let mut nap = Duration::from_micros(20);
         loop {
-            match waitpid(self.pid, Some(flags)).map_err(self.err("wait"))? {
-                WaitStatus::PtraceEvent(_, sig, ev) if ev == libc::PTRACE_EVENT_STOP => {
+            match sys::wait_task(self.pid, deadline.is_some()).map_err(self.err("wait"))? {
+                Waited::Stopped { sig, event } if event == libc::PTRACE_EVENT_STOP => {
                     // The kernel reports the stop signal instead of SIGTRAP
                     // while the task's process is in a job-control stop.
                     return Ok(match sig {
-                        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => {
-                            Stop::Group(sig as i32)
+                        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
+                            Stop::Group(sig)
                         }
                         _ => Stop::Interrupted,
                     });
                 }
-                WaitStatus::Stopped(_, sig) => {
-                    ptrace::cont(self.pid, Some(sig)).map_err(self.err("resume"))?;
+                Waited::Stopped { sig, event: 0 } => {
+                    sys::resume(libc::PTRACE_CONT, self.pid, sig).map_err(self.err("resume"))?;
                 }
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
-                    return Err(CkptError::TraceeDied { pid: self.label })
-                }
-                WaitStatus::StillAlive => {
+                Waited::Ended => return Err(CkptError::TraceeDied { pid: self.label }),
+                Waited::StillAlive => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(CkptError::Timeout {
                             pid: self.label,
@@ -253,11 +246,12 @@ impl Tracee {
     fn run_stepping(&self, nr: i64) -> Result<()> {
         ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
-                WaitStatus::Stopped(_, Signal::SIGTRAP) => return Ok(()),
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
-                    return Err(CkptError::TraceeDied { pid: self.label })
-                }
+            match sys::wait_task(self.pid, false).map_err(self.err("wait"))? {
+                Waited::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => return Ok(()),
+                Waited::Ended => return Err(CkptError::TraceeDied { pid: self.label }),
                 // Signals are blocked while calls are injected; anything else
                 // (a stop request, a clone event) is passed over.
                 other => {
@@ -277,12 +271,15 @@ impl Tracee {
         let mut entered = false;
         ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
-                WaitStatus::PtraceSyscall(_) if entered => return Ok(()),
-                WaitStatus::PtraceSyscall(_) => entered = true,
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
-                    return Err(CkptError::TraceeDied { pid: self.label })
+            match sys::wait_task(self.pid, false).map_err(self.err("wait"))? {
+                // PTRACE_O_TRACESYSGOOD marks syscall stops with bit 7.
+                Waited::Stopped { sig, event: 0 } if sig == libc::SIGTRAP | 0x80 => {
+                    if entered {
+                        return Ok(());
+                    }
+                    entered = true;
                 }
+                Waited::Ended => return Err(CkptError::TraceeDied { pid: self.label }),
                 other => log::debug!(
                     "process {}: unexpected stop {other:?} while running syscall {nr}",
                     self.label
@@ -320,8 +317,8 @@ impl Tracee {
     /// Collects the tracer's notification of the task's end.
     pub fn reap(&self) {
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::__WALL)) {
-                Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => break,
+            match sys::wait_task(self.pid, false) {
+                Ok(Waited::Ended) | Err(_) => break,
                 Ok(_) => {}
             }
         }

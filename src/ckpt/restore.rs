@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{sys, thread, timer, CkptError};
+use super::{files, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -196,12 +196,25 @@ struct Tree<'a> {
     helper_pid: i32,
     /// parent -> its ended, unreaped children.
     zombies: BTreeMap<i32, Vec<&'a Zombie>>,
+    allow_changed_files: bool,
+}
+
+/// Choices of a restart.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Reopen files that changed since the checkpoint (see `check_unchanged`).
+    pub allow_changed_files: bool,
 }
 
 /// Rebuilds the tree; called in the application's init. Returns the pids of the
 /// restored processes, running.
 /// `before_detach` runs once every process is rebuilt, right before they are let go.
-pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) -> Result<Vec<i32>> {
+pub fn restore_tree(
+    dir: &Path,
+    img: &Image,
+    opts: &RestoreOptions,
+    before_detach: &mut dyn FnMut(),
+) -> Result<Vec<i32>> {
     // The helper descriptors sit above the image's; every process sets its own
     // saved limits once they are in place.
     if let Ok((_, hard)) = sys::get_rlimit(0, libc::RLIMIT_NOFILE) {
@@ -213,6 +226,7 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
         children: BTreeMap::new(),
         orphans: BTreeMap::new(),
         zombies: BTreeMap::new(),
+        allow_changed_files: opts.allow_changed_files,
         helper_pid: img
             .processes
             .iter()
@@ -494,7 +508,7 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
         spawn_zombie(z)?;
     }
-    setup_fds(p, shared, keep_fd)?;
+    setup_fds(p, shared, keep_fd, tree.allow_changed_files)?;
     nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(p.umask));
     let _ = nix::sys::prctl::set_name(&CString::new(p.comm.clone()).unwrap_or_default());
@@ -532,8 +546,16 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     // Last, as a real-time timer runs from here on (its signal stays blocked
     // until the saved mask is loaded).
     for (which, v) in p.itimers.iter().enumerate() {
+        let mut v = *v;
+        if v[2] == 0 && v[3] == 0 {
+            // Fired with its signal still queued: the kernel would re-arm it
+            // when the signal is taken; setitimer with no time left would
+            // disarm it for good. Next expiry: one interval from now.
+            v[2] = v[0];
+            v[3] = v[1];
+        }
         if v.iter().any(|x| *x != 0) {
-            sys::set_itimer(which as i32, *v).map_err(e("setitimer"))?;
+            sys::set_itimer(which as i32, v).map_err(e("setitimer"))?;
         }
     }
     Ok(subtree)
@@ -647,13 +669,23 @@ fn check_blobs(dir: &Path, blobs: &[Blob]) -> Result<()> {
 
 /// Puts every saved descriptor at its number; keeps only the shared memory
 /// objects this process maps (closed later by the restorer).
-fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
+fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Result<()> {
     let me = p.pid;
     let stage_base = shared.base + STAGE_OFF;
-    let mut staged = Vec::new();
+    let mut staged: Vec<(&image::Fd, RawFd)> = Vec::new();
+    let fd_err = |f: &image::Fd, what: &str, err: nix::Error| {
+        rerr(me, format!("fd {}: {what}: {err}", f.fd))
+    };
     for f in &p.fds {
+        // Created here and owned until staged; None: borrowed from the init.
+        let made: Option<OwnedFd>;
         let src: RawFd = match &f.kind {
-            FdKind::Path { path, pos } => {
+            FdKind::Path {
+                path,
+                pos,
+                size,
+                ftype,
+            } => {
                 let flags = OFlag::from_bits_truncate(f.flags as i32)
                     & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC | OFlag::O_NOCTTY);
                 let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(
@@ -664,31 +696,69 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
                         )
                     },
                 )?;
+                if !allow_changed {
+                    check_unchanged(&fd, f, path, *pos, *size, *ftype)
+                        .map_err(|why| rerr(me, why))?;
+                }
                 if *pos > 0 {
                     nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
                         .map_err(|err| rerr(me, format!("fd {}: seek: {err}", f.fd)))?;
                 }
-                fd.into_raw_fd()
+                made = Some(fd);
+                -1
+            }
+            FdKind::Dup { of } => {
+                let (_, n) = staged.iter().find(|(g, _)| g.fd == *of).ok_or_else(|| {
+                    rerr(
+                        me,
+                        format!("fd {}: a copy of fd {of}, which is missing", f.fd),
+                    )
+                })?;
+                made = None;
+                *n
+            }
+            FdKind::EventFd { count, semaphore } => {
+                made = Some(
+                    files::eventfd::restore(*count, *semaphore)
+                        .map_err(|e| fd_err(f, "eventfd", e))?,
+                );
+                -1
+            }
+            FdKind::SignalFd { mask } => {
+                made = Some(files::signalfd::restore(*mask).map_err(|e| fd_err(f, "signalfd", e))?);
+                -1
+            }
+            FdKind::TimerFd(t) => {
+                made = Some(files::timerfd::restore(t).map_err(|e| fd_err(f, "timerfd", e))?);
+                -1
+            }
+            FdKind::Epoll { .. } => {
+                made = Some(files::epoll::create().map_err(|e| fd_err(f, "epoll_create", e))?);
+                -1
             }
             FdKind::Pipe { id, write } => {
                 let (r, w) = shared
                     .pipes
                     .get(id)
                     .ok_or_else(|| rerr(me, format!("fd {}: unknown pipe {id}", f.fd)))?;
+                made = None;
                 if *write {
                     *w
                 } else {
                     *r
                 }
             }
-            FdKind::Inherited { std } => *std,
+            FdKind::Inherited { std } => {
+                made = None;
+                *std
+            }
         };
-        let borrowed = unsafe_borrow(src);
-        let n = fcntl(borrowed, FcntlArg::F_DUPFD(stage_base))
-            .map_err(|err| rerr(me, format!("fd {}: dup: {err}", f.fd)))?;
-        if matches!(f.kind, FdKind::Path { .. }) {
-            let _ = nix::unistd::close(src);
+        let n = match &made {
+            Some(fd) => fcntl(fd, FcntlArg::F_DUPFD(stage_base)),
+            None => fcntl(unsafe_borrow(src), FcntlArg::F_DUPFD(stage_base)),
         }
+        .map_err(|err| rerr(me, format!("fd {}: dup: {err}", f.fd)))?;
+        drop(made);
         staged.push((f, n));
     }
     // Close everything below the shared descriptors and the report pipes of the
@@ -710,10 +780,38 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
                 FdFlag::empty()
             }),
         );
-        if matches!(f.kind, FdKind::Pipe { .. }) {
-            let keep =
-                OFlag::from_bits_truncate(f.flags as i32) & (OFlag::O_NONBLOCK | OFlag::O_APPEND);
-            let _ = fcntl(unsafe_borrow(f.fd), FcntlArg::F_SETFL(keep));
+        if !matches!(f.kind, FdKind::Path { .. } | FdKind::Inherited { .. }) {
+            // Status flags of the open file (a pipe read until EAGAIN must stay
+            // non-blocking); files opened by path got them from open(2).
+            let keep = OFlag::from_bits_truncate(f.flags as i32)
+                & (OFlag::O_NONBLOCK | OFlag::O_APPEND | OFlag::O_DIRECT | OFlag::O_NOATIME);
+            fcntl(unsafe_borrow(f.fd), FcntlArg::F_SETFL(keep))
+                .map_err(|err| rerr(me, format!("fd {}: set its flags: {err}", f.fd)))?;
+        }
+    }
+    // Registrations and locks name descriptors: only now are they in place.
+    for f in &p.fds {
+        if let FdKind::Epoll { targets } = &f.kind {
+            files::epoll::register(f.fd, targets).map_err(|(t, err)| {
+                rerr(me, format!("fd {}: register fd {t} in epoll: {err}", f.fd))
+            })?;
+        }
+        for l in &f.locks {
+            files::lock::restore(unsafe_borrow(f.fd), l).map_err(|err| {
+                let what = match &f.kind {
+                    FdKind::Path { path, .. } => path.display().to_string(),
+                    _ => "the file".into(),
+                };
+                let why = if matches!(err, nix::Error::EAGAIN | nix::Error::EACCES) {
+                    "another process holds a conflicting lock".to_string()
+                } else {
+                    err.to_string()
+                };
+                rerr(
+                    me,
+                    format!("fd {}: cannot take its lock on {what} again: {why}", f.fd),
+                )
+            })?;
         }
     }
     let used: Vec<u64> = p
@@ -732,6 +830,45 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
         if !used.contains(id) {
             let _ = nix::unistd::close(*fd);
         }
+    }
+    Ok(())
+}
+
+/// Refuses a file that changed since the checkpoint in a way that would make
+/// the process read or write the wrong bytes: another file type, shorter than
+/// the saved offset, or another size for a file open for writing.
+fn check_unchanged(
+    fd: &OwnedFd,
+    f: &image::Fd,
+    path: &Path,
+    pos: u64,
+    size: u64,
+    ftype: u32,
+) -> std::result::Result<(), String> {
+    let st = nix::sys::stat::fstat(fd)
+        .map_err(|e| format!("fd {}: stat {}: {e}", f.fd, path.display()))?;
+    let now_type = st.st_mode & libc::S_IFMT;
+    let changed = |what: String| {
+        format!(
+            "{} changed since the checkpoint ({what}); restart with --allow-changed-files to go on anyway",
+            path.display()
+        )
+    };
+    if ftype != 0 && now_type != ftype {
+        return Err(changed("it is another kind of file".into()));
+    }
+    if now_type != libc::S_IFREG {
+        return Ok(());
+    }
+    let now = st.st_size as u64;
+    if now < pos {
+        return Err(changed(format!(
+            "{now} bytes, shorter than the saved offset {pos}"
+        )));
+    }
+    let writing = f.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
+    if writing && now != size {
+        return Err(changed(format!("{now} bytes instead of {size}")));
     }
     Ok(())
 }

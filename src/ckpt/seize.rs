@@ -301,14 +301,41 @@ fn seize_one(tasks: &mut BTreeMap<i32, Task>, tgid: i32, tid: i32) -> Result<boo
             source: nix::Error::ESRCH,
             ..
         }) => Ok(false),
+        // EPERM: traced by someone else, or exiting (then it is gone too).
         Err(CkptError::Ptrace {
             pid,
             source: nix::Error::EPERM,
             ..
-        }) => Err(CkptError::Unsupported {
-            pid,
-            what: "a task traced by another program (a debugger or another checkpoint)".into(),
-        }),
+        }) => {
+            let status =
+                fs::read_to_string(format!("/proc/{tgid}/task/{tid}/status")).unwrap_or_default();
+            let tracer = status
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+                .unwrap_or(0);
+            let state = status
+                .lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .map(str::trim)
+                .unwrap_or("");
+            if status.is_empty() || state.starts_with('Z') || state.starts_with('X') {
+                return Ok(false);
+            }
+            if tracer == 0 {
+                return Err(CkptError::Ptrace {
+                    pid,
+                    what: "seize",
+                    source: nix::Error::EPERM,
+                });
+            }
+            Err(CkptError::Unsupported {
+                pid,
+                what: format!(
+                    "a task traced by another program (pid {tracer}: a debugger or another checkpoint)"
+                ),
+            })
+        }
         Err(e) => Err(e),
     }
 }

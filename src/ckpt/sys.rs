@@ -319,3 +319,157 @@ pub fn same_mm(a: i32, b: i32) -> bool {
     // SAFETY: kcmp takes plain integers.
     unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0 }
 }
+
+/// Takes ownership of a descriptor a raw call just returned.
+pub fn owned_fd(fd: libc::c_int) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass a fresh descriptor that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// eventfd(2).
+pub fn eventfd(init: u32, flags: libc::c_int) -> libc::c_int {
+    // SAFETY: plain integers.
+    unsafe { libc::eventfd(init, flags) }
+}
+
+/// signalfd(2) reading the signals of `mask` (bit N-1 = signal N).
+pub fn signalfd(mask: u64) -> libc::c_int {
+    // SAFETY: the kernel reads 8 bytes (the size passed) of `mask`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &mask as *const u64,
+            8usize,
+            libc::SFD_CLOEXEC,
+        ) as libc::c_int
+    }
+}
+
+/// timerfd_create(2) on `clock`.
+pub fn timerfd_create(clock: i32) -> libc::c_int {
+    // SAFETY: plain integers.
+    unsafe { libc::timerfd_create(clock, libc::TFD_CLOEXEC) }
+}
+
+/// timerfd_settime(2), relative: `value` left, then every `interval` (sec, nsec).
+pub fn timerfd_settime(
+    fd: &std::os::fd::OwnedFd,
+    value: (i64, i64),
+    interval: (i64, i64),
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: interval.0,
+            tv_nsec: interval.1,
+        },
+        it_value: libc::timespec {
+            tv_sec: value.0,
+            tv_nsec: value.1,
+        },
+    };
+    // SAFETY: `spec` is a valid itimerspec; the old value is not requested.
+    let r = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// TFD_IOC_SET_TICKS: expirations not read yet.
+pub fn timerfd_set_ticks(fd: &std::os::fd::OwnedFd, ticks: u64) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+    // SAFETY: the kernel reads one u64 from `ticks`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// epoll_create1(EPOLL_CLOEXEC).
+pub fn epoll_create() -> libc::c_int {
+    // SAFETY: plain integer.
+    unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }
+}
+
+/// epoll_ctl(EPOLL_CTL_ADD) of `fd` with `events` and `data`.
+pub fn epoll_add(ep: i32, fd: i32, events: u32, data: u64) -> nix::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a valid epoll_event for the call.
+    let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// flock(2).
+pub fn flock(fd: std::os::fd::BorrowedFd, op: libc::c_int) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers on a borrowed descriptor.
+    let r = unsafe { libc::flock(fd.as_raw_fd(), op) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// An all-zero `struct flock`.
+pub fn zeroed_flock() -> libc::flock {
+    // SAFETY: struct flock is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// kcmp(2) KCMP_FILE: whether descriptor `fa` of `a` and `fb` of `b` are one
+/// open file description.
+pub fn same_file(a: i32, fa: i32, b: i32, fb: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes plain integers.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILE, fa, fb) == 0 }
+}
+
+/// What waitpid(2) reported, decoded without nix's `Signal`, which has no
+/// real-time signals (a tracee stopping with SIGRTMIN must not be an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    StillAlive,
+    Ended,
+    /// A ptrace stop: the signal and the event (status >> 16).
+    Stopped {
+        sig: i32,
+        event: i32,
+    },
+    Other,
+}
+
+/// waitpid(2) on one task with `__WALL` (and `WNOHANG` when `nohang`).
+pub fn wait_task(pid: Pid, nohang: bool) -> nix::Result<Waited> {
+    let mut status = 0;
+    let mut flags = libc::__WALL;
+    if nohang {
+        flags |= libc::WNOHANG;
+    }
+    loop {
+        // SAFETY: the kernel writes the status into the local.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, flags) };
+        if r < 0 {
+            let e = nix::Error::last();
+            if e == nix::Error::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(Waited::StillAlive);
+        }
+        return Ok(if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            Waited::Ended
+        } else if libc::WIFSTOPPED(status) {
+            Waited::Stopped {
+                sig: libc::WSTOPSIG(status),
+                event: status >> 16,
+            }
+        } else {
+            Waited::Other
+        });
+    }
+}
+
+/// Resumes a tracee with `req` (PTRACE_CONT, PTRACE_SYSCALL…) delivering
+/// signal `sig` (0 for none), any signal number.
+pub fn resume(req: libc::c_uint, pid: Pid, sig: i32) -> nix::Result<()> {
+    // SAFETY: plain integers; no memory is passed.
+    check(unsafe { libc::ptrace(req, pid.as_raw(), 0usize, sig as usize) }).map(drop)
+}

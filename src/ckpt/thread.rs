@@ -41,11 +41,6 @@ pub fn read(
     let regs = t.regs()?;
     let xstate = t.xstate()?;
     let sigmask = t.sigmask()?;
-    let pending = sys::peek_siginfo(t.pid, false)
-        .map_err(ptrace_err(ns_tid, "read queued signals"))?
-        .iter()
-        .map(|i| image::to_hex(i))
-        .collect();
     let robust_list =
         sys::get_robust_list(t.pid).map_err(ptrace_err(ns_tid, "read the robust futex list"))?;
     let dir = format!("/proc/{host_pid}/task/{host_tid}");
@@ -68,7 +63,7 @@ pub fn read(
         regs: Vec::new(),
         xstate: String::new(),
         sigmask,
-        pending,
+        pending: Vec::new(),
         altstack: None,
         rseq: t.rseq()?,
         robust_list,
@@ -80,6 +75,18 @@ pub fn read(
         pdeathsig: 0,
     };
     Ok((regs, xstate, th))
+}
+
+/// The signals queued for the thread alone, as 128-byte siginfos (hex); with
+/// `shared`, those queued for its whole process. Read after the injected calls:
+/// a timer that fired meanwhile is re-armed only when its signal is taken, so
+/// that signal must be in the image.
+pub fn queued(t: &Tracee, shared: bool) -> Result<Vec<String>> {
+    Ok(sys::peek_siginfo(t.pid, shared)
+        .map_err(ptrace_err(t.label, "read queued signals"))?
+        .iter()
+        .map(|i| image::to_hex(i))
+        .collect())
 }
 
 /// The fields only the thread can tell, by calls injected into it.

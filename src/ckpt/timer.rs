@@ -140,8 +140,17 @@ pub fn restore(
             if i32::from_le_bytes(got) != tm.id {
                 return Err(fail(tm.id, "created with another id".into()));
             }
-            if tm.spec[2] != 0 || tm.spec[3] != 0 {
-                let b: Vec<u8> = tm.spec.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let mut spec = tm.spec;
+            if spec[2] == 0 && spec[3] == 0 {
+                // A periodic timer whose signal is still queued shows no time
+                // left: the kernel re-arms it when the signal is taken, which a
+                // signal queued again at restart cannot do. Next expiry: one
+                // interval from now.
+                spec[2] = spec[0];
+                spec[3] = spec[1];
+            }
+            if spec[2] != 0 || spec[3] != 0 {
+                let b: Vec<u8> = spec.iter().flat_map(|w| w.to_le_bytes()).collect();
                 t.write_mem(scratch + 128, &b)?;
                 t.syscall_ok(
                     base,

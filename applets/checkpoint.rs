@@ -50,6 +50,10 @@ struct Args {
     #[arg(long)]
     wait: bool,
 
+    /// With -c: largest deleted file or memfd whose content is saved with the image (bytes, or K, M, G)
+    #[arg(long, value_name = "SIZE", default_value = "10M", value_parser = common::parse_size)]
+    ghost_limit: u64,
+
     /// State directory holding the registry
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -136,6 +140,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             kill: a.kill,
             timeout,
             wait: a.wait,
+            ghost_limit: a.ghost_limit,
             cancel: Some(cancel),
         };
         return match xos::ckpt::checkpoint(&a.state_dir, &rec, &opts) {

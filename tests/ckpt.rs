@@ -1160,3 +1160,63 @@ fn a_file_changed_since_the_checkpoint_is_refused() {
         .unwrap_or(0)
         > 10));
 }
+
+#[test]
+fn deleted_files_and_memfds_come_back_with_their_content() {
+    let env = Env::new();
+    let dir = env.state.path();
+    let script = dir.join("ghosts.py");
+    std::fs::write(
+        &script,
+        "import fcntl, mmap, os, sys, tempfile, time\n\
+         out = open(sys.argv[1], 'a', buffering=1)\n\
+         t = tempfile.TemporaryFile(dir=os.path.dirname(sys.argv[1]))\n\
+         t.write(b'ghost ' * 50000); t.flush()\n\
+         m = os.memfd_create('xos-test', os.MFD_ALLOW_SEALING)\n\
+         os.write(m, b'memfd ' * 2000)\n\
+         fcntl.fcntl(m, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)\n\
+         mm = mmap.mmap(m, 4096)\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1\n\
+         \x20   mm[0:8] = n.to_bytes(8, 'little')\n\
+         \x20   t.seek(299994); tail = t.read(6).decode().strip()\n\
+         \x20   gone = os.readlink(f'/proc/self/fd/{t.fileno()}').endswith('(deleted)')\n\
+         \x20   seen = int.from_bytes(os.pread(m, 8, 0), 'little')\n\
+         \x20   seals = fcntl.fcntl(m, fcntl.F_GET_SEALS)\n\
+         \x20   out.write(f'{n} {tail} {gone} {seen == n} {os.pread(m, 6, 8).decode()} {seals}\\n')\n\
+         \x20   time.sleep(0.01)\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let id = env.detach(&["python3", script.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(wait_until(T, || lines(&out).len() >= 5));
+    let v = checkpoint_kill(&env, id);
+    let n = lines(&out).len();
+    restart(&env, id, v);
+    assert!(
+        wait_until(T, || lines(&out).len() > n + 5),
+        "no progress after restart"
+    );
+    for (i, l) in lines(&out).iter().enumerate() {
+        assert_eq!(
+            l,
+            &format!("{} ghost True True mfd me 2", i + 1),
+            "line {} after restart at {n}",
+            i + 1
+        );
+    }
+    // Too large for the limit: refused, the application runs on.
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--ghost-limit", "100K", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("more than the limit of 0.1 MiB (--ghost-limit)"),
+        "{}",
+        show(&o)
+    );
+}

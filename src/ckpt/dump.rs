@@ -21,6 +21,10 @@ const ERESTARTNOINTR: i64 = -513;
 const ERESTARTNOHAND: i64 = -514;
 const ERESTART_RESTARTBLOCK: i64 = -516;
 const NR_RESTART_SYSCALL: u64 = 219;
+/// Ids of unlinked files, apart from those of shared memory (inode numbers).
+const GHOST_IDS: u64 = 1 << 62;
+/// Default largest unlinked file saved with an image.
+pub const DEFAULT_GHOST_LIMIT: u64 = 10 << 20;
 /// Copy buffer: small enough to stay in cache and to cost few page faults.
 const CHUNK: usize = 1 << 20;
 
@@ -206,6 +210,10 @@ pub struct Dumper<'a> {
     buf: Vec<u8>,
     /// rt_sigreturn offsets found per code mapping (path, inode, offset, size).
     restorers: HashMap<(String, u64, u64, u64), Option<usize>>,
+    /// Unlinked files saved so far, by (device, inode).
+    pub ghosts: BTreeMap<(u64, u64), image::Ghost>,
+    /// Largest unlinked file saved with the image.
+    pub ghost_limit: u64,
     /// (host pid, fd, link) of every anonymous-inode file saved so far.
     anon_files: Vec<(i32, i32, String)>,
     /// Set by a signal to the checkpointer: stop at the next safe point.
@@ -344,6 +352,8 @@ impl<'a> Dumper<'a> {
             buf: vec![0u8; CHUNK],
             restorers: HashMap::new(),
             anon_files: Vec::new(),
+            ghosts: BTreeMap::new(),
+            ghost_limit: DEFAULT_GHOST_LIMIT,
             cancel: None,
         }
     }
@@ -632,6 +642,15 @@ impl<'a> Dumper<'a> {
                     offset: m.offset,
                     shared,
                 },
+                p if p.starts_with('/') && deleted && m.inode != 0 && !p.starts_with("/SYSV") => {
+                    let src = format!("/proc/{host}/map_files/{:x}-{:x}", m.start, m.end);
+                    let what = format!("the mapping at {:#x} ({p})", m.start);
+                    Backing::Ghost {
+                        id: self.ghost(&src, p, pid, &what)?,
+                        offset: m.offset,
+                        shared,
+                    }
+                }
                 p => {
                     return Err(CkptError::Unsupported {
                         pid,
@@ -645,8 +664,10 @@ impl<'a> Dumper<'a> {
             };
             let mut runs = Vec::new();
             match &backing {
-                Backing::Anon | Backing::File { shared: false, .. } => {
-                    let file_backed = matches!(backing, Backing::File { .. });
+                Backing::Anon
+                | Backing::File { shared: false, .. }
+                | Backing::Ghost { shared: false, .. } => {
+                    let file_backed = !matches!(backing, Backing::Anon);
                     runs = populated_runs(&pagemap, m.start, m.end, file_backed)
                         .map_err(proc_err(pid, "read pagemap"))?;
                     for &(addr, n) in &runs {
@@ -696,15 +717,49 @@ impl<'a> Dumper<'a> {
     fn dump_shared(&mut self, host: i32, pid: i32, m: &MapLine, id: u64) -> Result<Blob> {
         let path = format!("/proc/{host}/map_files/{:x}-{:x}", m.start, m.end);
         let f = File::open(&path).map_err(proc_err(pid, "open a shared mapping"))?;
+        self.dump_sparse(&f, pid, id)
+    }
+
+    /// An unlinked file (see [`files::ghost`]) opened through `src`, saved once
+    /// per inode; returns its id.
+    fn ghost(&mut self, src: &str, link: &str, pid: i32, what: &str) -> Result<u64> {
+        let f = File::open(src).map_err(proc_err(pid, "open a deleted file"))?;
+        let md = f.metadata().map_err(proc_err(pid, "stat a deleted file"))?;
+        let key = (md.dev(), md.ino());
+        if let Some(g) = self.ghosts.get(&key) {
+            return Ok(g.id);
+        }
+        if md.len() > self.ghost_limit {
+            return Err(CkptError::Unsupported {
+                pid,
+                what: format!(
+                    "{what}: a deleted file of {:.1} MiB, more than the limit of {:.1} MiB (--ghost-limit)",
+                    md.len() as f64 / 1048576.0,
+                    self.ghost_limit as f64 / 1048576.0
+                ),
+            });
+        }
+        let mut g =
+            files::ghost::describe(&f, link).map_err(proc_err(pid, "stat a deleted file"))?;
+        g.id = GHOST_IDS + self.ghosts.len() as u64;
+        let blob = self.dump_sparse(&f, pid, g.id)?;
+        self.shared.insert(g.id, blob);
+        let id = g.id;
+        self.ghosts.insert(key, g);
+        Ok(id)
+    }
+
+    /// Size, then (offset, length, bytes) of every data extent of `f`.
+    fn dump_sparse(&mut self, f: &File, pid: i32, id: u64) -> Result<Blob> {
         let size = f
             .metadata()
-            .map_err(proc_err(pid, "stat a shared mapping"))?
+            .map_err(proc_err(pid, "stat a shared object"))?
             .len();
         let mut out = BlobWriter::create(self.dir, format!("shm-{id}.img"), id)?;
         out.write(self.dir, &size.to_le_bytes())?;
         let mut off = 0u64;
         while off < size {
-            let data = match nix::unistd::lseek(&f, off as i64, nix::unistd::Whence::SeekData) {
+            let data = match nix::unistd::lseek(f, off as i64, nix::unistd::Whence::SeekData) {
                 Ok(d) => d as u64,
                 Err(nix::Error::ENXIO) => break,
                 Err(e) => {
@@ -715,7 +770,7 @@ impl<'a> Dumper<'a> {
                     })
                 }
             };
-            let hole = nix::unistd::lseek(&f, data as i64, nix::unistd::Whence::SeekHole)
+            let hole = nix::unistd::lseek(f, data as i64, nix::unistd::Whence::SeekHole)
                 .map(|h| h as u64)
                 .unwrap_or(size)
                 .min(size);
@@ -725,7 +780,7 @@ impl<'a> Dumper<'a> {
             while pos < hole {
                 let n = ((hole - pos) as usize).min(self.buf.len());
                 f.read_exact_at(&mut self.buf[..n], pos)
-                    .map_err(proc_err(pid, "read a shared mapping"))?;
+                    .map_err(proc_err(pid, "read a shared object"))?;
                 let dir = self.dir;
                 out.write(dir, &self.buf[..n])?;
                 pos += n as u64;
@@ -832,6 +887,12 @@ impl<'a> Dumper<'a> {
                         targets: files::epoll::dump(&info).ok_or_else(bad)?,
                     },
                     _ => return Err(unsupported("")),
+                }
+            } else if target_s.ends_with(" (deleted)") && md.as_ref().is_some_and(|m| m.is_file()) {
+                let what = format!("fd {fd} ({target_s})");
+                FdKind::Ghost {
+                    id: self.ghost(&path.to_string_lossy(), &target_s, pid, &what)?,
+                    pos,
                 }
             } else if target_s.starts_with('/') && !target_s.ends_with(" (deleted)") {
                 let md = md.ok_or_else(|| unsupported(""))?;

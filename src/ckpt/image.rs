@@ -35,7 +35,25 @@ pub struct Image {
     #[serde(default)]
     pub zombies: Vec<Zombie>,
     pub shared: Vec<Blob>,
+    /// Unlinked files (deleted files, memfds): their content is the `shared`
+    /// blob with the same id.
+    #[serde(default)]
+    pub ghosts: Vec<Ghost>,
     pub pipes: Vec<PipeImg>,
+}
+
+/// An open or mapped file without a name (see `files::ghost`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ghost {
+    pub id: u64,
+    /// Where it was, without " (deleted)"; for a memfd, "/memfd:NAME".
+    pub path: PathBuf,
+    /// The name of a memfd.
+    pub memfd: Option<String>,
+    /// Permission bits.
+    pub mode: u32,
+    /// memfd seals (F_GET_SEALS).
+    pub seals: i32,
 }
 
 /// A data file of the image.
@@ -219,6 +237,9 @@ pub enum Backing {
     },
     /// Shared anonymous memory: the `shared` blob with this id, from `offset`.
     SharedAnon { id: u64, offset: u64 },
+    /// A file without a name (the ghost with this id), privately (changed pages
+    /// saved) or shared.
+    Ghost { id: u64, offset: u64, shared: bool },
     /// The kernel's vDSO areas, moved to the saved addresses on restart.
     Special { name: String },
 }
@@ -284,6 +305,11 @@ pub enum FdKind {
         size: u64,
         #[serde(default)]
         ftype: u32,
+    },
+    /// A file without a name: the ghost with this id, reopened, at this offset.
+    Ghost {
+        id: u64,
+        pos: u64,
     },
     /// Another number for the open file of an earlier descriptor (dup(2)).
     Dup {

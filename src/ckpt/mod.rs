@@ -119,6 +119,8 @@ pub struct CheckpointOptions {
     pub timeout: Duration,
     /// Wait for another operation on the application instead of failing.
     pub wait: bool,
+    /// Largest deleted file or memfd whose content is saved with the image.
+    pub ghost_limit: u64,
     /// Set (by a signal handler) to abort: the application is let go unchanged
     /// and no version is written.
     pub cancel: Option<Arc<AtomicBool>>,
@@ -216,6 +218,7 @@ fn write_image(
     let result = (|| {
         let mut d = dump::Dumper::new(&tmp, rec.root_pid, ns_pids);
         d.cancel = opts.cancel.clone();
+        d.ghost_limit = opts.ghost_limit;
         let mut out = Vec::new();
         for p in procs.iter_mut() {
             out.push(d.dump(&mut p.threads, p.host, p.stopped)?);
@@ -242,6 +245,7 @@ fn write_image(
                 .map(|z| d.zombie(*z))
                 .collect::<Result<_>>()?,
             shared: d.shared.values().cloned().collect(),
+            ghosts: d.ghosts.values().cloned().collect(),
             pipes: d.pipes.values().cloned().collect(),
         })
     })();

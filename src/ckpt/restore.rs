@@ -159,7 +159,16 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
     }
     for b in &img.shared {
         let data = read_blob(dir, b)?;
-        let fd = sys::memfd(c"xos-shared").map_err(|e| rerr(1, format!("memfd_create: {e}")))?;
+        let ghost = img.ghosts.iter().find(|g| g.id == b.id);
+        let fd = match ghost {
+            Some(g) => files::ghost::create(g).map_err(|e| {
+                rerr(
+                    1,
+                    format!("cannot create deleted file {}: {e}", g.path.display()),
+                )
+            })?,
+            None => sys::memfd(c"xos-shared").map_err(|e| rerr(1, format!("memfd_create: {e}")))?,
+        };
         let f = File::from(fd);
         let size = u64::from_le_bytes(
             data.get(..8)
@@ -178,6 +187,14 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
                 .ok_or_else(|| rerr(1, "short shared memory record"))?;
             f.write_all_at(chunk, off).map_err(|e| rerr(1, e))?;
             pos += len;
+        }
+        if let Some(g) = ghost {
+            files::ghost::seal(&f, g).map_err(|e| {
+                rerr(
+                    1,
+                    format!("deleted file {}: mode and seals: {e}", g.path.display()),
+                )
+            })?;
         }
         s.shm.insert(b.id, high_fd(OwnedFd::from(f), base)?);
     }
@@ -686,8 +703,7 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Res
                 size,
                 ftype,
             } => {
-                let flags = OFlag::from_bits_truncate(f.flags as i32)
-                    & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC | OFlag::O_NOCTTY);
+                let flags = reopen_flags(f.flags);
                 let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(
                     |err| {
                         rerr(
@@ -703,6 +719,27 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Res
                 if *pos > 0 {
                     nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
                         .map_err(|err| rerr(me, format!("fd {}: seek: {err}", f.fd)))?;
+                }
+                made = Some(fd);
+                -1
+            }
+            FdKind::Ghost { id, pos } => {
+                let src = shared
+                    .shm
+                    .get(id)
+                    .ok_or_else(|| rerr(me, format!("fd {}: unknown deleted file {id}", f.fd)))?;
+                // Through the /proc magic link, which O_NOFOLLOW would refuse.
+                let flags = reopen_flags(f.flags) & !OFlag::O_NOFOLLOW;
+                // A new open file of the same (nameless) inode, with its own flags.
+                let fd = nix::fcntl::open(
+                    format!("/proc/self/fd/{src}").as_str(),
+                    flags,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| fd_err(f, "reopen a deleted file", e))?;
+                if *pos > 0 {
+                    nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
+                        .map_err(|e| fd_err(f, "seek", e))?;
                 }
                 made = Some(fd);
                 -1
@@ -818,7 +855,7 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Res
         .vmas
         .iter()
         .filter_map(|v| match v.backing {
-            Backing::SharedAnon { id, .. } => Some(id),
+            Backing::SharedAnon { id, .. } | Backing::Ghost { id, .. } => Some(id),
             _ => None,
         })
         .collect();
@@ -832,6 +869,19 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Res
         }
     }
     Ok(())
+}
+
+/// open(2) flags to open a saved file again: without those that create or
+/// truncate, and without O_TMPFILE (a file made that way and linked later is
+/// opened by its name; one never linked is a ghost).
+fn reopen_flags(saved: u32) -> OFlag {
+    const O_TMPFILE_BITS: i32 = 0o20000000 | libc::O_DIRECTORY;
+    let mut bits = saved as i32;
+    if bits & O_TMPFILE_BITS == O_TMPFILE_BITS {
+        bits &= !O_TMPFILE_BITS;
+    }
+    OFlag::from_bits_truncate(bits)
+        & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC | OFlag::O_NOCTTY)
 }
 
 /// Refuses a file that changed since the checkpoint in a way that would make
@@ -1073,6 +1123,34 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
                 t.syscall(&base, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
                 r?;
             }
+            Backing::Ghost {
+                id,
+                offset,
+                shared: is_shared,
+            } => {
+                let fd = shared
+                    .shm
+                    .get(id)
+                    .ok_or_else(|| rerr(pid, format!("unknown deleted file {id}")))?;
+                let kind = if *is_shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                };
+                t.syscall_ok(
+                    &base,
+                    "mmap a deleted file",
+                    libc::SYS_mmap,
+                    [
+                        v.start,
+                        len,
+                        prot,
+                        (kind | libc::MAP_FIXED) as u64,
+                        *fd as u64,
+                        *offset,
+                    ],
+                )?;
+            }
             Backing::SharedAnon { id, offset } => {
                 let fd = shared
                     .shm
@@ -1141,7 +1219,7 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
     for (id, fd) in &shared.shm {
         if p.vmas
             .iter()
-            .any(|v| matches!(v.backing, Backing::SharedAnon { id: i, .. } if i == *id))
+            .any(|v| matches!(v.backing, Backing::SharedAnon { id: i, .. } | Backing::Ghost { id: i, .. } if i == *id))
         {
             t.syscall(&base, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
         }

@@ -5,6 +5,7 @@
 
 pub mod epoll;
 pub mod eventfd;
+pub mod ghost;
 pub mod lock;
 pub mod signalfd;
 pub mod timerfd;

@@ -1220,3 +1220,55 @@ fn deleted_files_and_memfds_come_back_with_their_content() {
         show(&o)
     );
 }
+
+#[test]
+fn a_fifo_between_two_processes_keeps_its_unread_data() {
+    let env = Env::new();
+    let dir = env.state.path();
+    let fifo = dir.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let out = dir.join("out");
+    // A writer ahead of a slow reader: the FIFO holds lines in flight.
+    let script = format!(
+        "(i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo $i; done) > {f} &\n\
+         while read n; do echo $n >> {o}; sleep 0.005; done < {f}\n",
+        f = fifo.display(),
+        o = out.display()
+    );
+    let id = env.detach(&["bash", "-c", &script]);
+    assert!(wait_until(T, || numbers(&out).len() >= 20));
+    let v = checkpoint_kill(&env, id);
+    let last = assert_consecutive(&out);
+    restart(&env, id, v);
+    assert!(wait_until(T, || numbers(&out).len() as i64 > last + 50));
+    assert_consecutive(&out);
+}
+
+#[test]
+fn inotify_watches_come_back_with_their_descriptors() {
+    let env = Env::new();
+    let dir = env.state.path();
+    let out = dir.join("out");
+    std::fs::create_dir(dir.join("out.d")).unwrap();
+    std::fs::create_dir(dir.join("out.e")).unwrap();
+    let prog = cc(dir, "inotify");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(wait_until(T, || read(&out) == "ready 2"));
+    std::fs::write(dir.join("out.d/before"), "").unwrap();
+    assert!(wait_until(T, || lines(&out).len() == 2));
+    let v = checkpoint_kill(&env, id);
+    restart(&env, id, v);
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(dir.join("out.d/after"), "").unwrap();
+    std::fs::write(dir.join("out.e/ignored"), "").unwrap();
+    assert!(wait_until(T, || lines(&out).len() >= 3));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        lines(&out),
+        ["ready 2", "create before 2", "create after 2"]
+    );
+}

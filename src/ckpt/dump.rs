@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
@@ -207,6 +207,8 @@ pub struct Dumper<'a> {
     pub ns_pids: HashMap<i32, i32>,
     pub shared: BTreeMap<u64, Blob>,
     pub pipes: BTreeMap<u64, PipeImg>,
+    /// Named pipes by inode.
+    pub fifos: BTreeMap<u64, image::FifoImg>,
     buf: Vec<u8>,
     /// rt_sigreturn offsets found per code mapping (path, inode, offset, size).
     restorers: HashMap<(String, u64, u64, u64), Option<usize>>,
@@ -349,6 +351,7 @@ impl<'a> Dumper<'a> {
             ns_pids,
             shared: BTreeMap::new(),
             pipes: BTreeMap::new(),
+            fifos: BTreeMap::new(),
             buf: vec![0u8; CHUNK],
             restorers: HashMap::new(),
             anon_files: Vec::new(),
@@ -857,7 +860,7 @@ impl<'a> Dumper<'a> {
             {
                 let id: u64 = id.parse().map_err(|_| unsupported(""))?;
                 if !self.pipes.contains_key(&id) {
-                    let p = self.dump_pipe(&path, pid, id)?;
+                    let p = self.dump_pipe(&path, pid, id, "pipe")?;
                     self.pipes.insert(id, p);
                 }
                 FdKind::Pipe {
@@ -886,8 +889,28 @@ impl<'a> Dumper<'a> {
                     "[eventpoll]" => FdKind::Epoll {
                         targets: files::epoll::dump(&info).ok_or_else(bad)?,
                     },
+                    "inotify" => FdKind::Inotify {
+                        watches: files::inotify::dump(&info)
+                            .map_err(|w| unsupported(&format!(": {w}")))?,
+                    },
                     _ => return Err(unsupported("")),
                 }
+            } else if target_s.starts_with('/')
+                && !target_s.ends_with(" (deleted)")
+                && md.as_ref().is_some_and(|m| m.file_type().is_fifo())
+            {
+                let id = md.as_ref().map_or(0, |m| m.ino());
+                if !self.fifos.contains_key(&id) {
+                    let pipe = self.dump_pipe(&path, pid, id, "fifo")?;
+                    self.fifos.insert(
+                        id,
+                        image::FifoImg {
+                            path: target.clone(),
+                            pipe,
+                        },
+                    );
+                }
+                FdKind::Fifo { path: target, id }
             } else if target_s.ends_with(" (deleted)") && md.as_ref().is_some_and(|m| m.is_file()) {
                 let what = format!("fd {fd} ({target_s})");
                 FdKind::Ghost {
@@ -935,7 +958,7 @@ impl<'a> Dumper<'a> {
     }
 
     /// Copies the unread bytes of a pipe without consuming them (tee(2)).
-    fn dump_pipe(&mut self, fd_path: &Path, pid: i32, id: u64) -> Result<PipeImg> {
+    fn dump_pipe(&mut self, fd_path: &Path, pid: i32, id: u64, kind: &str) -> Result<PipeImg> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let src = fs::OpenOptions::new()
@@ -958,7 +981,7 @@ impl<'a> Dumper<'a> {
                     source: e,
                 })?;
         let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(cap as i32));
-        let mut out = BlobWriter::create(self.dir, format!("pipe-{id}.img"), id)?;
+        let mut out = BlobWriter::create(self.dir, format!("{kind}-{id}.img"), id)?;
         let n = match sys::tee(src.as_raw_fd(), w.as_raw_fd(), cap) {
             Ok(n) => n,
             Err(nix::Error::EAGAIN) => 0,

@@ -40,6 +40,16 @@ pub struct Image {
     #[serde(default)]
     pub ghosts: Vec<Ghost>,
     pub pipes: Vec<PipeImg>,
+    /// Named pipes open in the application, with their unread bytes.
+    #[serde(default)]
+    pub fifos: Vec<FifoImg>,
+}
+
+/// A FIFO (named pipe): its path and, as for a pipe, its unread bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FifoImg {
+    pub path: PathBuf,
+    pub pipe: PipeImg,
 }
 
 /// An open or mapped file without a name (see `files::ghost`).
@@ -306,6 +316,11 @@ pub enum FdKind {
         #[serde(default)]
         ftype: u32,
     },
+    /// A FIFO, opened again by its path (its content is the fifo with this id).
+    Fifo {
+        path: PathBuf,
+        id: u64,
+    },
     /// A file without a name: the ghost with this id, reopened, at this offset.
     Ghost {
         id: u64,
@@ -327,6 +342,10 @@ pub enum FdKind {
     /// (target fd, events, data) of every registration.
     Epoll {
         targets: Vec<(i32, u32, u64)>,
+    },
+    /// (watch descriptor, mask, path) of every watch.
+    Inotify {
+        watches: Vec<(i32, u32, PathBuf)>,
     },
     /// One end of a pipe of the application.
     Pipe {

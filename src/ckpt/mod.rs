@@ -247,6 +247,7 @@ fn write_image(
             shared: d.shared.values().cloned().collect(),
             ghosts: d.ghosts.values().cloned().collect(),
             pipes: d.pipes.values().cloned().collect(),
+            fifos: d.fifos.values().cloned().collect(),
         })
     })();
     match result {

@@ -59,6 +59,9 @@ fn rerr(pid: i32, reason: impl std::fmt::Display) -> CkptError {
 struct Shared {
     pipes: HashMap<u64, (RawFd, RawFd)>,
     shm: HashMap<u64, RawFd>,
+    /// FIFO id -> a descriptor opened for reading and writing, so that the
+    /// processes' own opens by path do not block.
+    fifos: HashMap<u64, RawFd>,
     /// First descriptor number above everything the image uses.
     base: RawFd,
 }
@@ -125,6 +128,7 @@ fn blobs(img: &Image) -> impl Iterator<Item = &Blob> {
         .map(|p| &p.pages)
         .chain(img.shared.iter())
         .chain(img.pipes.iter().map(|p| &p.data))
+        .chain(img.fifos.iter().map(|f| &f.pipe.data))
 }
 
 fn high_fd(fd: OwnedFd, base: RawFd) -> Result<RawFd> {
@@ -143,6 +147,7 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
     let mut s = Shared {
         pipes: HashMap::new(),
         shm: HashMap::new(),
+        fifos: HashMap::new(),
         base,
     };
     for p in &img.pipes {
@@ -156,6 +161,24 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
             .write_all(&data)
             .map_err(|e| rerr(1, format!("refill pipe {}: {e}", p.id)))?;
         s.pipes.insert(p.id, (high_fd(r, base)?, high_fd(w, base)?));
+    }
+    for f in &img.fifos {
+        let data = read_blob(dir, &f.pipe.data)?;
+        let what = |e: &dyn std::fmt::Display| rerr(1, format!("FIFO {}: {e}", f.path.display()));
+        let fd = nix::fcntl::open(&f.path, OFlag::O_RDWR, nix::sys::stat::Mode::empty())
+            .map_err(|e| what(&e))?;
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| what(&e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return Err(what(&"no longer a FIFO"));
+        }
+        let _ = fcntl(
+            &fd,
+            FcntlArg::F_SETPIPE_SZ(f.pipe.capacity.max(data.len() as u64) as i32),
+        );
+        File::from(fd.try_clone().map_err(|e| what(&e))?)
+            .write_all(&data)
+            .map_err(|e| what(&e))?;
+        s.fifos.insert(f.pipe.id, high_fd(fd, base)?);
     }
     for b in &img.shared {
         let data = read_blob(dir, b)?;
@@ -322,6 +345,7 @@ pub fn restore_tree(
         .values()
         .flat_map(|(r, w)| [*r, *w])
         .chain(shared.shm.values().copied())
+        .chain(shared.fifos.values().copied())
     {
         let _ = nix::unistd::close(fd);
     }
@@ -723,6 +747,14 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Res
                 made = Some(fd);
                 -1
             }
+            FdKind::Fifo { path, .. } => {
+                // Does not block: the init holds the FIFO open for both ends.
+                let fd =
+                    nix::fcntl::open(path, reopen_flags(f.flags), nix::sys::stat::Mode::empty())
+                        .map_err(|e| fd_err(f, &format!("open FIFO {}", path.display()), e))?;
+                made = Some(fd);
+                -1
+            }
             FdKind::Ghost { id, pos } => {
                 let src = shared
                     .shm
@@ -767,6 +799,14 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Res
             }
             FdKind::TimerFd(t) => {
                 made = Some(files::timerfd::restore(t).map_err(|e| fd_err(f, "timerfd", e))?);
+                -1
+            }
+            FdKind::Inotify { watches } => {
+                let nonblock = f.flags & libc::O_NONBLOCK as u32 != 0;
+                made = Some(
+                    files::inotify::restore(nonblock, watches)
+                        .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?,
+                );
                 -1
             }
             FdKind::Epoll { .. } => {
@@ -862,6 +902,9 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Res
     for (r, w) in shared.pipes.values() {
         let _ = nix::unistd::close(*r);
         let _ = nix::unistd::close(*w);
+    }
+    for fd in shared.fifos.values() {
+        let _ = nix::unistd::close(*fd);
     }
     for (id, fd) in &shared.shm {
         if !used.contains(id) {

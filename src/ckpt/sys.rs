@@ -473,3 +473,60 @@ pub fn resume(req: libc::c_uint, pid: Pid, sig: i32) -> nix::Result<()> {
     // SAFETY: plain integers; no memory is passed.
     check(unsafe { libc::ptrace(req, pid.as_raw(), 0usize, sig as usize) }).map(drop)
 }
+
+/// open_by_handle_at(2) with O_PATH: the inode a file handle names, on the
+/// filesystem of `mount`.
+pub fn open_by_handle(
+    mount: &std::os::fd::OwnedFd,
+    htype: i32,
+    handle: &[u8],
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // struct file_handle: handle_bytes, handle_type, then the bytes.
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&htype.to_ne_bytes());
+    buf.extend_from_slice(handle);
+    // SAFETY: `buf` is a complete struct file_handle for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            buf.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    check(r).map(|fd| owned_fd(fd as libc::c_int))
+}
+
+/// inotify_init1(2).
+pub fn inotify_init(nonblock: bool) -> libc::c_int {
+    let mut flags = libc::IN_CLOEXEC;
+    if nonblock {
+        flags |= libc::IN_NONBLOCK;
+    }
+    // SAFETY: plain integers.
+    unsafe { libc::inotify_init1(flags) }
+}
+
+/// inotify_add_watch(2) with watch descriptor `wd` asked for first
+/// (INOTIFY_IOC_SETNEXTWD); returns the descriptor given.
+pub fn inotify_watch(
+    fd: &std::os::fd::OwnedFd,
+    wd: i32,
+    path: &std::path::Path,
+    mask: u32,
+) -> nix::Result<i32> {
+    use std::os::fd::AsRawFd;
+    const INOTIFY_IOC_SETNEXTWD: libc::c_ulong = 0x4004_4900;
+    // SAFETY: the ioctl takes the descriptor number as a plain integer.
+    check(
+        unsafe { libc::ioctl(fd.as_raw_fd(), INOTIFY_IOC_SETNEXTWD, wd as libc::c_long) }
+            as libc::c_long,
+    )?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::Error::EINVAL)?;
+    // SAFETY: `c` is a valid C string for the call.
+    check(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } as libc::c_long)
+        .map(|w| w as i32)
+}

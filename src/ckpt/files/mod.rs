@@ -6,6 +6,7 @@
 pub mod epoll;
 pub mod eventfd;
 pub mod ghost;
+pub mod inotify;
 pub mod lock;
 pub mod signalfd;
 pub mod timerfd;

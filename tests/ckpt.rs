@@ -812,8 +812,8 @@ fn one_operation_on_an_application_at_a_time() {
             show(failed)
         );
     }
-    // --wait queues the second one instead.
-    let a = run(&["checkpoint", "-c", &app]);
+    // With --wait, the second one waits its turn instead.
+    let a = run(&["checkpoint", "-c", "--wait", &app]);
     let b = run(&["checkpoint", "-c", "--wait", &app]);
     assert!(a.wait_with_output().unwrap().status.success());
     assert!(b.wait_with_output().unwrap().status.success());

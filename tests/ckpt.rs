@@ -867,6 +867,35 @@ fn one_operation_on_an_application_at_a_time() {
         .filter(|p| *p != rec.root_pid)
         .collect();
     assert_eq!(procs.len(), 1, "one copy of the application runs");
+    // A checkpoint racing a restart: the restart finds the application running,
+    // or the checkpoint finds the restart in progress; never two copies.
+    let mut v = checkpoint_kill(&env, id).to_string();
+    for _ in 0..3 {
+        let r = run(&[
+            "restart",
+            "--detach",
+            "--stdout",
+            "/dev/null",
+            "--stderr",
+            "/dev/null",
+            &app,
+            &v,
+        ]);
+        let c = run(&["checkpoint", "-c", &app]);
+        let (r, c) = (r.wait_with_output().unwrap(), c.wait_with_output().unwrap());
+        assert!(
+            r.status.success() || c.status.success(),
+            "{} / {}",
+            show(&r),
+            show(&c)
+        );
+        let n = numbers(&out).len();
+        assert!(wait_until(T, || numbers(&out).len() > n + 3), "not running");
+        let rec = env.registry().load(id).unwrap();
+        let procs = rec.cgroup.pids().unwrap().len();
+        assert_eq!(procs, 2, "the init and one copy of the application");
+        v = checkpoint_kill(&env, id).to_string();
+    }
 }
 
 #[test]

@@ -60,15 +60,15 @@ struct Args {
     #[arg(long, value_name = "NAME", env = app::CGROUP_PARENT_ENV, default_value = app::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
 
-    /// Connect the application's inherited stdin to FILE
+    /// Give the application FILE as its stdin instead of what it had (a file it had is otherwise reopened at its offset)
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
 
-    /// Connect the application's inherited stdout to FILE
+    /// Send the application's stdout to FILE (appended) instead of where it went (a file is otherwise reopened at its offset)
     #[arg(long, value_name = "FILE")]
     stdout: Option<PathBuf>,
 
-    /// Connect the application's inherited stderr to FILE
+    /// Send the application's stderr to FILE (appended) instead of where it went
     #[arg(long, value_name = "FILE")]
     stderr: Option<PathBuf>,
 
@@ -134,6 +134,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
     spec.limits = img.limits.clone();
     spec.cgroup_parent = a.cgroup_parent;
+    for (stream, file) in [
+        ("stdin", &a.stdin),
+        ("stdout", &a.stdout),
+        ("stderr", &a.stderr),
+    ] {
+        if let Some(f) = file {
+            eprintln!(
+                "restart: application {}: its {stream} is now {}",
+                a.app,
+                f.display()
+            );
+        }
+    }
     spec.stdin = a.stdin;
     spec.stdout = a.stdout;
     spec.stderr = a.stderr;

@@ -207,7 +207,10 @@ fn open_stdio(spec: &LaunchSpec) -> Result<[Option<File>; 3]> {
         |stream: &'static str, path: &Option<PathBuf>, write: bool| -> Result<Option<File>> {
             let Some(path) = path else { return Ok(None) };
             let mut o = OpenOptions::new();
-            if write {
+            if write && spec.restore.is_some() {
+                // A restarted application goes on writing: never cut a file.
+                o.append(true).create(true).mode(0o644);
+            } else if write {
                 o.write(true).create(true).truncate(true).mode(0o644);
             } else {
                 o.read(true);
@@ -422,6 +425,11 @@ fn init_main(
     let restored = spec.restore.as_ref().map(|(dir, img)| {
         let opts = crate::ckpt::restore::RestoreOptions {
             allow_changed_files: spec.allow_changed_files,
+            redirected: [
+                spec.stdin.is_some(),
+                spec.stdout.is_some(),
+                spec.stderr.is_some(),
+            ],
         };
         crate::ckpt::restore::restore_tree(dir, img, &opts, &mut before_detach).map(|p| (p, img))
     });

@@ -1301,3 +1301,50 @@ fn inotify_watches_come_back_with_their_descriptors() {
         ["ready 2", "create before 2", "create after 2"]
     );
 }
+
+#[test]
+fn files_given_as_stdio_are_reopened_at_their_offsets() {
+    let env = Env::new();
+    let dir = env.state.path();
+    let input = dir.join("input");
+    let text: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&input, &text).unwrap();
+    let out = dir.join("out");
+    let o = env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "--stdin"])
+        .arg(&input)
+        .arg("--stdout")
+        .arg(&out)
+        .args(["--stderr", "/dev/null", "bash", "-c"])
+        .arg("while read l; do echo $l; sleep 0.002; done")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let id: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    for cycle in 0..2 {
+        let n = numbers(&out).len();
+        assert!(
+            wait_until(T, || numbers(&out).len() > n + 50),
+            "cycle {cycle}: {n} -> {} lines",
+            lines(&out).len()
+        );
+        let v = checkpoint_kill(&env, id);
+        // No --stdin/--stdout: the files are reopened where they were.
+        let o = env
+            .cmd("restart")
+            .args([
+                "--detach",
+                "--stderr",
+                "/dev/null",
+                &id.to_string(),
+                &v.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+    }
+    assert!(wait_until(Duration::from_secs(60), || numbers(&out).len() >= 3000));
+    assert_eq!(assert_consecutive(&out), 3000);
+}

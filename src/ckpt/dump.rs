@@ -830,10 +830,22 @@ impl<'a> Dumper<'a> {
                 .filter(|k| sys::same_file(host, fd, self.root_host, *k))
                 .min_by_key(|k| (*k != fd, *k));
             if let Some(k) = std {
+                // A file given by krgcr-run is reopened at its offset like any
+                // other; a terminal or a pipe is the restarter's.
+                let kind = match &md {
+                    Some(m) if m.is_file() && !target_s.ends_with(" (deleted)") => FdKind::Path {
+                        path: target.clone(),
+                        pos,
+                        size: m.len(),
+                        ftype: m.mode() & libc::S_IFMT,
+                        inherited: Some(k),
+                    },
+                    _ => FdKind::Inherited { std: k },
+                };
                 fds.push(Fd {
                     fd,
                     flags,
-                    kind: FdKind::Inherited { std: k },
+                    kind,
                     locks,
                 });
                 continue;
@@ -929,6 +941,7 @@ impl<'a> Dumper<'a> {
                     pos,
                     size: md.len(),
                     ftype: md.mode() & libc::S_IFMT,
+                    inherited: None,
                 }
             } else {
                 return Err(unsupported(""));

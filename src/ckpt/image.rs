@@ -315,6 +315,11 @@ pub enum FdKind {
         size: u64,
         #[serde(default)]
         ftype: u32,
+        /// The standard descriptor of the application's init this file was
+        /// (krgcr-run --stdin/--stdout/--stderr): `restart --stdout` and the
+        /// like send it elsewhere.
+        #[serde(default)]
+        inherited: Option<i32>,
     },
     /// A FIFO, opened again by its path (its content is the fifo with this id).
     Fifo {

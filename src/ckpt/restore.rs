@@ -237,6 +237,7 @@ struct Tree<'a> {
     /// parent -> its ended, unreaped children.
     zombies: BTreeMap<i32, Vec<&'a Zombie>>,
     allow_changed_files: bool,
+    redirected: [bool; 3],
 }
 
 /// Choices of a restart.
@@ -244,6 +245,9 @@ struct Tree<'a> {
 pub struct RestoreOptions {
     /// Reopen files that changed since the checkpoint (see `check_unchanged`).
     pub allow_changed_files: bool,
+    /// Standard descriptors the restarter was told to send elsewhere: files
+    /// that were the application's stdin, stdout or stderr become the init's.
+    pub redirected: [bool; 3],
 }
 
 /// Rebuilds the tree; called in the application's init. Returns the pids of the
@@ -267,6 +271,7 @@ pub fn restore_tree(
         orphans: BTreeMap::new(),
         zombies: BTreeMap::new(),
         allow_changed_files: opts.allow_changed_files,
+        redirected: opts.redirected,
         helper_pid: img
             .processes
             .iter()
@@ -549,7 +554,13 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
         spawn_zombie(z)?;
     }
-    setup_fds(p, shared, keep_fd, tree.allow_changed_files)?;
+    setup_fds(
+        p,
+        shared,
+        keep_fd,
+        tree.allow_changed_files,
+        tree.redirected,
+    )?;
     nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(p.umask));
     let _ = nix::sys::prctl::set_name(&CString::new(p.comm.clone()).unwrap_or_default());
@@ -710,7 +721,13 @@ fn check_blobs(dir: &Path, blobs: &[Blob]) -> Result<()> {
 
 /// Puts every saved descriptor at its number; keeps only the shared memory
 /// objects this process maps (closed later by the restorer).
-fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Result<()> {
+fn setup_fds(
+    p: &Proc,
+    shared: &Shared,
+    keep: RawFd,
+    allow_changed: bool,
+    redirected: [bool; 3],
+) -> Result<()> {
     let me = p.pid;
     let stage_base = shared.base + STAGE_OFF;
     let mut staged: Vec<(&image::Fd, RawFd)> = Vec::new();
@@ -722,10 +739,18 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd, allow_changed: bool) -> Res
         let made: Option<OwnedFd>;
         let src: RawFd = match &f.kind {
             FdKind::Path {
+                inherited: Some(std),
+                ..
+            } if redirected[*std as usize % 3] => {
+                made = None;
+                *std
+            }
+            FdKind::Path {
                 path,
                 pos,
                 size,
                 ftype,
+                ..
             } => {
                 let flags = reopen_flags(f.flags);
                 let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(

@@ -301,6 +301,10 @@ fn seize_one(tasks: &mut BTreeMap<i32, Task>, tgid: i32, tid: i32) -> Result<boo
             source: nix::Error::ESRCH,
             ..
         }) => Ok(false),
+        // Ended between PTRACE_SEIZE and opening its memory.
+        Err(CkptError::Proc { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
+            Ok(false)
+        }
         // EPERM: traced by someone else, or exiting (then it is gone too).
         Err(CkptError::Ptrace {
             pid,

@@ -34,7 +34,7 @@ struct Args {
     kill: bool,
 
     /// List the applications in the registry with their state
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "app")]
     list: bool,
 
     /// How long to wait for the kernel to freeze or thaw, in seconds
@@ -77,7 +77,7 @@ pub fn command() -> clap::Command {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
-    let reg = match Registry::open(&a.state_dir) {
+    let reg = match Registry::open_existing(&a.state_dir) {
         Ok(r) => r,
         Err(e) => return common::fail("checkpoint", e),
     };

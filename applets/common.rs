@@ -42,6 +42,36 @@ pub fn fail<E: Into<anyhow::Error>>(applet: &str, err: E) -> i32 {
     1
 }
 
+/// Makes a write to a closed stdout (`checkpoint --list | head -1`) end the applet
+/// as it ends coreutils: killed by SIGPIPE if the caller left that signal at its
+/// default, else `APPLET: write error: Broken pipe` and status 1; never a panic.
+/// The Rust runtime ignores SIGPIPE, so `println!` panics on EPIPE instead; the
+/// signal is not simply restored for the whole process because the daemon and the
+/// supervisors write to sockets and pipes whose peer may go away.
+pub fn quiet_on_closed_stdout(applet: &'static str) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let epipe = format!("(os error {})", libc::EPIPE);
+        let p = info.payload();
+        let broken = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .is_some_and(|m| m.starts_with("failed printing to stdout") && m.ends_with(&epipe));
+        if !broken {
+            return default_hook(info);
+        }
+        use nix::sys::signal::Signal::SIGPIPE;
+        if !xos::process::caller_ignores(SIGPIPE)
+            && xos::process::caller_disposition(SIGPIPE).is_ok()
+        {
+            let _ = nix::sys::signal::raise(SIGPIPE);
+        }
+        eprintln!("{applet}: write error: Broken pipe");
+        std::process::exit(1);
+    }));
+}
+
 /// Prints a clap error (or the help/version it carries) and returns its status.
 pub fn clap_exit(e: clap::Error) -> ! {
     e.exit()

@@ -257,6 +257,14 @@ fn main() {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let name = match (
+        find(&base),
+        args.get(1).and_then(|a| find(&a.to_string_lossy())),
+    ) {
+        (Some(a), _) | (None, Some(a)) => a.name,
+        (None, None) => "xos",
+    };
+    common::quiet_on_closed_stdout(name);
     let code = match find(&base) {
         Some(applet) => (applet.run)(args),
         None if base == "xos" || base.is_empty() => xos_main(args),

@@ -158,6 +158,8 @@ fn run(acct: &Account, sess: &Session, job_id: &str, cmd: &[OsString]) -> i32 {
     // makes system calls and returns an error or execs.
     unsafe {
         c.pre_exec(move || {
+            // std resets SIGPIPE to default; CMD gets what pam_app_aem's caller gave.
+            xos::process::caller_dispositions();
             if private_tmp {
                 session::private_tmp(tmp.0, tmp.1).map_err(std::io::Error::other)?;
             }

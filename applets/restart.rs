@@ -30,7 +30,7 @@ use crate::{common, krgcr_run};
 #[command(name = "restart", version = common::version(), after_help = AFTER)]
 struct Args {
     /// List the checkpoint versions of APP with date, size and process count
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with_all = ["number", "detach", "frozen", "stdin", "stdout", "stderr"])]
     list: bool,
 
     /// Return as soon as the application runs again
@@ -86,6 +86,9 @@ pub fn command() -> clap::Command {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
+    if let Err(e) = Registry::open_existing(&a.state_dir) {
+        return common::fail("restart", e);
+    }
     if a.list {
         return list(&a);
     }

@@ -486,6 +486,9 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
             None
         }
         Ok(ForkResult::Child) => {
+            // The command starts as its caller's would from a shell: the caller's
+            // dispositions (not the runtime's ignored SIGPIPE) and mask.
+            process::caller_dispositions();
             let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
             let e = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
             let _ = write!(err, "exec {}", e as i32);

@@ -105,6 +105,8 @@ impl AppRecord {
 pub enum RegistryError {
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error("state directory {} does not exist (see --state-dir and $XOS_STATE_DIR)", .0.display())]
+    NoStateDir(PathBuf),
     #[error("application {0} is not in the registry")]
     NotFound(u64),
     #[error("no application has id or process {0}")]
@@ -142,6 +144,16 @@ impl Registry {
         Ok(Registry {
             root: state_dir.to_path_buf(),
         })
+    }
+
+    /// Opens the registry under `state_dir`, which must exist: for commands that
+    /// only read or change what is there, so that a mistyped directory is reported
+    /// instead of created.
+    pub fn open_existing(state_dir: &Path) -> Result<Registry> {
+        if !state_dir.is_dir() {
+            return Err(RegistryError::NoStateDir(state_dir.to_path_buf()));
+        }
+        Self::open(state_dir)
     }
 
     /// The state directory.

@@ -1,0 +1,157 @@
+//! The applets as a person meets them at a shell: commands launched as a shell
+//! would, listings piped into `head`, mistyped state directories, stray arguments.
+
+mod common;
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Output, Stdio};
+
+use common::{show, Env};
+use nix::sys::signal::{self, SigHandler, Signal};
+
+/// `SigIgn` and `SigBlk` of `grep` run with `prefix` before it (nothing, or
+/// krgcr-run) by a caller that ignores `ignore` and blocks SIGUSR2.
+fn signals_of_grep(env: &Env, prefix: &[&str], ignore: &'static [Signal]) -> String {
+    let mut c = match prefix.first() {
+        Some(applet) => {
+            let mut c = env.cmd(applet);
+            c.args(&prefix[1..]).arg("grep");
+            c
+        }
+        None => Command::new("grep"),
+    };
+    c.args(["-E", "^Sig(Ign|Blk)", "/proc/self/status"]);
+    // SAFETY: only async-signal-safe calls; dispositions set are SIG_IGN.
+    unsafe {
+        c.pre_exec(move || {
+            for &sig in ignore {
+                signal::signal(sig, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+            }
+            let mut set = signal::SigSet::empty();
+            set.add(Signal::SIGUSR2);
+            set.thread_block().map_err(std::io::Error::from)
+        });
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{prefix:?}: {}", show(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn commands_start_with_the_callers_dispositions_and_mask() {
+    let env = Env::new();
+    for ignore in [&[][..], &[Signal::SIGPIPE, Signal::SIGUSR1]] {
+        let plain = signals_of_grep(&env, &[], ignore);
+        let under = signals_of_grep(&env, &["krgcr-run"], ignore);
+        assert_eq!(plain, under, "ignoring {ignore:?}");
+        let field = |name: &str| {
+            let v = plain
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim();
+            u64::from_str_radix(v, 16).unwrap()
+        };
+        let bit = |sig: Signal| 1u64 << (sig as i32 - 1);
+        assert_eq!(
+            field("SigIgn:") & bit(Signal::SIGPIPE) != 0,
+            !ignore.is_empty()
+        );
+        assert_ne!(field("SigBlk:") & bit(Signal::SIGUSR2), 0);
+    }
+    // With SIGPIPE at its default, `yes` ends quietly when `head` is done.
+    let o = env
+        .cmd("krgcr-run")
+        .args(["sh", "-c", "yes | head -c 10 >/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", show(&o));
+}
+
+/// Runs `cmd` with its stdout a pipe whose reader has already gone.
+fn into_closed_pipe(mut cmd: Command) -> Output {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    cmd.stdout(Stdio::from(w)).stderr(Stdio::piped());
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_listings_like_coreutils() {
+    let env = Env::new();
+    let mut list = env.cmd("checkpoint");
+    list.arg("--list");
+    let mut xos_list = Command::new(common::xos());
+    xos_list.arg("--list");
+    for cmd in [list, xos_list] {
+        let shown = format!("{cmd:?}");
+        // Caller with SIGPIPE at its default: killed by it, nothing said.
+        let o = into_closed_pipe(cmd);
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGPIPE),
+            "{shown}: {}",
+            show(&o)
+        );
+        assert!(o.stderr.is_empty(), "{shown}: {}", show(&o));
+    }
+    // Caller ignoring SIGPIPE: one line and status 1, never a panic.
+    let mut c = Command::new("sh");
+    c.args(["-c", "trap '' PIPE; exec \"$0\" --list"])
+        .arg(env.bin.path().join("checkpoint"))
+        .env("XOS_STATE_DIR", env.state.path());
+    let o = into_closed_pipe(c);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "checkpoint: write error: Broken pipe\n"
+    );
+}
+
+#[test]
+fn a_missing_state_dir_is_reported_not_created() {
+    let env = Env::new();
+    let missing = env.state.path().join("typo");
+    for args in [
+        &["checkpoint", "--list"][..],
+        &["checkpoint", "--freeze", "1"],
+        &["restart", "--list", "1"],
+        &["restart", "1", "1"],
+    ] {
+        let o = env
+            .cmd(args[0])
+            .args(&args[1..])
+            .arg("--state-dir")
+            .arg(&missing)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{} does not exist", missing.display()))
+                && err.lines().count() == 1,
+            "{args:?}: {}",
+            show(&o)
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}
+
+#[test]
+fn extra_arguments_are_refused() {
+    let env = Env::new();
+    for args in [
+        &["checkpoint", "--list", "16"][..],
+        &["restart", "--list", "16", "1"],
+        &["restart", "--frozen", "--list", "16"],
+        &["restart", "--detach", "--list", "16"],
+    ] {
+        let o = env.cmd(args[0]).args(&args[1..]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", show(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("cannot be used with"),
+            "{args:?}: {}",
+            show(&o)
+        );
+    }
+}

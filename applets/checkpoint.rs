@@ -15,7 +15,7 @@ use crate::common;
 /// process of the application; an id takes precedence over a pid with the same number.
 #[derive(Debug, Parser)]
 #[command(name = "checkpoint", version = common::version(), after_help = AFTER)]
-#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list"])))]
+#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list", "logs"])))]
 struct Args {
     /// Freeze every process of APP (cgroup freezer) and wait until the kernel says FROZEN
     #[arg(long, requires = "app")]
@@ -36,6 +36,11 @@ struct Args {
     /// List the applications in the registry with their state
     #[arg(short, long, conflicts_with = "app")]
     list: bool,
+
+    /// Print the logs of a detached APP, also once it has ended: its stdout, then its
+    /// stderr on stderr
+    #[arg(long, requires = "app")]
+    logs: bool,
 
     /// How long to wait for the kernel to freeze or thaw, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
@@ -83,6 +88,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     if a.list {
         return list(&reg);
+    }
+    if a.logs {
+        return logs(&reg, a.app.as_deref().unwrap_or_default());
     }
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         eprintln!(
@@ -169,4 +177,49 @@ fn list(reg: &Registry) -> i32 {
         }
     }
     status
+}
+
+/// Copies the logs of a detached application (a running one by id or pid, an ended
+/// one by id) to stdout and stderr.
+fn logs(reg: &Registry, spec: &str) -> i32 {
+    let id = match reg.resolve(spec) {
+        Ok(rec) => rec.id,
+        Err(e) => match spec.trim().parse::<u64>() {
+            Ok(id) => id,
+            Err(_) => return common::fail("checkpoint", e),
+        },
+    };
+    let paths = reg.log_paths(id);
+    if !paths.iter().any(|p| p.exists()) {
+        eprintln!(
+            "checkpoint: application {id} has no logs in {} (only a detached application \
+             without --stdout and --stderr has)",
+            paths[0].parent().unwrap_or(reg.root()).display()
+        );
+        return 1;
+    }
+    for (path, to_stdout) in paths.iter().zip([true, false]) {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return common::fail("checkpoint", anyhow::anyhow!("{}: {e}", path.display()))
+            }
+        };
+        let copied = if to_stdout {
+            std::io::copy(&mut f, &mut std::io::stdout().lock())
+        } else {
+            std::io::copy(&mut f, &mut std::io::stderr().lock())
+        };
+        match copied {
+            Ok(_) => {}
+            Err(e) if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe => {
+                common::closed_stdout("checkpoint")
+            }
+            Err(e) => {
+                return common::fail("checkpoint", anyhow::anyhow!("{}: {e}", path.display()))
+            }
+        }
+    }
+    0
 }

@@ -61,15 +61,19 @@ pub fn quiet_on_closed_stdout(applet: &'static str) {
         if !broken {
             return default_hook(info);
         }
-        use nix::sys::signal::Signal::SIGPIPE;
-        if !xos::process::caller_ignores(SIGPIPE)
-            && xos::process::caller_disposition(SIGPIPE).is_ok()
-        {
-            let _ = nix::sys::signal::raise(SIGPIPE);
-        }
-        eprintln!("{applet}: write error: Broken pipe");
-        std::process::exit(1);
+        closed_stdout(applet)
     }));
+}
+
+/// Ends the applet after a write to a closed stdout, as coreutils ends: by SIGPIPE
+/// if the caller left it at its default, else with one line and status 1.
+pub fn closed_stdout(applet: &str) -> ! {
+    use nix::sys::signal::Signal::SIGPIPE;
+    if !xos::process::caller_ignores(SIGPIPE) && xos::process::caller_disposition(SIGPIPE).is_ok() {
+        let _ = nix::sys::signal::raise(SIGPIPE);
+    }
+    eprintln!("{applet}: write error: Broken pipe");
+    std::process::exit(1);
 }
 
 /// Prints a clap error (or the help/version it carries) and returns its status.

@@ -33,7 +33,8 @@ struct Args {
     #[arg(short, long, conflicts_with_all = ["number", "detach", "frozen", "stdin", "stdout", "stderr"])]
     list: bool,
 
-    /// Return as soon as the application runs again
+    /// Return as soon as the application runs again; its inherited output is appended
+    /// to its logs (STATE/logs/ID.out, ID.err) unless --stdout or --stderr are given
     #[arg(short, long)]
     detach: bool,
 
@@ -124,6 +125,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.stdout = a.stdout;
     spec.stderr = a.stderr;
     spec.new_session = a.detach;
+    if a.detach {
+        krgcr_run::detached_stdio(&mut spec);
+    }
     spec.app_id = Some(a.app);
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;

@@ -161,6 +161,13 @@ impl Registry {
         &self.root
     }
 
+    /// The logs of application `id` (`logs/ID.out`, `logs/ID.err`), where a
+    /// detached application's output goes.
+    pub fn log_paths(&self, id: u64) -> [PathBuf; 2] {
+        let dir = self.root.join("logs");
+        ["out", "err"].map(|ext| dir.join(format!("{id}.{ext}")))
+    }
+
     fn record_path(&self, id: u64) -> PathBuf {
         self.root.join("apps").join(format!("{id}.rec"))
     }

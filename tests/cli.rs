@@ -1,13 +1,17 @@
 //! The applets as a person meets them at a shell: commands launched as a shell
-//! would, listings piped into `head`, mistyped state directories, stray arguments.
+//! would, listings piped into `head`, mistyped state directories, stray arguments,
+//! detached jobs and their logs.
 
 mod common;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{show, Env};
+use common::{show, wait_until, Env};
 use nix::sys::signal::{self, SigHandler, Signal};
+
+const T: Duration = Duration::from_secs(10);
 
 /// `SigIgn` and `SigBlk` of `grep` run with `prefix` before it (nothing, or
 /// krgcr-run) by a caller that ignores `ignore` and blocks SIGUSR2.
@@ -154,4 +158,93 @@ fn extra_arguments_are_refused() {
             show(&o)
         );
     }
+}
+
+/// The numbers a counting job wrote to its log, after its first line.
+fn counted(log: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_detached_job_detaches_and_logs_across_checkpoint_and_restart() {
+    let env = Env::new();
+    let job = "readlink /proc/$$/fd/0; echo oops >&2; \
+               i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done";
+    // In a shell capture, as a user writes it: returns while the job runs on.
+    let started = Instant::now();
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            "ID=$(krgcr-run --detach --print-id bash -c \"$0\") && echo $ID",
+        ])
+        .arg(job)
+        .env("XOS_STATE_DIR", env.state.path())
+        .env("XOS_CGROUP_PARENT", &env.parent)
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", env.bin.path().display()),
+        )
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(took < Duration::from_secs(1), "the capture took {took:?}");
+    let id: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert!(env.registry().load(id).unwrap().alive());
+    let log = env.state.path().join(format!("logs/{id}.out"));
+    assert!(wait_until(T, || counted(&log).len() >= 5));
+
+    let o = env
+        .cmd("checkpoint")
+        .args(["--logs", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("/dev/null\n1\n2\n3\n"), "{}", show(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
+
+    // Checkpointed, killed and restarted detached: the log goes on, appended.
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(wait_until(T, || env.registry().load(id).is_err()));
+    let at_kill = counted(&log).len();
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id.to_string(), "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(wait_until(T, || counted(&log).len() > at_kill + 5));
+    let n = counted(&log);
+    assert_eq!(n, (1..=n.len() as u64).collect::<Vec<_>>(), "not one count");
+    // Still there once the job has ended; an id without logs is said so.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(env.registry().load(id).unwrap().root_pid),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_until(T, || env.registry().load(id).is_err()));
+    let o = env
+        .cmd("checkpoint")
+        .args(["--logs", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && o.stdout.len() > 10, "{}", show(&o));
+    let o = env
+        .cmd("checkpoint")
+        .args(["--logs", "999"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("application 999 has no logs"));
 }

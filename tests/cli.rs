@@ -248,3 +248,40 @@ fn a_detached_job_detaches_and_logs_across_checkpoint_and_restart() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("application 999 has no logs"));
 }
+
+#[test]
+fn completions_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = Command::new(common::xos())
+            .args(["--completions", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}: {}", show(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        // fish spells an option `-l freeze`.
+        for word in ["krgcr-run", "checkpoint", "freeze", "restart", "state-dir"] {
+            assert!(text.contains(word), "{shell}: no {word}");
+        }
+    }
+    // bash takes them: every applet and xos complete, applets' options included.
+    let script = format!(
+        "source <({} --completions bash) && complete -p xos checkpoint restart krgcr-run && \
+         COMP_WORDS=(checkpoint --fr) COMP_CWORD=1 && _checkpoint checkpoint --fr checkpoint && \
+         echo \"${{COMPREPLY[@]}}\"",
+        common::xos().display()
+    );
+    let o = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .trim_end()
+            .ends_with("--freeze"),
+        "{}",
+        show(&o)
+    );
+    let o = Command::new(common::xos())
+        .args(["--completions", "bash", "nosuch"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+}

@@ -98,10 +98,14 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
     match a.admin {
         Some(cmd) => {
-            let socket = a
-                .socket
-                .or_else(|| Config::load(&a.config, false).ok().map(|c| c.socket))
-                .unwrap_or_else(|| PathBuf::from(proto::DEFAULT_SOCKET));
+            // The same socket as the daemon's: the option, else the file's.
+            let socket = match a.socket {
+                Some(s) => s,
+                None => match Config::load(&a.config, false) {
+                    Ok(c) => c.socket,
+                    Err(e) => return common::fail("xos-amsd", e),
+                },
+            };
             match admin(&socket, cmd) {
                 Ok(code) => code,
                 Err(e) => common::fail("xos-amsd", e),
@@ -193,19 +197,21 @@ fn admin(socket: &Path, cmd: Admin) -> anyhow::Result<i32> {
     };
     match call(socket, &req)? {
         Response::Leases(l) => {
-            println!(
-                "{:<8} {:<10} {:<40} {:<20} SUBJECT",
-                "UID", "VO", "NAME", "EXPIRES"
-            );
-            for x in l {
-                println!(
-                    "{:<8} {:<10} {:<40} {:<20} {}",
-                    x.uid,
-                    x.vo,
-                    x.name,
-                    common::fmt_time(x.expires),
-                    x.subject
-                );
+            let rows: Vec<Vec<String>> = l
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.uid.to_string(),
+                        x.vo.clone(),
+                        x.name.clone(),
+                        common::fmt_time(x.expires),
+                        x.subject.clone(),
+                    ]
+                })
+                .collect();
+            let header = ["UID", "VO", "NAME", "EXPIRES", "SUBJECT"];
+            for line in common::table(&header, &rows, &[0]) {
+                println!("{line}");
             }
         }
         Response::Lease(Some(x)) => {

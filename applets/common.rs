@@ -87,6 +87,46 @@ pub fn parse_args<A: clap::Parser>(args: Vec<std::ffi::OsString>) -> A {
     A::try_parse_from(args).unwrap_or_else(|e| clap_exit(e))
 }
 
+/// The lines of a table whose columns are as wide as their widest cell, separated
+/// by two spaces; columns marked in `right` (numbers) are aligned right. The last
+/// column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let last = i + 1 == cells.len();
+            let w = if last && !right.contains(&i) {
+                0
+            } else {
+                widths[i]
+            };
+            if right.contains(&i) {
+                let _ = write!(s, "{c:>w$}");
+            } else {
+                let _ = write!(s, "{c:<w$}");
+            }
+            if !last {
+                s.push_str("  ");
+            }
+        }
+        s
+    };
+    std::iter::once(line(header.to_vec()))
+        .chain(
+            rows.iter()
+                .map(|r| line(r.iter().map(String::as_str).collect())),
+        )
+        .collect()
+}
+
 /// Parses a size such as `512M`, `2G`, `1048576` or `64k` (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -150,6 +190,22 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn tables() {
+        let rows = vec![
+            vec!["7".to_string(), "a-long-name".to_string(), "x".to_string()],
+            vec!["12345".to_string(), "b".to_string(), "yy".to_string()],
+        ];
+        assert_eq!(
+            table(&["ID", "NAME", "END"], &rows, &[0]),
+            [
+                "   ID  NAME         END",
+                "    7  a-long-name  x",
+                "12345  b            yy"
+            ]
+        );
     }
 
     #[test]

@@ -55,7 +55,12 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Admin {
     /// List the leased pool accounts
-    Leases,
+    Leases {
+        /// Print JSON: an array of objects with name, uid, vo, global_id, subject,
+        /// last_used and expires (seconds since the epoch)
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the lease of a user (name, uid, global id or subject)
     Show { user: String },
     /// Release the lease of a user, freeing the account
@@ -86,6 +91,7 @@ Configuration keys (default file /etc/xos/nss_pam/pam_xos.conf):
 Examples:
   xos-amsd --foreground
   xos-amsd leases
+  xos-amsd leases --json
   xos-amsd ban /O=testbed0/CN=mallory
 
 Exit status: 0 on success, 1 on error or refusal.";
@@ -183,7 +189,7 @@ fn call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
 
 fn admin(socket: &Path, cmd: Admin) -> anyhow::Result<i32> {
     let req = match &cmd {
-        Admin::Leases => Request::ListLeases,
+        Admin::Leases { .. } => Request::ListLeases,
         Admin::Show { user } => Request::ShowLease(user.clone()),
         Admin::Release { user } => Request::Release(user.clone()),
         Admin::Ban { who } => Request::Ban(who.clone()),
@@ -196,6 +202,9 @@ fn admin(socket: &Path, cmd: Admin) -> anyhow::Result<i32> {
         },
     };
     match call(socket, &req)? {
+        Response::Leases(l) if matches!(cmd, Admin::Leases { json: true }) => {
+            println!("{}", serde_json::to_string_pretty(&l)?);
+        }
         Response::Leases(l) => {
             let rows: Vec<Vec<String>> = l
                 .iter()

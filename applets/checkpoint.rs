@@ -15,7 +15,7 @@ use crate::common;
 /// process of the application; an id takes precedence over a pid with the same number.
 #[derive(Debug, Parser)]
 #[command(name = "checkpoint", version = common::version(), after_help = AFTER)]
-#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list", "logs"])))]
+#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list", "logs", "delete", "keep", "prune"])))]
 struct Args {
     /// Freeze every process of APP (cgroup freezer) and wait until the kernel says FROZEN
     #[arg(long, requires = "app")]
@@ -37,10 +37,26 @@ struct Args {
     #[arg(short, long, conflicts_with = "app")]
     list: bool,
 
+    /// With --list: print JSON (see below) instead of a table
+    #[arg(long, requires = "list")]
+    json: bool,
+
     /// Print the logs of a detached APP, also once it has ended: its stdout, then its
     /// stderr on stderr
     #[arg(long, requires = "app")]
     logs: bool,
+
+    /// Delete checkpoint version VERSION of APP (its number is never used again)
+    #[arg(long, requires_all = ["app", "number"])]
+    delete: bool,
+
+    /// Delete all but the newest N checkpoint versions of APP
+    #[arg(long, value_name = "N", requires = "app")]
+    keep: Option<usize>,
+
+    /// Delete the images and logs of every application that is not running
+    #[arg(long, conflicts_with = "app")]
+    prune: bool,
 
     /// How long to wait for the kernel to freeze or thaw, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
@@ -53,6 +69,10 @@ struct Args {
     /// Application id, or pid of a process of the application
     #[arg(value_name = "APP")]
     app: Option<String>,
+
+    /// With --delete: the version to delete
+    #[arg(value_name = "VERSION", requires = "delete")]
+    number: Option<u64>,
 }
 
 const AFTER: &str = "\
@@ -62,6 +82,9 @@ Examples:
   checkpoint -c --kill 6   # ... then kill it (for migration)
   checkpoint --unfreeze 6
   checkpoint --list
+  checkpoint --delete 6 2  # delete version 2 of application 6
+  checkpoint --keep 3 6    # keep only its three newest versions
+  checkpoint --prune       # images and logs of applications that ended
 
 Saved for every process of APP (single-threaded ones): memory (private pages that
 were ever touched, shared anonymous memory, file mappings by reference, mm fields,
@@ -74,7 +97,13 @@ A socket, a second thread, a seccomp filter, a changed root or another resource 
 cannot save makes -c fail with one line naming the process and the resource; APP
 keeps running, thawed, and no version is written.
 
-Images are written to STATE/images/APP/VERSION/ (see restart(1)).";
+Images are written to STATE/images/APP/VERSION/ (see restart(1)); version numbers
+are never used twice, also after --delete.
+
+--list shows the pid of the command (not of the application's init); --list --json
+prints an array with one object per application: id, state (running, freezing,
+frozen or gone), pid (of the command, or null), init_pid, started (seconds since the
+epoch), command (array of strings) and cwd.";
 
 pub fn command() -> clap::Command {
     Args::command()
@@ -87,10 +116,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Err(e) => return common::fail("checkpoint", e),
     };
     if a.list {
-        return list(&reg);
+        return list(&reg, a.json);
     }
     if a.logs {
         return logs(&reg, a.app.as_deref().unwrap_or_default());
+    }
+    if a.delete || a.keep.is_some() || a.prune {
+        return delete(&a, &reg);
     }
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         eprintln!(
@@ -150,44 +182,121 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
-fn list(reg: &Registry) -> i32 {
+/// One application in `--list --json`.
+#[derive(serde::Serialize)]
+struct Listed {
+    id: u64,
+    state: String,
+    /// Host pid of the command (None once only the init is left).
+    pid: Option<i32>,
+    /// Host pid of the application's init.
+    init_pid: i32,
+    /// Seconds since the epoch.
+    started: u64,
+    command: Vec<String>,
+    cwd: std::path::PathBuf,
+}
+
+fn list(reg: &Registry, json: bool) -> i32 {
     let records = match reg.list() {
         Ok(r) => r,
         Err(e) => return common::fail("checkpoint", e),
     };
     let mut status = 0;
-    println!(
-        "{:<6} {:<9} {:>8} {:<20} COMMAND",
-        "ID", "STATE", "PID", "STARTED"
-    );
+    let mut apps = Vec::new();
     for r in records {
         match r {
-            Ok(rec) => println!(
-                "{:<6} {:<9} {:>8} {:<20} {}",
-                rec.id,
-                rec.state(),
-                rec.root_pid,
-                common::fmt_time(rec.started),
-                rec.command.join(" ")
-            ),
+            Ok(rec) => apps.push(Listed {
+                id: rec.id,
+                state: rec.state().to_string(),
+                pid: rec.command_pid(),
+                init_pid: rec.root_pid,
+                started: rec.started,
+                command: rec.command,
+                cwd: rec.cwd,
+            }),
             Err(e) => {
                 status = 1;
                 common::fail("checkpoint", e);
             }
         }
     }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&apps).expect("listings serialize")
+        );
+        return status;
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.to_string(),
+                a.state.clone(),
+                a.pid.map_or("-".to_string(), |p| p.to_string()),
+                common::fmt_time(a.started),
+                common::printable(&a.command.join(" ")),
+            ]
+        })
+        .collect();
+    let header = ["ID", "STATE", "PID", "STARTED", "COMMAND"];
+    for line in common::table(&header, &rows, &[2]) {
+        println!("{line}");
+    }
     status
+}
+
+/// The id of a running application by id or pid, or of an ended one by id.
+fn app_id(reg: &Registry, spec: &str) -> Result<u64, i32> {
+    match reg.resolve(spec) {
+        Ok(rec) => Ok(rec.id),
+        Err(e) => spec
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| common::fail("checkpoint", e)),
+    }
+}
+
+/// --delete, --keep and --prune.
+fn delete(a: &Args, reg: &Registry) -> i32 {
+    if a.prune {
+        return match xos::store::prune(&a.state_dir, reg) {
+            Ok(ids) => {
+                for id in ids {
+                    println!("application {id}: images and logs deleted");
+                }
+                0
+            }
+            Err(e) => common::fail("checkpoint", e),
+        };
+    }
+    let id = match app_id(reg, a.app.as_deref().unwrap_or_default()) {
+        Ok(id) => id,
+        Err(code) => return code,
+    };
+    let deleted = match (a.keep, a.number) {
+        (Some(n), _) => xos::store::keep(&a.state_dir, id, n),
+        (None, Some(v)) => xos::store::delete(&a.state_dir, id, v).map(|()| vec![v]),
+        (None, None) => unreachable!("clap requires VERSION with --delete"),
+    };
+    match deleted {
+        Ok(versions) => {
+            for v in versions {
+                println!("application {id}: version {v} deleted");
+            }
+            0
+        }
+        Err(e) => common::fail("checkpoint", e),
+    }
 }
 
 /// Copies the logs of a detached application (a running one by id or pid, an ended
 /// one by id) to stdout and stderr.
 fn logs(reg: &Registry, spec: &str) -> i32 {
-    let id = match reg.resolve(spec) {
-        Ok(rec) => rec.id,
-        Err(e) => match spec.trim().parse::<u64>() {
-            Ok(id) => id,
-            Err(_) => return common::fail("checkpoint", e),
-        },
+    let id = match app_id(reg, spec) {
+        Ok(id) => id,
+        Err(code) => return code,
     };
     let paths = reg.log_paths(id);
     if !paths.iter().any(|p| p.exists()) {

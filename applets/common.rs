@@ -127,6 +127,20 @@ pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> Vec<Stri
         .collect()
 }
 
+/// `text` on one line: newlines, tabs and other control characters escaped
+/// (`\n`), so that a listing has one line per entry whatever a command holds.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Parses a size such as `512M`, `2G`, `1048576` or `64k` (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -190,6 +204,11 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn printable_is_one_line() {
+        assert_eq!(printable("sh -c 'a\nb\tc' é"), "sh -c 'a\\nb\\tc' é");
     }
 
     #[test]

@@ -114,7 +114,12 @@ pub fn xos_command() -> Command {
                 .value_parser(clap::value_parser!(OsString))
                 .help("Arguments of the applet"),
         )
-        .after_help(format!("Applets: {}", names()))
+        .after_help(format!(
+            "Applets: {}\n\nEnvironment: RUST_LOG sets what every applet logs on stderr \
+             (default warn, e.g. RUST_LOG=debug); the applets' own variables are in their \
+             pages.",
+            names()
+        ))
 }
 
 /// The options of `xos` itself, without the applet and its arguments.

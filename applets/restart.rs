@@ -29,9 +29,19 @@ use crate::{common, krgcr_run};
 #[derive(Debug, Parser)]
 #[command(name = "restart", version = common::version(), after_help = AFTER)]
 struct Args {
-    /// List the checkpoint versions of APP with date, size and process count
-    #[arg(short, long, conflicts_with_all = ["number", "detach", "frozen", "stdin", "stdout", "stderr"])]
+    /// List the checkpoint versions of APP with date, size and process count; without
+    /// APP, those of every application that has any, ended ones included
+    #[arg(short, long, conflicts_with_all = ["number", "detach", "frozen", "stdin", "stdout", "stderr", "new_id"])]
     list: bool,
+
+    /// With --list: print JSON (see below) instead of a table
+    #[arg(long, requires = "list")]
+    json: bool,
+
+    /// Start a second copy of the application under a new id (printed on stdout)
+    /// instead of taking back its own id; the original may still run
+    #[arg(long)]
+    new_id: bool,
 
     /// Return as soon as the application runs again; its inherited output is appended
     /// to its logs (STATE/logs/ID.out, ID.err) unless --stdout or --stderr are given
@@ -63,7 +73,11 @@ struct Args {
     stderr: Option<PathBuf>,
 
     /// Application id
-    #[arg(value_name = "APP")]
+    #[arg(value_name = "APP", id = "app", required_unless_present = "list")]
+    app_arg: Option<u64>,
+
+    /// APP once --list is handled (only --list may go without it)
+    #[arg(skip)]
     app: u64,
 
     /// Checkpoint version to restart from (1, 2, ...)
@@ -77,6 +91,12 @@ Examples:
   restart --list 6
   restart --detach --stdout out.log 6 2
   restart --detach --frozen 6 2   # rebuilt but frozen until checkpoint --unfreeze 6
+  restart --list                  # the versions of every application, ended ones too
+  ID=$(restart --detach --new-id 6 2)   # a second copy of application 6
+
+--list --json prints an array with one object per version: app, version (numbers),
+created (seconds since the epoch), size (bytes), processes (number), state
+(running, freezing, frozen or ended) and command (array of strings).
 
 Exit status: the application's, as with krgcr-run; with --detach 0 once it runs;
 1 (or 125) if the image is missing, corrupt or made on another kernel or CPU.";
@@ -91,21 +111,28 @@ pub fn main(args: Vec<OsString>) -> i32 {
         return common::fail("restart", e);
     }
     if a.list {
-        return list(&a);
+        return match a.app_arg {
+            Some(app) => list(&a, app),
+            None => list_all(&a),
+        };
     }
+    let mut a = a;
+    a.app = a.app_arg.unwrap_or_default();
     let version = a.number.unwrap_or_default();
     let reg = match Registry::open(&a.state_dir) {
         Ok(r) => r,
         Err(e) => return common::fail("restart", e),
     };
     match reg.load(a.app) {
-        Ok(rec) if rec.alive() => {
+        Ok(rec) if rec.alive() && !a.new_id => {
             eprintln!(
-                "restart: application {} is running (pid {}); stop it before restarting it",
+                "restart: application {} is running (pid {}); stop it before restarting it, \
+                 or restart it under a new id with --new-id",
                 a.app, rec.root_pid
             );
             return 1;
         }
+        Ok(rec) if rec.alive() => {}
         Ok(_) => {
             let _ = reg.remove(a.app);
         }
@@ -129,33 +156,59 @@ pub fn main(args: Vec<OsString>) -> i32 {
         krgcr_run::detached_stdio(&mut spec);
     }
     spec.app_id = Some(a.app);
+    if a.new_id {
+        // Printed before the launch, as the caller needs it while a restart that
+        // does not detach runs.
+        match reg.allocate_id() {
+            Ok(id) => {
+                spec.app_id = Some(id);
+                println!("{id}");
+            }
+            Err(e) => return common::fail("restart", e),
+        }
+    }
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
     krgcr_run::supervise("restart", &reg, &spec, a.detach, false)
 }
 
-fn list(a: &Args) -> i32 {
-    let versions = image::versions(&a.state_dir, a.app);
-    if versions.is_empty() {
-        eprintln!(
-            "restart: application {} has no checkpoint in {}",
-            a.app,
-            a.state_dir.display()
-        );
-        return 1;
-    }
-    println!("{:<8} {:<20} {:>10} PROCESSES", "VERSION", "DATE", "SIZE");
-    let mut status = 0;
-    for v in versions {
-        let dir = image::version_dir(&a.state_dir, a.app, v);
-        let body =
-            match xos::fsutil::read_checked(&dir.join("image.json"), image::MAGIC, image::FORMAT) {
-                Ok(b) => b,
-                Err(e) => {
-                    status = common::fail("restart", e);
-                    continue;
-                }
-            };
+/// One version in a listing.
+#[derive(serde::Serialize)]
+struct Version {
+    app: u64,
+    version: u64,
+    /// Seconds since the epoch.
+    created: u64,
+    /// Bytes of the version's files.
+    size: u64,
+    processes: usize,
+    /// `running`, `frozen`, ... while the application runs, else `ended`.
+    state: String,
+    command: Vec<String>,
+}
+
+/// The versions of `app`; an unreadable one is reported and makes `status` 1.
+fn versions(a: &Args, reg: &Registry, app: u64, status: &mut i32) -> Vec<Version> {
+    let state = match reg.load(app) {
+        Ok(rec) if rec.alive() => rec.state().to_string(),
+        _ => "ended".to_string(),
+    };
+    let mut out = Vec::new();
+    for v in image::versions(&a.state_dir, app) {
+        let dir = image::version_dir(&a.state_dir, app, v);
+        let img = xos::fsutil::read_checked(&dir.join("image.json"), image::MAGIC, image::FORMAT)
+            .map_err(anyhow::Error::from)
+            .and_then(|body| {
+                serde_json::from_slice::<image::Image>(&body)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
+            });
+        let img = match img {
+            Ok(img) => img,
+            Err(e) => {
+                *status = common::fail("restart", e);
+                continue;
+            }
+        };
         let size: u64 = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.flatten()
@@ -164,16 +217,93 @@ fn list(a: &Args) -> i32 {
                     .sum()
             })
             .unwrap_or(0);
-        match serde_json::from_slice::<image::Image>(&body) {
-            Ok(img) => println!(
-                "{:<8} {:<20} {:>9.1}M {}",
-                v,
-                common::fmt_time(img.created),
-                size as f64 / (1u64 << 20) as f64,
-                img.processes.len()
-            ),
-            Err(e) => status = common::fail("restart", anyhow::anyhow!("{}: {e}", dir.display())),
-        }
+        out.push(Version {
+            app,
+            version: v,
+            created: img.created,
+            size,
+            processes: img.processes.len(),
+            state: state.clone(),
+            command: img.command,
+        });
     }
+    out
+}
+
+fn print(a: &Args, versions: &[Version], with_app: bool) {
+    if a.json {
+        let text = serde_json::to_string_pretty(versions).expect("versions serialize");
+        println!("{text}");
+        return;
+    }
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            let mut row = vec![
+                v.version.to_string(),
+                common::fmt_time(v.created),
+                format!("{:.1}M", v.size as f64 / (1u64 << 20) as f64),
+                v.processes.to_string(),
+            ];
+            if with_app {
+                row.insert(0, v.app.to_string());
+                row.push(v.state.clone());
+                row.push(common::printable(&v.command.join(" ")));
+            }
+            row
+        })
+        .collect();
+    let lines = if with_app {
+        let header = [
+            "APP",
+            "VERSION",
+            "DATE",
+            "SIZE",
+            "PROCESSES",
+            "STATE",
+            "COMMAND",
+        ];
+        common::table(&header, &rows, &[3, 4])
+    } else {
+        common::table(&["VERSION", "DATE", "SIZE", "PROCESSES"], &rows, &[2, 3])
+    };
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+fn list(a: &Args, app: u64) -> i32 {
+    let reg = match Registry::open_existing(&a.state_dir) {
+        Ok(r) => r,
+        Err(e) => return common::fail("restart", e),
+    };
+    let mut status = 0;
+    let all = versions(a, &reg, app, &mut status);
+    if all.is_empty() && status == 0 {
+        eprintln!(
+            "restart: application {app} has no checkpoint in {}",
+            a.state_dir.display()
+        );
+        return 1;
+    }
+    print(a, &all, false);
+    status
+}
+
+fn list_all(a: &Args) -> i32 {
+    let reg = match Registry::open_existing(&a.state_dir) {
+        Ok(r) => r,
+        Err(e) => return common::fail("restart", e),
+    };
+    let apps = match xos::store::apps(&a.state_dir) {
+        Ok(apps) => apps,
+        Err(e) => return common::fail("restart", e),
+    };
+    let mut status = 0;
+    let all: Vec<Version> = apps
+        .into_iter()
+        .flat_map(|app| versions(a, &reg, app, &mut status))
+        .collect();
+    print(a, &all, true);
     status
 }

@@ -87,6 +87,17 @@ impl AppRecord {
         process::alive(self.root_pid, self.root_starttime)
     }
 
+    /// Host pid of the application's first process below its init: the command
+    /// krgcr-run started, or the oldest process restart rebuilt under the init.
+    pub fn command_pid(&self) -> Option<i32> {
+        let pids = self.cgroup.pids().ok()?;
+        pids.into_iter()
+            .filter_map(|p| process::stat(p).ok())
+            .filter(|s| s.ppid == self.root_pid)
+            .min_by_key(|s| (s.starttime, s.pid))
+            .map(|s| s.pid)
+    }
+
     /// Current state as the kernel reports it.
     pub fn state(&self) -> AppState {
         if !self.alive() {

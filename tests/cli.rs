@@ -285,3 +285,130 @@ fn completions_for_each_shell() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
 }
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", show(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(o)))
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn versions_are_listed_deleted_never_reused_and_restarted_under_a_new_id() {
+    let env = Env::new();
+    // A command with a newline: still one line in the listing.
+    let job = "i=0\nwhile :; do i=$((i+1)); echo $i; sleep 0.02; done";
+    let id = ok(env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "bash", "-c", job])
+        .output()
+        .unwrap());
+    let id: u64 = id.trim().parse().unwrap();
+    let log = env.state.path().join(format!("logs/{id}.out"));
+    assert!(wait_until(T, || counted(&log).len() >= 3));
+    let ids = id.to_string();
+    let cp = |args: &[&str]| env.cmd("checkpoint").args(args).output().unwrap();
+    let version_of = |o: Output| -> u64 {
+        let text = ok(o);
+        text.split("version ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+
+    let list = ok(cp(&["--list"]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(list.contains("bash -c i=0\\nwhile"), "{list}");
+    let apps = json(&cp(&["--list", "--json"]));
+    let app = &apps[0];
+    assert_eq!(app["id"], id);
+    assert_eq!(app["state"], "running");
+    assert_eq!(app["command"][2], job);
+    // The pid shown is the command's, a child of the init.
+    let pid = app["pid"].as_i64().unwrap() as i32;
+    let st = xos::process::stat(pid).unwrap();
+    assert_eq!(Some(st.ppid as i64), app["init_pid"].as_i64());
+    assert_eq!(st.comm, "bash");
+
+    assert_eq!(version_of(cp(&["-c", &ids])), 1);
+    assert_eq!(version_of(cp(&["-c", &ids])), 2);
+    let all = json(
+        &env.cmd("restart")
+            .args(["--list", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(
+        (all[1]["app"].as_u64(), all[1]["version"].as_u64()),
+        (Some(id), Some(2))
+    );
+    assert_eq!(all[1]["state"], "running");
+    assert!(all[1]["size"].as_u64().unwrap() > 0);
+
+    // Deleted by command or by hand: the number is not used again.
+    assert!(ok(cp(&["--delete", &ids, "2"])).contains("version 2 deleted"));
+    assert_eq!(version_of(cp(&["-c", &ids])), 3);
+    std::fs::remove_dir_all(xos::ckpt::image::version_dir(env.state.path(), id, 3)).unwrap();
+    assert_eq!(version_of(cp(&["-c", &ids])), 4);
+    let o = cp(&["--delete", &ids, "3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no checkpoint version 3"));
+    assert!(ok(cp(&["--keep", "1", &ids])).contains("version 1 deleted"));
+    assert_eq!(xos::ckpt::image::versions(env.state.path(), id), vec![4]);
+
+    // A second copy next to the running original, under a new id.
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &ids, "4"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--new-id"),
+        "{}",
+        show(&o)
+    );
+    let copy = ok(env
+        .cmd("restart")
+        .args(["--detach", "--new-id", &ids, "4"])
+        .output()
+        .unwrap());
+    let copy: u64 = copy.trim().parse().unwrap();
+    assert_ne!(copy, id);
+    assert!(env.registry().load(id).unwrap().alive());
+    assert!(env.registry().load(copy).unwrap().alive());
+    let copy_log = env.state.path().join(format!("logs/{copy}.out"));
+    assert!(wait_until(T, || counted(&copy_log).len() >= 3));
+    // It goes on from the checkpoint's count, not from 1.
+    assert!(counted(&copy_log)[0] > 3, "{:?}", counted(&copy_log));
+
+    // The original ends: --prune deletes its images and logs, not the copy's.
+    let rec = env.registry().load(id).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.root_pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(T, || env.registry().load(id).is_err()));
+    let all = json(
+        &env.cmd("restart")
+            .args(["--list", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(all[0]["state"], "ended", "{all}");
+    assert!(ok(cp(&["--prune"])).contains(&format!("application {id}: images and logs deleted")));
+    assert!(!xos::ckpt::image::app_dir(env.state.path(), id).exists());
+    assert!(!log.exists() && copy_log.exists());
+    let all = json(
+        &env.cmd("restart")
+            .args(["--list", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(all, serde_json::json!([]));
+}

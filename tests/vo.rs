@@ -927,6 +927,11 @@ fn clients_find_the_daemon_from_the_configuration_file_alone() {
         &lines[1][lines[0].find("NAME").unwrap()..][..name.len()],
         name
     );
+    let o = run_ok(client("xos-amsd").args(["leases", "--json"]));
+    let leases: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(leases[0]["name"], name, "{leases}");
+    assert_eq!(leases[0]["vo"], "sockvo");
+    assert!(leases[0]["expires"].as_u64().unwrap() > leases[0]["last_used"].as_u64().unwrap());
 
     // Errors name the socket tried, and the real line of a configuration error.
     let o = client("xos-amsd")

@@ -135,14 +135,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let spec = a.app.as_deref().unwrap_or_default();
     let rec = match reg.resolve(spec) {
         Ok(r) => r,
-        Err(e) => return common::fail("checkpoint", e),
+        Err(e) => {
+            return ended(&a, spec.trim().parse().ok())
+                .unwrap_or_else(|| common::fail("checkpoint", e))
+        }
     };
     if !rec.alive() {
-        eprintln!(
-            "checkpoint: application {} is not running (its root process {} is gone)",
-            rec.id, rec.root_pid
-        );
-        return 1;
+        return ended(&a, Some(rec.id)).unwrap_or_else(|| {
+            eprintln!(
+                "checkpoint: application {} is not running (its root process {} is gone)",
+                rec.id, rec.root_pid
+            );
+            1
+        });
     }
     if a.checkpoint {
         let opts = xos::ckpt::CheckpointOptions {
@@ -245,6 +250,19 @@ fn list(reg: &Registry, json: bool) -> i32 {
         println!("{line}");
     }
     status
+}
+
+/// For an application that has ended but left checkpoints: says so and what to do,
+/// and returns the exit status.
+fn ended(a: &Args, id: Option<u64>) -> Option<i32> {
+    let id = id?;
+    let versions = xos::ckpt::image::versions(&a.state_dir, id);
+    let last = versions.last()?;
+    eprintln!(
+        "checkpoint: application {id} has ended; restart it from a checkpoint \
+         (`restart {id} {last}`, versions: `restart --list {id}`)"
+    );
+    Some(1)
 }
 
 /// The id of a running application by id or pid, or of an ended one by id.

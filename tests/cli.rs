@@ -401,6 +401,16 @@ fn versions_are_listed_deleted_never_reused_and_restarted_under_a_new_id() {
             .unwrap(),
     );
     assert_eq!(all[0]["state"], "ended", "{all}");
+    let o = cp(&["-c", &ids]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "application {id} has ended; restart it from a checkpoint (`restart {id} 4`"
+        )),
+        "{}",
+        show(&o)
+    );
     assert!(ok(cp(&["--prune"])).contains(&format!("application {id}: images and logs deleted")));
     assert!(!xos::ckpt::image::app_dir(env.state.path(), id).exists());
     assert!(!log.exists() && copy_log.exists());

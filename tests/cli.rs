@@ -422,3 +422,49 @@ fn versions_are_listed_deleted_never_reused_and_restarted_under_a_new_id() {
     );
     assert_eq!(all, serde_json::json!([]));
 }
+
+#[test]
+fn an_application_with_sysv_ipc_is_restarted_as_the_readme_says() {
+    let env = Env::new();
+    // The application prints the id of the queue it sees, again and again.
+    let job =
+        "ipcmk -Q >/dev/null; while :; do ipcs -q | awk '/^0x/ { print $2 }'; sleep 0.05; done";
+    let id = ok(env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "sh", "-c", job])
+        .output()
+        .unwrap());
+    let ids = id.trim().to_string();
+    let log = env.state.path().join(format!("logs/{ids}.out"));
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(wait_until(T, || lines().len() >= 3));
+    let queue = lines()[0].clone();
+    let dir = env.state.path().join("ipc");
+    let dir = dir.to_str().unwrap();
+    // The README's sequence, step by step.
+    for (applet, args) in [
+        ("checkpoint", vec!["--freeze", &ids]),
+        ("ipccheckpoint", vec!["--app", &ids, "--all", dir]),
+        ("checkpoint", vec!["-c", "--kill", &ids]),
+        ("restart", vec!["--detach", "--frozen", &ids, "1"]),
+        ("ipcrestart", vec!["--app", &ids, "--all", dir]),
+        ("checkpoint", vec!["--unfreeze", &ids]),
+    ] {
+        if applet == "restart" {
+            assert!(wait_until(T, || env
+                .registry()
+                .load(ids.parse().unwrap())
+                .is_err()));
+        }
+        ok(env.cmd(applet).args(&args).output().unwrap());
+    }
+    let before = lines().len();
+    assert!(wait_until(T, || lines().len() >= before + 3));
+    assert!(lines().iter().all(|l| *l == queue), "{:?}", lines());
+}

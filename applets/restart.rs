@@ -34,8 +34,13 @@ struct Args {
     #[arg(short, long, conflicts_with_all = ["number", "detach", "frozen", "stdin", "stdout", "stderr", "new_id"])]
     list: bool,
 
-    /// With --list: print JSON (see below) instead of a table
-    #[arg(long, requires = "list")]
+    /// Show what version VERSION of APP holds (processes, memory by kind, open
+    /// files, kernel, CPU features) and check its data files; restore nothing
+    #[arg(long, requires_all = ["app", "number"], conflicts_with_all = ["list", "detach", "frozen", "stdin", "stdout", "stderr", "new_id"])]
+    info: bool,
+
+    /// With --list or --info: print JSON (see below) instead of text
+    #[arg(long)]
     json: bool,
 
     /// Start a second copy of the application under a new id (printed on stdout)
@@ -92,7 +97,18 @@ Examples:
   restart --detach --stdout out.log 6 2
   restart --detach --frozen 6 2   # rebuilt but frozen until checkpoint --unfreeze 6
   restart --list                  # the versions of every application, ended ones too
+  restart --info 6 2              # what version 2 holds, its data files checked
   ID=$(restart --detach --new-id 6 2)   # a second copy of application 6
+
+--info shows the processes of the version (pid, parent, group, session, command,
+uid, memory mapped and saved, open descriptors), its memory by kind of mapping, the
+kernel and CPU features it needs, and the state of every data file (length and
+CRC32 checked); exit status 1 if restart would refuse it. --info --json prints one
+object: app, version, created, command, cwd, owner_uid, owner_gid, kernel,
+same_kernel, xfeatures, cpu_has_xfeatures, processes (pid, ppid, pgid, sid, comm,
+exe, uid, gid, mapped, saved, files), memory (kind, mappings, mapped, saved),
+data_files (file, len, state: ok, missing, truncated, overlong or checksum
+mismatch) and restartable.
 
 --list --json prints an array with one object per version: app, version (numbers),
 created (seconds since the epoch), size (bytes), processes (number), state
@@ -109,6 +125,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
     if let Err(e) = Registry::open_existing(&a.state_dir) {
         return common::fail("restart", e);
+    }
+    if a.json && !(a.list || a.info) {
+        eprintln!("restart: --json goes with --list or --info");
+        return 2;
+    }
+    if a.info {
+        return info(&a);
     }
     if a.list {
         return match a.app_arg {
@@ -305,5 +328,127 @@ fn list_all(a: &Args) -> i32 {
         .flat_map(|app| versions(a, &reg, app, &mut status))
         .collect();
     print(a, &all, true);
+    status
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}M", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn info(a: &Args) -> i32 {
+    let (app, version) = (a.app_arg.unwrap_or_default(), a.number.unwrap_or_default());
+    if let Err(e) = Registry::open_existing(&a.state_dir) {
+        return common::fail("restart", e);
+    }
+    let i = match xos::store::inspect(&a.state_dir, app, version) {
+        Ok(i) => i,
+        Err(e) => return common::fail("restart", e),
+    };
+    let status = if i.restartable { 0 } else { 1 };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&i).expect("inspections serialize")
+        );
+        return status;
+    }
+    let yes_no = |ok: bool, no: &str| {
+        if ok {
+            String::new()
+        } else {
+            format!(" ({no})")
+        }
+    };
+    println!(
+        "application {} version {}, taken {}",
+        i.app,
+        i.version,
+        common::fmt_time(i.created)
+    );
+    println!("command: {}", common::printable(&i.command.join(" ")));
+    println!(
+        "working directory: {}, owner {}:{}",
+        i.cwd.display(),
+        i.owner_uid,
+        i.owner_gid
+    );
+    println!(
+        "kernel: {}{}",
+        i.kernel,
+        yes_no(i.same_kernel, "not this kernel")
+    );
+    println!(
+        "CPU state features: {:#x}{}",
+        i.xfeatures,
+        yes_no(i.cpu_has_xfeatures, "this CPU lacks some")
+    );
+    println!();
+    let rows: Vec<Vec<String>> = i
+        .processes
+        .iter()
+        .map(|p| {
+            vec![
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                p.pgid.to_string(),
+                p.sid.to_string(),
+                p.uid.to_string(),
+                mib(p.mapped),
+                mib(p.saved),
+                format!("{} ({})", common::printable(&p.comm), p.exe.display()),
+            ]
+        })
+        .collect();
+    let header = [
+        "PID", "PPID", "PGID", "SID", "UID", "MAPPED", "SAVED", "COMMAND",
+    ];
+    for l in common::table(&header, &rows, &[5, 6]) {
+        println!("{l}");
+    }
+    println!();
+    let rows: Vec<Vec<String>> = i
+        .memory
+        .iter()
+        .map(|m| {
+            vec![
+                m.kind.to_string(),
+                m.mappings.to_string(),
+                mib(m.mapped),
+                mib(m.saved),
+            ]
+        })
+        .collect();
+    for l in common::table(
+        &["MEMORY", "MAPPINGS", "MAPPED", "SAVED"],
+        &rows,
+        &[1, 2, 3],
+    ) {
+        println!("{l}");
+    }
+    for p in &i.processes {
+        println!();
+        println!("open files of process {}:", p.pid);
+        for f in &p.files {
+            println!("  {}", common::printable(f));
+        }
+    }
+    println!();
+    let rows: Vec<Vec<String>> = i
+        .data_files
+        .iter()
+        .map(|d| vec![d.file.clone(), d.len.to_string(), d.state.clone()])
+        .collect();
+    for l in common::table(&["DATA FILE", "BYTES", "STATE"], &rows, &[1]) {
+        println!("{l}");
+    }
+    println!();
+    println!(
+        "{}",
+        if i.restartable {
+            "restart would take this version"
+        } else {
+            "restart would refuse this version"
+        }
+    );
     status
 }

@@ -1,12 +1,15 @@
 //! The image store: the checkpoint versions kept under `STATE/images/APP/` (layout
 //! in [`crate::ckpt::image`]) as a whole: which applications have images, version
-//! numbers that are never handed out twice, and removing versions.
+//! numbers that are never handed out twice, removing versions, and what a version
+//! holds.
 //!
 //! `images/APP/last-version` holds the highest number ever given to a version of
 //! APP, so that a version deleted (by `checkpoint --delete` or by hand) is never
 //! followed by a different version with its number.
 
 use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use crate::ckpt::image;
 use crate::fsutil::{self, PathError};
@@ -25,6 +28,10 @@ pub enum StoreError {
     NoVersion { app: u64, version: u64 },
     #[error("application {0} has no checkpoint")]
     NoImages(u64),
+    #[error(transparent)]
+    Checked(#[from] crate::fsutil::CheckedError),
+    #[error("corrupt image description {0}")]
+    Corrupt(String),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -138,6 +145,192 @@ pub fn prune(state: &Path, registry: &Registry) -> Result<Vec<u64>> {
         pruned.push(id);
     }
     Ok(pruned)
+}
+
+/// What one version holds, for `restart --info`: read from its description and
+/// checked against its data files, without restoring anything.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub app: u64,
+    pub version: u64,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub command: Vec<String>,
+    pub cwd: PathBuf,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// The kernel release the image was taken on, and whether it is this one's.
+    pub kernel: String,
+    pub same_kernel: bool,
+    /// XSAVE features the image needs, and whether this CPU has them all.
+    pub xfeatures: u64,
+    pub cpu_has_xfeatures: bool,
+    pub processes: Vec<ProcessInfo>,
+    /// Memory of all processes by kind of mapping.
+    pub memory: Vec<MemoryInfo>,
+    pub data_files: Vec<DataFile>,
+    /// Restart would take it: same kernel, features present, every data file intact.
+    pub restartable: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessInfo {
+    /// pid, parent, group and session in the application's PID namespace.
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    pub exe: PathBuf,
+    /// Real uid and gid.
+    pub uid: u32,
+    pub gid: u32,
+    /// Bytes mapped, and bytes of page contents saved for this process.
+    pub mapped: u64,
+    pub saved: u64,
+    /// Open descriptors, one line each (`3 /path at 120`, `1 inherited 1`, ...).
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemoryInfo {
+    /// `private anonymous`, `private file`, `shared file`, `shared anonymous`, `kernel`.
+    pub kind: &'static str,
+    pub mappings: usize,
+    pub mapped: u64,
+    /// Page contents saved in the image (shared files are kept by reference).
+    pub saved: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DataFile {
+    pub file: String,
+    pub len: u64,
+    /// `ok`, `missing`, `truncated`, `overlong` or `checksum mismatch`.
+    pub state: String,
+}
+
+const PAGE: u64 = 4096;
+
+fn kind_of(b: &image::Backing) -> &'static str {
+    match b {
+        image::Backing::Anon => "private anonymous",
+        image::Backing::File { shared: false, .. } => "private file",
+        image::Backing::File { shared: true, .. } => "shared file",
+        image::Backing::SharedAnon { .. } => "shared anonymous",
+        image::Backing::Special { .. } => "kernel",
+    }
+}
+
+fn describe_fd(f: &image::Fd) -> String {
+    match &f.kind {
+        image::FdKind::Path { path, pos } => format!("{} {} at {pos}", f.fd, path.display()),
+        image::FdKind::Pipe { id, write } => {
+            format!(
+                "{} pipe {id} ({})",
+                f.fd,
+                if *write { "write" } else { "read" }
+            )
+        }
+        image::FdKind::Inherited { std } => format!("{} inherited {std} from the restarter", f.fd),
+    }
+}
+
+fn check_data(dir: &Path, b: &image::Blob) -> DataFile {
+    let state = match std::fs::read(dir.join(&b.file)) {
+        Err(_) => "missing".to_string(),
+        Ok(d) if (d.len() as u64) < b.len => "truncated".to_string(),
+        Ok(d) if (d.len() as u64) > b.len => "overlong".to_string(),
+        Ok(d) if crc32fast::hash(&d) != b.crc => "checksum mismatch".to_string(),
+        Ok(_) => "ok".to_string(),
+    };
+    DataFile {
+        file: b.file.clone(),
+        len: b.len,
+        state,
+    }
+}
+
+/// Reads version `version` of `app` and checks every data file (length and CRC32).
+pub fn inspect(state: &Path, app: u64, version: u64) -> Result<Inspection> {
+    let dir = image::version_dir(state, app, version);
+    if !dir.is_dir() {
+        return Err(StoreError::NoVersion { app, version });
+    }
+    let path = dir.join("image.json");
+    let body = fsutil::read_checked(&path, image::MAGIC, image::FORMAT)?;
+    let img: image::Image = serde_json::from_slice(&body)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    let mut memory: Vec<MemoryInfo> = Vec::new();
+    let mut processes = Vec::new();
+    for p in &img.processes {
+        let (mut mapped, mut saved) = (0, 0);
+        for v in &p.vmas {
+            let kind = kind_of(&v.backing);
+            let size = v.end - v.start;
+            let pages: u64 = v.runs.iter().map(|r| r.1).sum::<u64>() * PAGE;
+            mapped += size;
+            saved += pages;
+            match memory.iter_mut().find(|m| m.kind == kind) {
+                Some(m) => {
+                    m.mappings += 1;
+                    m.mapped += size;
+                    m.saved += pages;
+                }
+                None => memory.push(MemoryInfo {
+                    kind,
+                    mappings: 1,
+                    mapped: size,
+                    saved: pages,
+                }),
+            }
+        }
+        processes.push(ProcessInfo {
+            pid: p.pid,
+            ppid: p.ppid,
+            pgid: p.pgid,
+            sid: p.sid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            uid: p.uids[0],
+            gid: p.gids[0],
+            mapped,
+            saved,
+            files: p.fds.iter().map(describe_fd).collect(),
+        });
+    }
+    if let Some(m) = memory.iter_mut().find(|m| m.kind == "shared anonymous") {
+        m.saved = img.shared.iter().map(|b| b.len).sum();
+    }
+    let data_files: Vec<DataFile> = img
+        .processes
+        .iter()
+        .map(|p| &p.pages)
+        .chain(img.shared.iter())
+        .chain(img.pipes.iter().map(|p| &p.data))
+        .map(|b| check_data(&dir, b))
+        .collect();
+    let same_kernel = img.kernel == crate::ckpt::kernel_release();
+    let cpu_has_xfeatures = img.xfeatures & !crate::ckpt::restore::cpu_xfeatures() == 0;
+    let restartable =
+        same_kernel && cpu_has_xfeatures && data_files.iter().all(|d| d.state == "ok");
+    Ok(Inspection {
+        app: img.app,
+        version: img.version,
+        created: img.created,
+        command: img.command,
+        cwd: img.cwd,
+        owner_uid: img.owner_uid,
+        owner_gid: img.owner_gid,
+        kernel: img.kernel,
+        same_kernel,
+        xfeatures: img.xfeatures,
+        cpu_has_xfeatures,
+        processes,
+        memory,
+        data_files,
+        restartable,
+    })
 }
 
 #[cfg(test)]

@@ -468,3 +468,80 @@ fn an_application_with_sysv_ipc_is_restarted_as_the_readme_says() {
     assert!(wait_until(T, || lines().len() >= before + 3));
     assert!(lines().iter().all(|l| *l == queue), "{:?}", lines());
 }
+
+#[test]
+fn restart_info_shows_a_version_and_checks_its_data() {
+    let env = Env::new();
+    let job = "exec 3</etc/hostname; i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done";
+    let id = ok(env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "bash", "-c", job])
+        .output()
+        .unwrap());
+    let ids = id.trim().to_string();
+    let log = env.state.path().join(format!("logs/{ids}.out"));
+    assert!(wait_until(T, || counted(&log).len() >= 3));
+    ok(env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", &ids])
+        .output()
+        .unwrap());
+    let info = |json: bool| {
+        let mut c = env.cmd("restart");
+        c.arg("--info");
+        if json {
+            c.arg("--json");
+        }
+        c.args([&ids, "1"]).output().unwrap()
+    };
+    let text = ok(info(false));
+    for part in [
+        "application ",
+        "bash (",
+        "private anonymous",
+        "3 /etc/hostname at 0",
+        "pages-2.img",
+    ] {
+        assert!(text.contains(part), "no '{part}' in:\n{text}");
+    }
+    assert!(
+        text.ends_with("restart would take this version\n"),
+        "{text}"
+    );
+    let i = json(&info(true));
+    assert_eq!(i["processes"][0]["comm"], "bash");
+    assert_eq!(i["restartable"], true);
+    assert!(i["data_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["state"] == "ok"));
+
+    // A flipped byte, a cut file, a lost file: each named, and restart would refuse.
+    let pages = xos::ckpt::image::version_dir(env.state.path(), id.trim().parse().unwrap(), 1)
+        .join("pages-2.img");
+    let good = std::fs::read(&pages).unwrap();
+    let mut bad = good.clone();
+    bad[10] ^= 1;
+    for (data, state) in [
+        (Some(bad), "checksum mismatch"),
+        (Some(good[..good.len() - 1].to_vec()), "truncated"),
+        (None, "missing"),
+    ] {
+        match data {
+            Some(d) => std::fs::write(&pages, d).unwrap(),
+            None => std::fs::remove_file(&pages).unwrap(),
+        }
+        let o = info(true);
+        assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+        let i: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let d = i["data_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["file"] == "pages-2.img")
+            .unwrap();
+        assert_eq!(d["state"], state);
+        assert_eq!(i["restartable"], false);
+    }
+}

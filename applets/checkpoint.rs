@@ -14,7 +14,9 @@ use crate::common;
 /// APP is an application id (as printed by `krgcr-run --print-id`) or the pid of any
 /// process of the application; an id takes precedence over a pid with the same number.
 #[derive(Debug, Parser)]
+// A fixed usage: clap's would list --state-dir as required when XOS_STATE_DIR sets it.
 #[command(name = "checkpoint", version = common::version(), after_help = AFTER)]
+#[command(override_usage = USAGE)]
 #[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list", "logs", "delete", "keep", "prune"])))]
 struct Args {
     /// Freeze every process of APP (cgroup freezer) and wait until the kernel says FROZEN
@@ -37,9 +39,13 @@ struct Args {
     #[arg(short, long, conflicts_with = "app")]
     list: bool,
 
-    /// With --list: print JSON (see below) instead of a table
-    #[arg(long, requires = "list")]
+    /// With --list or -c: print JSON (see below) instead of text
+    #[arg(long)]
     json: bool,
+
+    /// With -c: print nothing once the version is written
+    #[arg(short, long, requires = "checkpoint", conflicts_with = "json")]
+    quiet: bool,
 
     /// Print the logs of a detached APP, also once it has ended: its stdout, then its
     /// stderr on stderr
@@ -75,6 +81,13 @@ struct Args {
     number: Option<u64>,
 }
 
+const USAGE: &str = "\
+checkpoint [OPTIONS] (--freeze|--unfreeze) APP
+       checkpoint [OPTIONS] -c [--kill] [--json|--quiet] APP
+       checkpoint --list [--json]
+       checkpoint --logs APP
+       checkpoint (--delete APP VERSION | --keep N APP | --prune)";
+
 const AFTER: &str = "\
 Examples:
   checkpoint --freeze 6
@@ -103,7 +116,8 @@ are never used twice, also after --delete.
 --list shows the pid of the command (not of the application's init); --list --json
 prints an array with one object per application: id, state (running, freezing,
 frozen or gone), pid (of the command, or null), init_pid, started (seconds since the
-epoch), command (array of strings) and cwd.";
+epoch), command (array of strings) and cwd. -c --json prints one object: app,
+version, dir, processes, bytes (of memory saved) and stopped_ms.";
 
 pub fn command() -> clap::Command {
     Args::command()
@@ -115,6 +129,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(r) => r,
         Err(e) => return common::fail("checkpoint", e),
     };
+    if a.json && !(a.list || a.checkpoint) {
+        eprintln!("checkpoint: --json goes with --list or -c");
+        return 2;
+    }
     if a.list {
         return list(&reg, a.json);
     }
@@ -155,6 +173,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
             timeout,
         };
         return match xos::ckpt::checkpoint(&a.state_dir, &rec, &opts) {
+            Ok(_) if a.quiet => 0,
+            Ok(c) if a.json => {
+                let written = serde_json::json!({
+                    "app": rec.id,
+                    "version": c.version,
+                    "dir": c.dir,
+                    "processes": c.processes,
+                    "bytes": c.bytes,
+                    "stopped_ms": c.stopped.as_millis() as u64,
+                });
+                println!("{written:#}");
+                0
+            }
             Ok(c) => {
                 println!(
                     "application {}: version {} written to {} ({} processes, {:.1} MiB, stopped {} ms)",

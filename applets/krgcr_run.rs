@@ -21,7 +21,10 @@ use crate::common;
 /// exits with CMD's status (128+N if a signal N killed it); SIGTERM, SIGHUP, SIGUSR1
 /// and SIGUSR2 sent to krgcr-run are passed on to every process of the application.
 #[derive(Debug, Parser)]
+// A fixed usage line: clap's would list options set through their environment
+// variable (XOS_STATE_DIR, ...) as if they were required.
 #[command(name = "krgcr-run", version = common::version(), after_help = AFTER)]
+#[command(override_usage = "krgcr-run [OPTIONS] CMD [ARGS]...")]
 struct Args {
     /// Return as soon as the application runs, leaving it under a background
     /// supervisor; its stdin is /dev/null and its output goes to STATE/logs/ID.out and

@@ -27,7 +27,10 @@ use crate::{common, krgcr_run};
 /// Identity and capabilities are restored last, so the rebuilt processes run with
 /// their saved uids, groups and capability sets, not restart's.
 #[derive(Debug, Parser)]
+// A fixed usage: clap's would list --state-dir and --cgroup-parent as required when
+// their environment variables set them.
 #[command(name = "restart", version = common::version(), after_help = AFTER)]
+#[command(override_usage = USAGE)]
 struct Args {
     /// List the checkpoint versions of APP with date, size and process count; without
     /// APP, those of every application that has any, ended ones included
@@ -89,6 +92,11 @@ struct Args {
     #[arg(value_name = "VERSION", required_unless_present = "list")]
     number: Option<u64>,
 }
+
+const USAGE: &str = "\
+restart [OPTIONS] APP VERSION
+       restart --list [--json] [APP]
+       restart --info [--json] APP VERSION";
 
 const AFTER: &str = "\
 Examples:

@@ -142,6 +142,22 @@ fn a_missing_state_dir_is_reported_not_created() {
 }
 
 #[test]
+fn usage_does_not_make_environment_set_options_look_required() {
+    let env = Env::new();
+    for applet in ["krgcr-run", "checkpoint", "restart"] {
+        // XOS_STATE_DIR and XOS_CGROUP_PARENT are set by env.cmd.
+        let o = env.cmd(applet).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{applet}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("Usage: {applet} [OPTIONS]")),
+            "{applet}: {err}"
+        );
+        assert!(!err.contains("--state-dir <DIR>"), "{applet}: {err}");
+    }
+}
+
+#[test]
 fn extra_arguments_are_refused() {
     let env = Env::new();
     for args in [
@@ -337,8 +353,18 @@ fn versions_are_listed_deleted_never_reused_and_restarted_under_a_new_id() {
     assert_eq!(Some(st.ppid as i64), app["init_pid"].as_i64());
     assert_eq!(st.comm, "bash");
 
-    assert_eq!(version_of(cp(&["-c", &ids])), 1);
-    assert_eq!(version_of(cp(&["-c", &ids])), 2);
+    let written = json(&cp(&["-c", "--json", &ids]));
+    assert_eq!(
+        (written["app"].as_u64(), written["version"].as_u64()),
+        (Some(id), Some(1))
+    );
+    assert!(written["bytes"].as_u64().unwrap() > 0 && written["processes"].as_u64() >= Some(1));
+    let quiet = cp(&["-c", "--quiet", &ids]);
+    assert!(
+        quiet.status.success() && quiet.stdout.is_empty(),
+        "{}",
+        show(&quiet)
+    );
     let all = json(
         &env.cmd("restart")
             .args(["--list", "--json"])

@@ -17,7 +17,7 @@ use crate::common;
 // A fixed usage: clap's would list --state-dir as required when XOS_STATE_DIR sets it.
 #[command(name = "checkpoint", version = common::version(), after_help = AFTER)]
 #[command(override_usage = USAGE)]
-#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list", "logs", "delete", "keep", "prune"])))]
+#[command(group(ArgGroup::new("action").args(["freeze", "unfreeze", "checkpoint", "list", "logs", "delete", "keep", "prune"])))]
 struct Args {
     /// Freeze every process of APP (cgroup freezer) and wait until the kernel says FROZEN
     #[arg(long, requires = "app")]
@@ -34,10 +34,6 @@ struct Args {
     /// With -c: kill APP once the checkpoint is written (for migration)
     #[arg(long, requires = "checkpoint")]
     kill: bool,
-
-    /// List the applications in the registry with their state
-    #[arg(short, long, conflicts_with = "app")]
-    list: bool,
 
     /// With --list or -c: print JSON (see below) instead of text
     #[arg(long)]
@@ -64,9 +60,17 @@ struct Args {
     #[arg(long, conflicts_with = "app")]
     prune: bool,
 
+    /// List the applications in the registry with their state
+    #[arg(short, long, conflicts_with = "app")]
+    list: bool,
+
     /// How long to wait for the kernel to freeze or thaw, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
+
+    /// If another checkpoint, restart, freeze or unfreeze of APP is in progress, wait for it instead of failing
+    #[arg(long)]
+    wait: bool,
 
     /// State directory holding the registry
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
@@ -86,6 +90,7 @@ checkpoint [OPTIONS] (--freeze|--unfreeze) APP
        checkpoint [OPTIONS] -c [--kill] [--json|--quiet] APP
        checkpoint --list [--json]
        checkpoint --logs APP
+       checkpoint --wait APP
        checkpoint (--delete APP VERSION | --keep N APP | --prune)";
 
 const AFTER: &str = "\
@@ -98,6 +103,7 @@ Examples:
   checkpoint --delete 6 2  # delete version 2 of application 6
   checkpoint --keep 3 6    # keep only its three newest versions
   checkpoint --prune       # images and logs of applications that ended
+  checkpoint --wait 6      # wait until application 6 ends; exit with its status
 
 Saved for every process of APP (single-threaded ones): memory (private pages that
 were ever touched, shared anonymous memory, file mappings by reference, mm fields,
@@ -116,7 +122,8 @@ are never used twice, also after --delete.
 --list shows the pid of the command (not of the application's init); --list --json
 prints an array with one object per application: id, state (running, freezing,
 frozen or gone), pid (of the command, or null), init_pid, started (seconds since the
-epoch), command (array of strings) and cwd. -c --json prints one object: app,
+epoch), command (array of strings) and cwd. --wait APP alone waits until APP has ended and exits with its
+exit status (128+N if signal N ended it), also when it ended before. -c --json prints one object: app,
 version, dir, processes, bytes (of memory saved) and stopped_ms.";
 
 pub fn command() -> clap::Command {
@@ -129,6 +136,27 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(r) => r,
         Err(e) => return common::fail("checkpoint", e),
     };
+    let acting = a.freeze
+        || a.unfreeze
+        || a.checkpoint
+        || a.list
+        || a.logs
+        || a.delete
+        || a.keep.is_some()
+        || a.prune;
+    if !acting {
+        // --wait alone: wait for APP to end (with an action it waits for APP's lock).
+        if a.wait && a.app.is_some() {
+            return wait_end(&reg, a.app.as_deref().unwrap_or_default());
+        }
+        Args::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "one of --freeze, --unfreeze, -c, --list, --logs, --delete, --keep, --prune \
+                 or --wait APP is needed",
+            )
+            .exit();
+    }
     if a.json && !(a.list || a.checkpoint) {
         eprintln!("checkpoint: --json goes with --list or -c");
         return 2;
@@ -294,6 +322,44 @@ fn ended(a: &Args, id: Option<u64>) -> Option<i32> {
          (`restart {id} {last}`, versions: `restart --list {id}`)"
     );
     Some(1)
+}
+
+/// `--wait APP` alone: waits until APP has ended and returns its exit status.
+fn wait_end(reg: &Registry, spec: &str) -> i32 {
+    let id = match app_id(reg, spec) {
+        Ok(id) => id,
+        Err(code) => return code,
+    };
+    let unknown = || {
+        eprintln!(
+            "checkpoint: application {id} has ended, but no exit status was recorded \
+             (its supervisor was killed, or it never ran)"
+        );
+        1
+    };
+    // The supervisor records the status (a record of the current run drops the
+    // last one) before it removes the record, some time after the init died.
+    let mut grace = None;
+    loop {
+        if let Some(code) = reg.exit_status(id) {
+            return code;
+        }
+        match reg.load(id) {
+            Ok(rec) if rec.alive() => {}
+            Ok(_) => {
+                let until = *grace
+                    .get_or_insert_with(|| std::time::Instant::now() + Duration::from_secs(15));
+                if std::time::Instant::now() > until {
+                    return unknown();
+                }
+            }
+            Err(registry::RegistryError::NotFound(_)) => {
+                return reg.exit_status(id).unwrap_or_else(unknown);
+            }
+            Err(e) => return common::fail("checkpoint", e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The id of a running application by id or pid, or of an ended one by id.

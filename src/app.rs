@@ -601,6 +601,7 @@ impl Running {
             }
         };
         let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+        let _ = self.registry.save_exit(self.record.id, code);
         let cleaned = self.record.cgroup.destroy(CLEANUP_TIMEOUT);
         self.registry.remove(self.record.id)?;
         cleaned?;

@@ -212,11 +212,32 @@ impl Registry {
         Ok(id)
     }
 
-    /// Writes (or replaces) a record atomically.
+    /// Writes (or replaces) a record atomically. The exit status of an earlier
+    /// run of the same application (before a checkpoint and restart) is dropped.
     pub fn save(&self, rec: &AppRecord) -> Result<()> {
         let body = serde_json::to_vec_pretty(rec).expect("records always serialize");
         fsutil::write_checked(&self.record_path(rec.id), MAGIC, FORMAT, &body)?;
+        let _ = fs::remove_file(self.exit_path(rec.id));
         Ok(())
+    }
+
+    fn exit_path(&self, id: u64) -> PathBuf {
+        self.root.join("apps").join(format!("{id}.exit"))
+    }
+
+    /// Records the exit status of application `id` once it has ended, before its
+    /// record is removed (`apps/ID.exit`, read by `checkpoint --wait`).
+    pub fn save_exit(&self, id: u64, code: i32) -> Result<()> {
+        fsutil::write_atomic(&self.exit_path(id), format!("{code}\n").as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// The exit status recorded for application `id`, if its last run has ended
+    /// under its supervisor.
+    pub fn exit_status(&self, id: u64) -> Option<i32> {
+        fs::read_to_string(self.exit_path(id))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
     }
 
     fn load_path(path: &Path) -> Result<AppRecord> {

@@ -571,3 +571,36 @@ fn restart_info_shows_a_version_and_checks_its_data() {
         assert_eq!(i["restartable"], false);
     }
 }
+
+#[test]
+fn wait_returns_the_exit_status_of_a_detached_application() {
+    let env = Env::new();
+    let start = |script: &str| -> String {
+        let id = ok(env
+            .cmd("krgcr-run")
+            .args(["--detach", "--print-id", "sh", "-c", script])
+            .output()
+            .unwrap());
+        id.trim().to_string()
+    };
+    let wait = |id: &str| env.cmd("checkpoint").args(["--wait", id]).output().unwrap();
+    let id = start("sleep 0.5; exit 7");
+    let began = Instant::now();
+    let o = wait(&id);
+    assert_eq!(o.status.code(), Some(7), "{}", show(&o));
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    // Asked again once it has ended: the same status.
+    assert_eq!(wait(&id).status.code(), Some(7));
+    // Killed by a signal: 128 + the signal, as a shell says.
+    let id = start("exec sleep 100");
+    let rec = env.registry().load(id.parse().unwrap()).unwrap();
+    let pid = rec.command_pid().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert_eq!(wait(&id).status.code(), Some(128 + 9));
+    // Nothing to wait for.
+    let o = wait("999");
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no exit status"));
+    let o = env.cmd("checkpoint").arg("7").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+}

@@ -493,6 +493,14 @@ fn an_application_with_sysv_ipc_is_restarted_as_the_readme_says() {
     let before = lines().len();
     assert!(wait_until(T, || lines().len() >= before + 3));
     assert!(lines().iter().all(|l| *l == queue), "{:?}", lines());
+    let saved = json(
+        &env.cmd("ipcrestart")
+            .args(["--info", "--json", "--all", dir])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(saved["objects"][0]["kind"], "msg", "{saved}");
+    assert_eq!(saved["objects"][0]["meta"]["id"].to_string(), queue);
 }
 
 #[test]

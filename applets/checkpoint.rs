@@ -39,7 +39,7 @@ struct Args {
     #[arg(long)]
     json: bool,
 
-    /// With -c: print nothing once the version is written
+    /// With -c: print nothing (no progress, no summary line)
     #[arg(short, long, requires = "checkpoint", conflicts_with = "json")]
     quiet: bool,
 
@@ -122,7 +122,8 @@ are never used twice, also after --delete.
 --list shows the pid of the command (not of the application's init); --list --json
 prints an array with one object per application: id, state (running, freezing,
 frozen or gone), pid (of the command, or null), init_pid, started (seconds since the
-epoch), command (array of strings) and cwd. --wait APP alone waits until APP has ended and exits with its
+epoch), command (array of strings) and cwd. On a terminal, -c shows its progress on stderr (bytes written of the estimated
+total, rate, process), unless --quiet or --json. --wait APP alone waits until APP has ended and exits with its
 exit status (128+N if signal N ended it), also when it ended before. -c --json prints one object: app,
 version, dir, processes, bytes (of memory saved) and stopped_ms.";
 
@@ -200,7 +201,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
             kill: a.kill,
             timeout,
         };
-        return match xos::ckpt::checkpoint(&a.state_dir, &rec, &opts) {
+        // On a terminal, the bytes written so far into the version being made.
+        let progress = (!a.quiet && !a.json)
+            .then(|| {
+                let version = xos::store::next_version(&a.state_dir, rec.id);
+                let tmp =
+                    xos::ckpt::image::app_dir(&a.state_dir, rec.id).join(format!(".{version}.tmp"));
+                let pids = rec.cgroup.pids().unwrap_or_default();
+                crate::progress::checkpoint(rec.id, tmp, crate::progress::memory_estimate(&pids))
+            })
+            .flatten();
+        let written = xos::ckpt::checkpoint(&a.state_dir, &rec, &opts);
+        drop(progress);
+        return match written {
             Ok(_) if a.quiet => 0,
             Ok(c) if a.json => {
                 let written = serde_json::json!({

@@ -9,6 +9,7 @@ mod ipccheckpoint;
 mod ipcrestart;
 mod krgcr_run;
 mod pam_app_aem;
+mod progress;
 mod restart;
 mod stub;
 mod xos_cert;

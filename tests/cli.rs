@@ -612,3 +612,45 @@ fn wait_returns_the_exit_status_of_a_detached_application() {
     let o = env.cmd("checkpoint").arg("7").output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
 }
+
+#[test]
+fn checkpoint_shows_progress_on_a_terminal_only() {
+    let env = Env::new();
+    let job = "import time\nb = bytearray(64 << 20)\nb[::4096] = b'x' * (len(b) // 4096)\n\
+               print('ready', flush=True)\ntime.sleep(1000)";
+    let id = ok(env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "python3", "-c", job])
+        .output()
+        .unwrap());
+    let id = id.trim().to_string();
+    let log = env.state.path().join(format!("logs/{id}.out"));
+    assert!(wait_until(T, || std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")));
+    // Under a pseudo-terminal (script): the line is drawn, then cleared.
+    let o = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{} -c {id}",
+            env.bin.path().join("checkpoint").display()
+        ))
+        .arg("/dev/null")
+        .env("XOS_STATE_DIR", env.state.path())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        shown.contains(&format!("\rcheckpoint: application {id}: ")) && shown.contains(" MiB ("),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("\r\x1b[Kapplication "),
+        "not cleared before the summary: {shown:?}"
+    );
+    // Not on a terminal: the summary alone.
+    let o = env.cmd("checkpoint").args(["-c", &id]).output().unwrap();
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("application {id}: version 2")));
+}

@@ -203,19 +203,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
     krgcr_run::supervise("restart", &reg, &spec, a.detach, false)
 }
 
-/// One version in a listing.
+/// One version in a listing: the stored summary and the application's state.
 #[derive(serde::Serialize)]
 struct Version {
-    app: u64,
-    version: u64,
-    /// Seconds since the epoch.
-    created: u64,
-    /// Bytes of the version's files.
-    size: u64,
-    processes: usize,
+    #[serde(flatten)]
+    summary: xos::store::VersionSummary,
     /// `running`, `frozen`, ... while the application runs, else `ended`.
     state: String,
-    command: Vec<String>,
 }
 
 /// The versions of `app`; an unreadable one is reported and makes `status` 1.
@@ -225,38 +219,14 @@ fn versions(a: &Args, reg: &Registry, app: u64, status: &mut i32) -> Vec<Version
         _ => "ended".to_string(),
     };
     let mut out = Vec::new();
-    for v in image::versions(&a.state_dir, app) {
-        let dir = image::version_dir(&a.state_dir, app, v);
-        let img = xos::fsutil::read_checked(&dir.join("image.json"), image::MAGIC, image::FORMAT)
-            .map_err(anyhow::Error::from)
-            .and_then(|body| {
-                serde_json::from_slice::<image::Image>(&body)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
-            });
-        let img = match img {
-            Ok(img) => img,
-            Err(e) => {
-                *status = common::fail("restart", e);
-                continue;
-            }
-        };
-        let size: u64 = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        out.push(Version {
-            app,
-            version: v,
-            created: img.created,
-            size,
-            processes: img.processes.len(),
-            state: state.clone(),
-            command: img.command,
-        });
+    for summary in xos::store::summaries(&a.state_dir, app) {
+        match summary {
+            Ok(summary) => out.push(Version {
+                summary,
+                state: state.clone(),
+            }),
+            Err(e) => *status = common::fail("restart", e),
+        }
     }
     out
 }
@@ -269,7 +239,7 @@ fn print(a: &Args, versions: &[Version], with_app: bool) {
     }
     let rows: Vec<Vec<String>> = versions
         .iter()
-        .map(|v| {
+        .map(|Version { summary: v, state }| {
             let mut row = vec![
                 v.version.to_string(),
                 common::fmt_time(v.created),
@@ -278,7 +248,7 @@ fn print(a: &Args, versions: &[Version], with_app: bool) {
             ];
             if with_app {
                 row.insert(0, v.app.to_string());
-                row.push(v.state.clone());
+                row.push(state.clone());
                 row.push(common::printable(&v.command.join(" ")));
             }
             row
@@ -313,7 +283,7 @@ fn list(a: &Args, app: u64) -> i32 {
     if all.is_empty() && status == 0 {
         eprintln!(
             "restart: application {app} has no checkpoint in {}",
-            a.state_dir.display()
+            image::app_dir(&a.state_dir, app).display()
         );
         return 1;
     }

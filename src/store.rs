@@ -147,6 +147,59 @@ pub fn prune(state: &Path, registry: &Registry) -> Result<Vec<u64>> {
     Ok(pruned)
 }
 
+/// One version as `restart --list` shows it.
+#[derive(Debug, Serialize)]
+pub struct VersionSummary {
+    pub app: u64,
+    pub version: u64,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// Bytes of the version's files.
+    pub size: u64,
+    pub processes: usize,
+    pub command: Vec<String>,
+}
+
+/// Reads the description of one version of `app`.
+fn read_image(state: &Path, app: u64, version: u64) -> Result<(PathBuf, image::Image)> {
+    let dir = image::version_dir(state, app, version);
+    if !dir.is_dir() {
+        return Err(StoreError::NoVersion { app, version });
+    }
+    let path = dir.join("image.json");
+    let body = fsutil::read_checked(&path, image::MAGIC, image::FORMAT)?;
+    let img = serde_json::from_slice(&body)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    Ok((dir, img))
+}
+
+/// Every version of `app`, ascending; one whose description cannot be read is
+/// its error.
+pub fn summaries(state: &Path, app: u64) -> Vec<Result<VersionSummary>> {
+    image::versions(state, app)
+        .into_iter()
+        .map(|version| {
+            let (dir, img) = read_image(state, app, version)?;
+            let size = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            Ok(VersionSummary {
+                app,
+                version,
+                created: img.created,
+                size,
+                processes: img.processes.len(),
+                command: img.command,
+            })
+        })
+        .collect()
+}
+
 /// What one version holds, for `restart --info`: read from its description and
 /// checked against its data files, without restoring anything.
 #[derive(Debug, Serialize)]
@@ -253,14 +306,7 @@ fn check_data(dir: &Path, b: &image::Blob) -> DataFile {
 
 /// Reads version `version` of `app` and checks every data file (length and CRC32).
 pub fn inspect(state: &Path, app: u64, version: u64) -> Result<Inspection> {
-    let dir = image::version_dir(state, app, version);
-    if !dir.is_dir() {
-        return Err(StoreError::NoVersion { app, version });
-    }
-    let path = dir.join("image.json");
-    let body = fsutil::read_checked(&path, image::MAGIC, image::FORMAT)?;
-    let img: image::Image = serde_json::from_slice(&body)
-        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+    let (dir, img) = read_image(state, app, version)?;
     let mut memory: Vec<MemoryInfo> = Vec::new();
     let mut processes = Vec::new();
     for p in &img.processes {

@@ -3,9 +3,10 @@
 //! numbers that are never handed out twice, removing versions, and what a version
 //! holds.
 //!
-//! `images/APP/last-version` holds the highest number ever given to a version of
+//! `images/.last-version/APP` holds the highest number ever given to a version of
 //! APP, so that a version deleted (by `checkpoint --delete` or by hand) is never
-//! followed by a different version with its number.
+//! followed by a different version with its number. It is kept beside the
+//! versions, not among them, so that `images/APP/` holds versions only.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,13 @@ use crate::ckpt::image;
 use crate::fsutil::{self, PathError};
 use crate::registry::{Registry, RegistryError};
 
-const LAST: &str = "last-version";
+/// The counter of `app`'s version numbers.
+fn last_path(state: &Path, app: u64) -> PathBuf {
+    state
+        .join("images")
+        .join(".last-version")
+        .join(app.to_string())
+}
 
 /// Errors of the image store; each names the application, version or file.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +46,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 /// The number of the next version of `app`: one above every version there is and
 /// every one there was (see [`record_version`]).
 pub fn next_version(state: &Path, app: u64) -> u64 {
-    let last = std::fs::read_to_string(image::app_dir(state, app).join(LAST))
+    let last = std::fs::read_to_string(last_path(state, app))
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(0);
@@ -54,9 +61,11 @@ pub fn next_version(state: &Path, app: u64) -> u64 {
 /// Records that `version` of `app` is being made visible, before it is, so that
 /// its number stays taken whatever happens to it later.
 pub fn record_version(state: &Path, app: u64, version: u64) -> std::result::Result<(), PathError> {
-    let dir = image::app_dir(state, app);
-    fsutil::create_dir_all(&dir, 0o700)?;
-    fsutil::write_atomic(&dir.join(LAST), format!("{version}\n").as_bytes(), 0o644)
+    let path = last_path(state, app);
+    if let Some(dir) = path.parent() {
+        fsutil::create_dir_all(dir, 0o700)?;
+    }
+    fsutil::write_atomic(&path, format!("{version}\n").as_bytes(), 0o644)
 }
 
 /// Applications that have at least one complete version, ascending.
@@ -135,6 +144,7 @@ pub fn prune(state: &Path, registry: &Registry) -> Result<Vec<u64>> {
         if dir.exists() {
             remove(&dir)?;
         }
+        let _ = std::fs::remove_file(last_path(state, id));
         for log in registry.log_paths(id) {
             match std::fs::remove_file(&log) {
                 Ok(()) => {}
@@ -399,7 +409,7 @@ mod tests {
         assert_eq!(image::versions(s, 4), vec![1]);
         assert_eq!(fake_version(s, 4), 3);
         // Removed by hand, marker and all: still above what is there.
-        std::fs::remove_file(image::app_dir(s, 4).join(LAST)).unwrap();
+        std::fs::remove_file(last_path(s, 4)).unwrap();
         assert_eq!(fake_version(s, 4), 4);
         assert!(matches!(
             delete(s, 4, 2),

@@ -257,8 +257,9 @@ pub struct ProcessInfo {
 
 #[derive(Debug, Serialize)]
 pub struct MemoryInfo {
-    /// `private anonymous`, `private file`, `shared file`, `shared anonymous`, `kernel`.
-    pub kind: &'static str,
+    /// `private anonymous`, `private file`, `shared file`, `shared anonymous`,
+    /// `kernel`, or the lowercase name of another kind of mapping.
+    pub kind: String,
     pub mappings: usize,
     pub mapped: u64,
     /// Page contents saved in the image (shared files are kept by reference).
@@ -275,42 +276,79 @@ pub struct DataFile {
 
 const PAGE: u64 = 4096;
 
-fn kind_of(b: &image::Backing) -> &'static str {
-    match b {
-        image::Backing::Anon => "private anonymous",
-        image::Backing::File { shared: false, .. } => "private file",
-        image::Backing::File { shared: true, .. } => "shared file",
-        image::Backing::SharedAnon { .. } => "shared anonymous",
-        image::Backing::Special { .. } => "kernel",
+/// The variant name and fields of an image enum value, as its description
+/// serializes it, so that kinds added to the image format are shown too.
+fn variant(value: &impl Serialize) -> (String, serde_json::Value) {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => (name, serde_json::Value::Null),
+        Ok(serde_json::Value::Object(m)) if m.len() == 1 => {
+            let (name, fields) = m.into_iter().next().expect("one entry");
+            (name, fields)
+        }
+        _ => (String::from("?"), serde_json::Value::Null),
+    }
+}
+
+fn kind_of(b: &image::Backing) -> String {
+    let (name, fields) = variant(b);
+    match name.as_str() {
+        "Anon" => "private anonymous".into(),
+        "File" if fields["shared"] == true => "shared file".into(),
+        "File" => "private file".into(),
+        "SharedAnon" => "shared anonymous".into(),
+        "Special" => "kernel".into(),
+        other => other.to_ascii_lowercase(),
     }
 }
 
 fn describe_fd(f: &image::Fd) -> String {
-    match &f.kind {
-        image::FdKind::Path { path, pos } => format!("{} {} at {pos}", f.fd, path.display()),
-        image::FdKind::Pipe { id, write } => {
-            format!(
-                "{} pipe {id} ({})",
-                f.fd,
-                if *write { "write" } else { "read" }
-            )
-        }
-        image::FdKind::Inherited { std } => format!("{} inherited {std} from the restarter", f.fd),
+    let (name, v) = variant(&f.kind);
+    let text = |k: &str| {
+        v[k].as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v[k].to_string())
+    };
+    match name.as_str() {
+        "Path" => format!("{} {} at {}", f.fd, text("path"), v["pos"]),
+        "Pipe" if v["write"] == true => format!("{} pipe {} (write)", f.fd, v["id"]),
+        "Pipe" => format!("{} pipe {} (read)", f.fd, v["id"]),
+        "Inherited" => format!("{} inherited {} from the restarter", f.fd, v["std"]),
+        other if v.is_null() => format!("{} {}", f.fd, other.to_ascii_lowercase()),
+        other => format!("{} {} {v}", f.fd, other.to_ascii_lowercase()),
     }
 }
 
-fn check_data(dir: &Path, b: &image::Blob) -> DataFile {
-    let state = match std::fs::read(dir.join(&b.file)) {
-        Err(_) => "missing".to_string(),
-        Ok(d) if (d.len() as u64) < b.len => "truncated".to_string(),
-        Ok(d) if (d.len() as u64) > b.len => "overlong".to_string(),
-        Ok(d) if crc32fast::hash(&d) != b.crc => "checksum mismatch".to_string(),
-        Ok(_) => "ok".to_string(),
+/// Every data file the description records (`file`, `len`, `crc` objects, found
+/// wherever they are, so that kinds of data added to the format are checked too).
+fn blobs(v: &serde_json::Value, out: &mut Vec<(String, u64, u32)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let (Some(file), Some(len), Some(crc)) = (
+                m.get("file").and_then(|f| f.as_str()),
+                m.get("len").and_then(|l| l.as_u64()),
+                m.get("crc").and_then(|c| c.as_u64()),
+            ) {
+                out.push((file.to_string(), len, crc as u32));
+            }
+            m.values().for_each(|x| blobs(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| blobs(x, out)),
+        _ => {}
+    }
+}
+
+fn check_data(dir: &Path, (file, len, crc): (String, u64, u32)) -> DataFile {
+    let state = match std::fs::read(dir.join(&file)) {
+        Err(_) => "missing",
+        Ok(d) if (d.len() as u64) < len => "truncated",
+        Ok(d) if (d.len() as u64) > len => "overlong",
+        Ok(d) if crc32fast::hash(&d) != crc => "checksum mismatch",
+        Ok(_) => "ok",
     };
     DataFile {
-        file: b.file.clone(),
-        len: b.len,
-        state,
+        file,
+        len,
+        state: state.to_string(),
     }
 }
 
@@ -358,14 +396,12 @@ pub fn inspect(state: &Path, app: u64, version: u64) -> Result<Inspection> {
     if let Some(m) = memory.iter_mut().find(|m| m.kind == "shared anonymous") {
         m.saved = img.shared.iter().map(|b| b.len).sum();
     }
-    let data_files: Vec<DataFile> = img
-        .processes
-        .iter()
-        .map(|p| &p.pages)
-        .chain(img.shared.iter())
-        .chain(img.pipes.iter().map(|p| &p.data))
-        .map(|b| check_data(&dir, b))
-        .collect();
+    let mut found = Vec::new();
+    blobs(
+        &serde_json::to_value(&img).expect("images serialize"),
+        &mut found,
+    );
+    let data_files: Vec<DataFile> = found.into_iter().map(|b| check_data(&dir, b)).collect();
     let same_kernel = img.kernel == crate::ckpt::kernel_release();
     let cpu_has_xfeatures = img.xfeatures & !crate::ckpt::restore::cpu_xfeatures() == 0;
     let restartable =

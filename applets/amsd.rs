@@ -55,7 +55,12 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Admin {
     /// List the leased pool accounts
-    Leases,
+    Leases {
+        /// Print JSON: an array of objects with name, uid, vo, global_id, subject,
+        /// last_used and expires (seconds since the epoch)
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the lease of a user (name, uid, global id or subject)
     Show { user: String },
     /// Release the lease of a user, freeing the account
@@ -86,6 +91,7 @@ Configuration keys (default file /etc/xos/nss_pam/pam_xos.conf):
 Examples:
   xos-amsd --foreground
   xos-amsd leases
+  xos-amsd leases --json
   xos-amsd ban /O=testbed0/CN=mallory
 
 Exit status: 0 on success, 1 on error or refusal.";
@@ -98,10 +104,14 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
     match a.admin {
         Some(cmd) => {
-            let socket = a
-                .socket
-                .or_else(|| Config::load(&a.config, false).ok().map(|c| c.socket))
-                .unwrap_or_else(|| PathBuf::from(proto::DEFAULT_SOCKET));
+            // The same socket as the daemon's: the option, else the file's.
+            let socket = match a.socket {
+                Some(s) => s,
+                None => match Config::load(&a.config, false) {
+                    Ok(c) => c.socket,
+                    Err(e) => return common::fail("xos-amsd", e),
+                },
+            };
             match admin(&socket, cmd) {
                 Ok(code) => code,
                 Err(e) => common::fail("xos-amsd", e),
@@ -179,7 +189,7 @@ fn call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
 
 fn admin(socket: &Path, cmd: Admin) -> anyhow::Result<i32> {
     let req = match &cmd {
-        Admin::Leases => Request::ListLeases,
+        Admin::Leases { .. } => Request::ListLeases,
         Admin::Show { user } => Request::ShowLease(user.clone()),
         Admin::Release { user } => Request::Release(user.clone()),
         Admin::Ban { who } => Request::Ban(who.clone()),
@@ -192,20 +202,25 @@ fn admin(socket: &Path, cmd: Admin) -> anyhow::Result<i32> {
         },
     };
     match call(socket, &req)? {
+        Response::Leases(l) if matches!(cmd, Admin::Leases { json: true }) => {
+            println!("{}", serde_json::to_string_pretty(&l)?);
+        }
         Response::Leases(l) => {
-            println!(
-                "{:<8} {:<10} {:<40} {:<20} SUBJECT",
-                "UID", "VO", "NAME", "EXPIRES"
-            );
-            for x in l {
-                println!(
-                    "{:<8} {:<10} {:<40} {:<20} {}",
-                    x.uid,
-                    x.vo,
-                    x.name,
-                    common::fmt_time(x.expires),
-                    x.subject
-                );
+            let rows: Vec<Vec<String>> = l
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.uid.to_string(),
+                        x.vo.clone(),
+                        x.name.clone(),
+                        common::fmt_time(x.expires),
+                        x.subject.clone(),
+                    ]
+                })
+                .collect();
+            let header = ["UID", "VO", "NAME", "EXPIRES", "SUBJECT"];
+            for line in common::table(&header, &rows, &[0]) {
+                println!("{line}");
             }
         }
         Response::Lease(Some(x)) => {

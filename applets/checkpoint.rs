@@ -19,8 +19,10 @@ use crate::common;
 /// APP is an application id (as printed by `krgcr-run --print-id`) or the pid of any
 /// process of the application; an id takes precedence over a pid with the same number.
 #[derive(Debug, Parser)]
+// A fixed usage: clap's would list --state-dir as required when XOS_STATE_DIR sets it.
 #[command(name = "checkpoint", version = common::version(), after_help = AFTER)]
-#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list"])))]
+#[command(override_usage = USAGE)]
+#[command(group(ArgGroup::new("action").args(["freeze", "unfreeze", "checkpoint", "list", "logs", "delete", "keep", "prune"])))]
 struct Args {
     /// Freeze every process of APP (cgroup freezer) and wait until the kernel says FROZEN
     #[arg(long, requires = "app")]
@@ -38,8 +40,33 @@ struct Args {
     #[arg(long, requires = "checkpoint")]
     kill: bool,
 
+    /// With --list or -c: print JSON (see below) instead of text
+    #[arg(long)]
+    json: bool,
+
+    /// With -c: print nothing (no progress, no summary line)
+    #[arg(short, long, requires = "checkpoint", conflicts_with = "json")]
+    quiet: bool,
+
+    /// Print the logs of a detached APP, also once it has ended: its stdout, then its
+    /// stderr on stderr
+    #[arg(long, requires = "app")]
+    logs: bool,
+
+    /// Delete checkpoint version VERSION of APP (its number is never used again)
+    #[arg(long, requires_all = ["app", "number"])]
+    delete: bool,
+
+    /// Delete all but the newest N checkpoint versions of APP
+    #[arg(long, value_name = "N", requires = "app")]
+    keep: Option<usize>,
+
+    /// Delete the images and logs of every application that is not running
+    #[arg(long, conflicts_with = "app")]
+    prune: bool,
+
     /// List the applications in the registry with their state
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "app")]
     list: bool,
 
     /// How long to wait for the kernel (freezing, thawing, every task stopping), in seconds
@@ -61,7 +88,19 @@ struct Args {
     /// Application id, or pid of a process of the application
     #[arg(value_name = "APP")]
     app: Option<String>,
+
+    /// With --delete: the version to delete
+    #[arg(value_name = "VERSION", requires = "delete")]
+    number: Option<u64>,
 }
+
+const USAGE: &str = "\
+checkpoint [OPTIONS] (--freeze|--unfreeze) APP
+       checkpoint [OPTIONS] -c [--kill] [--json|--quiet] APP
+       checkpoint --list [--json]
+       checkpoint --logs APP
+       checkpoint --wait APP
+       checkpoint (--delete APP VERSION | --keep N APP | --prune)";
 
 const AFTER: &str = "\
 Examples:
@@ -70,6 +109,10 @@ Examples:
   checkpoint -c --kill 6   # ... then kill it (for migration)
   checkpoint --unfreeze 6
   checkpoint --list
+  checkpoint --delete 6 2  # delete version 2 of application 6
+  checkpoint --keep 3 6    # keep only its three newest versions
+  checkpoint --prune       # images and logs of applications that ended
+  checkpoint --wait 6      # wait until application 6 ends; exit with its status
 
 Saved for every process of APP: memory (private pages that were ever touched,
 shared anonymous memory, file mappings by reference, mm fields, vDSO), every
@@ -92,7 +135,16 @@ version left by a killed checkpoint is removed by the next one. One operation
 (checkpoint, restart, freeze, unfreeze) runs on APP at a time: a second one
 fails at once naming the first, or waits with --wait.
 
-Images are written to STATE/images/APP/VERSION/ (see restart(1)).";
+Images are written to STATE/images/APP/VERSION/ (see restart(1)); version numbers
+are never used twice, also after --delete.
+
+--list shows the pid of the command (not of the application's init); --list --json
+prints an array with one object per application: id, state (running, freezing,
+frozen or gone), pid (of the command, or null), init_pid, started (seconds since the
+epoch), command (array of strings) and cwd. On a terminal, -c shows its progress on stderr (bytes written of the estimated
+total, rate, process), unless --quiet or --json. --wait APP alone waits until APP has ended and exits with its
+exit status (128+N if signal N ended it), also when it ended before. -c --json prints one object: app,
+version, dir, processes, bytes (of memory saved) and stopped_ms.";
 
 pub fn command() -> clap::Command {
     Args::command()
@@ -100,12 +152,43 @@ pub fn command() -> clap::Command {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
-    let reg = match Registry::open(&a.state_dir) {
+    let reg = match Registry::open_existing(&a.state_dir) {
         Ok(r) => r,
         Err(e) => return common::fail("checkpoint", e),
     };
+    let acting = a.freeze
+        || a.unfreeze
+        || a.checkpoint
+        || a.list
+        || a.logs
+        || a.delete
+        || a.keep.is_some()
+        || a.prune;
+    if !acting {
+        // --wait alone: wait for APP to end (with an action it waits for APP's lock).
+        if a.wait && a.app.is_some() {
+            return wait_end(&reg, a.app.as_deref().unwrap_or_default());
+        }
+        Args::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "one of --freeze, --unfreeze, -c, --list, --logs, --delete, --keep, --prune \
+                 or --wait APP is needed",
+            )
+            .exit();
+    }
+    if a.json && !(a.list || a.checkpoint) {
+        eprintln!("checkpoint: --json goes with --list or -c");
+        return 2;
+    }
     if a.list {
-        return list(&reg);
+        return list(&reg, a.json);
+    }
+    if a.logs {
+        return logs(&reg, a.app.as_deref().unwrap_or_default());
+    }
+    if a.delete || a.keep.is_some() || a.prune {
+        return delete(&a, &reg);
     }
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         eprintln!(
@@ -118,14 +201,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let spec = a.app.as_deref().unwrap_or_default();
     let rec = match reg.resolve(spec) {
         Ok(r) => r,
-        Err(e) => return common::fail("checkpoint", e),
+        Err(e) => {
+            return ended(&a, spec.trim().parse().ok())
+                .unwrap_or_else(|| common::fail("checkpoint", e))
+        }
     };
     if !rec.alive() {
-        eprintln!(
-            "checkpoint: application {} is not running (its root process {} is gone)",
-            rec.id, rec.root_pid
-        );
-        return 1;
+        return ended(&a, Some(rec.id)).unwrap_or_else(|| {
+            eprintln!(
+                "checkpoint: application {} is not running (its root process {} is gone)",
+                rec.id, rec.root_pid
+            );
+            1
+        });
     }
     if a.checkpoint {
         // SIGINT, SIGTERM and SIGHUP abort the checkpoint cleanly: the
@@ -143,7 +231,32 @@ pub fn main(args: Vec<OsString>) -> i32 {
             ghost_limit: a.ghost_limit,
             cancel: Some(cancel),
         };
-        return match xos::ckpt::checkpoint(&a.state_dir, &rec, &opts) {
+        // On a terminal, the bytes written so far into the version being made.
+        let progress = (!a.quiet && !a.json)
+            .then(|| {
+                let version = xos::store::next_version(&a.state_dir, rec.id);
+                let tmp =
+                    xos::ckpt::image::app_dir(&a.state_dir, rec.id).join(format!(".{version}.tmp"));
+                let pids = rec.cgroup.pids().unwrap_or_default();
+                crate::progress::checkpoint(rec.id, tmp, crate::progress::memory_estimate(&pids))
+            })
+            .flatten();
+        let written = xos::ckpt::checkpoint(&a.state_dir, &rec, &opts);
+        drop(progress);
+        return match written {
+            Ok(_) if a.quiet => 0,
+            Ok(c) if a.json => {
+                let written = serde_json::json!({
+                    "app": rec.id,
+                    "version": c.version,
+                    "dir": c.dir,
+                    "processes": c.processes,
+                    "bytes": c.bytes,
+                    "stopped_ms": c.stopped.as_millis() as u64,
+                });
+                println!("{written:#}");
+                0
+            }
             Ok(c) => {
                 println!(
                     "application {}: version {} written to {} ({} processes, {:.1} MiB, stopped {} ms)",
@@ -187,31 +300,204 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
-fn list(reg: &Registry) -> i32 {
+/// One application in `--list --json`.
+#[derive(serde::Serialize)]
+struct Listed {
+    id: u64,
+    state: String,
+    /// Host pid of the command (None once only the init is left).
+    pid: Option<i32>,
+    /// Host pid of the application's init.
+    init_pid: i32,
+    /// Seconds since the epoch.
+    started: u64,
+    command: Vec<String>,
+    cwd: std::path::PathBuf,
+}
+
+fn list(reg: &Registry, json: bool) -> i32 {
     let records = match reg.list() {
         Ok(r) => r,
         Err(e) => return common::fail("checkpoint", e),
     };
     let mut status = 0;
-    println!(
-        "{:<6} {:<9} {:>8} {:<20} COMMAND",
-        "ID", "STATE", "PID", "STARTED"
-    );
+    let mut apps = Vec::new();
     for r in records {
         match r {
-            Ok(rec) => println!(
-                "{:<6} {:<9} {:>8} {:<20} {}",
-                rec.id,
-                rec.state(),
-                rec.root_pid,
-                common::fmt_time(rec.started),
-                rec.command.join(" ")
-            ),
+            Ok(rec) => apps.push(Listed {
+                id: rec.id,
+                state: rec.state().to_string(),
+                pid: rec.command_pid(),
+                init_pid: rec.root_pid,
+                started: rec.started,
+                command: rec.command,
+                cwd: rec.cwd,
+            }),
             Err(e) => {
                 status = 1;
                 common::fail("checkpoint", e);
             }
         }
     }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&apps).expect("listings serialize")
+        );
+        return status;
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.to_string(),
+                a.state.clone(),
+                a.pid.map_or("-".to_string(), |p| p.to_string()),
+                common::fmt_time(a.started),
+                common::printable(&a.command.join(" ")),
+            ]
+        })
+        .collect();
+    let header = ["ID", "STATE", "PID", "STARTED", "COMMAND"];
+    for line in common::table(&header, &rows, &[2]) {
+        println!("{line}");
+    }
     status
+}
+
+/// For an application that has ended but left checkpoints: says so and what to do,
+/// and returns the exit status.
+fn ended(a: &Args, id: Option<u64>) -> Option<i32> {
+    let id = id?;
+    let versions = xos::ckpt::image::versions(&a.state_dir, id);
+    let last = versions.last()?;
+    eprintln!(
+        "checkpoint: application {id} has ended; restart it from a checkpoint \
+         (`restart {id} {last}`, versions: `restart --list {id}`)"
+    );
+    Some(1)
+}
+
+/// `--wait APP` alone: waits until APP has ended and returns its exit status.
+fn wait_end(reg: &Registry, spec: &str) -> i32 {
+    let id = match app_id(reg, spec) {
+        Ok(id) => id,
+        Err(code) => return code,
+    };
+    let unknown = || {
+        eprintln!(
+            "checkpoint: application {id} has ended, but no exit status was recorded \
+             (its supervisor was killed, or it never ran)"
+        );
+        1
+    };
+    // The supervisor records the status (a record of the current run drops the
+    // last one) before it removes the record, some time after the init died.
+    let mut grace = None;
+    loop {
+        if let Some(code) = reg.exit_status(id) {
+            return code;
+        }
+        match reg.load(id) {
+            Ok(rec) if rec.alive() => {}
+            Ok(_) => {
+                let until = *grace
+                    .get_or_insert_with(|| std::time::Instant::now() + Duration::from_secs(15));
+                if std::time::Instant::now() > until {
+                    return unknown();
+                }
+            }
+            Err(registry::RegistryError::NotFound(_)) => {
+                return reg.exit_status(id).unwrap_or_else(unknown);
+            }
+            Err(e) => return common::fail("checkpoint", e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The id of a running application by id or pid, or of an ended one by id.
+fn app_id(reg: &Registry, spec: &str) -> Result<u64, i32> {
+    match reg.resolve(spec) {
+        Ok(rec) => Ok(rec.id),
+        Err(e) => spec
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| common::fail("checkpoint", e)),
+    }
+}
+
+/// --delete, --keep and --prune.
+fn delete(a: &Args, reg: &Registry) -> i32 {
+    if a.prune {
+        return match xos::store::prune(&a.state_dir, reg) {
+            Ok(ids) => {
+                for id in ids {
+                    println!("application {id}: images and logs deleted");
+                }
+                0
+            }
+            Err(e) => common::fail("checkpoint", e),
+        };
+    }
+    let id = match app_id(reg, a.app.as_deref().unwrap_or_default()) {
+        Ok(id) => id,
+        Err(code) => return code,
+    };
+    let deleted = match (a.keep, a.number) {
+        (Some(n), _) => xos::store::keep(&a.state_dir, id, n),
+        (None, Some(v)) => xos::store::delete(&a.state_dir, id, v).map(|()| vec![v]),
+        (None, None) => unreachable!("clap requires VERSION with --delete"),
+    };
+    match deleted {
+        Ok(versions) => {
+            for v in versions {
+                println!("application {id}: version {v} deleted");
+            }
+            0
+        }
+        Err(e) => common::fail("checkpoint", e),
+    }
+}
+
+/// Copies the logs of a detached application (a running one by id or pid, an ended
+/// one by id) to stdout and stderr.
+fn logs(reg: &Registry, spec: &str) -> i32 {
+    let id = match app_id(reg, spec) {
+        Ok(id) => id,
+        Err(code) => return code,
+    };
+    let paths = reg.log_paths(id);
+    if !paths.iter().any(|p| p.exists()) {
+        eprintln!(
+            "checkpoint: application {id} has no logs in {} (only a detached application \
+             without --stdout and --stderr has)",
+            paths[0].parent().unwrap_or(reg.root()).display()
+        );
+        return 1;
+    }
+    for (path, to_stdout) in paths.iter().zip([true, false]) {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return common::fail("checkpoint", anyhow::anyhow!("{}: {e}", path.display()))
+            }
+        };
+        let copied = if to_stdout {
+            std::io::copy(&mut f, &mut std::io::stdout().lock())
+        } else {
+            std::io::copy(&mut f, &mut std::io::stderr().lock())
+        };
+        match copied {
+            Ok(_) => {}
+            Err(e) if to_stdout && e.kind() == std::io::ErrorKind::BrokenPipe => {
+                common::closed_stdout("checkpoint")
+            }
+            Err(e) => {
+                return common::fail("checkpoint", anyhow::anyhow!("{}: {e}", path.display()))
+            }
+        }
+    }
+    0
 }

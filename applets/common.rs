@@ -42,6 +42,40 @@ pub fn fail<E: Into<anyhow::Error>>(applet: &str, err: E) -> i32 {
     1
 }
 
+/// Makes a write to a closed stdout (`checkpoint --list | head -1`) end the applet
+/// as it ends coreutils: killed by SIGPIPE if the caller left that signal at its
+/// default, else `APPLET: write error: Broken pipe` and status 1; never a panic.
+/// The Rust runtime ignores SIGPIPE, so `println!` panics on EPIPE instead; the
+/// signal is not simply restored for the whole process because the daemon and the
+/// supervisors write to sockets and pipes whose peer may go away.
+pub fn quiet_on_closed_stdout(applet: &'static str) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let epipe = format!("(os error {})", libc::EPIPE);
+        let p = info.payload();
+        let broken = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .is_some_and(|m| m.starts_with("failed printing to stdout") && m.ends_with(&epipe));
+        if !broken {
+            return default_hook(info);
+        }
+        closed_stdout(applet)
+    }));
+}
+
+/// Ends the applet after a write to a closed stdout, as coreutils ends: by SIGPIPE
+/// if the caller left it at its default, else with one line and status 1.
+pub fn closed_stdout(applet: &str) -> ! {
+    use nix::sys::signal::Signal::SIGPIPE;
+    if !xos::process::caller_ignores(SIGPIPE) && xos::process::caller_disposition(SIGPIPE).is_ok() {
+        let _ = nix::sys::signal::raise(SIGPIPE);
+    }
+    eprintln!("{applet}: write error: Broken pipe");
+    std::process::exit(1);
+}
+
 /// Prints a clap error (or the help/version it carries) and returns its status.
 pub fn clap_exit(e: clap::Error) -> ! {
     e.exit()
@@ -51,6 +85,60 @@ pub fn clap_exit(e: clap::Error) -> ! {
 /// --version, prints what clap says and exits with its status.
 pub fn parse_args<A: clap::Parser>(args: Vec<std::ffi::OsString>) -> A {
     A::try_parse_from(args).unwrap_or_else(|e| clap_exit(e))
+}
+
+/// The lines of a table whose columns are as wide as their widest cell, separated
+/// by two spaces; columns marked in `right` (numbers) are aligned right. The last
+/// column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let last = i + 1 == cells.len();
+            let w = if last && !right.contains(&i) {
+                0
+            } else {
+                widths[i]
+            };
+            if right.contains(&i) {
+                let _ = write!(s, "{c:>w$}");
+            } else {
+                let _ = write!(s, "{c:<w$}");
+            }
+            if !last {
+                s.push_str("  ");
+            }
+        }
+        s
+    };
+    std::iter::once(line(header.to_vec()))
+        .chain(
+            rows.iter()
+                .map(|r| line(r.iter().map(String::as_str).collect())),
+        )
+        .collect()
+}
+
+/// `text` on one line: newlines, tabs and other control characters escaped
+/// (`\n`), so that a listing has one line per entry whatever a command holds.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Parses a size such as `512M`, `2G`, `1048576` or `64k` (powers of 1024).
@@ -116,6 +204,27 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn printable_is_one_line() {
+        assert_eq!(printable("sh -c 'a\nb\tc' é"), "sh -c 'a\\nb\\tc' é");
+    }
+
+    #[test]
+    fn tables() {
+        let rows = vec![
+            vec!["7".to_string(), "a-long-name".to_string(), "x".to_string()],
+            vec!["12345".to_string(), "b".to_string(), "yy".to_string()],
+        ];
+        assert_eq!(
+            table(&["ID", "NAME", "END"], &rows, &[0]),
+            [
+                "   ID  NAME         END",
+                "    7  a-long-name  x",
+                "12345  b            yy"
+            ]
+        );
     }
 
     #[test]

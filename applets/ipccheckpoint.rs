@@ -149,7 +149,7 @@ impl NsTarget {
     pub fn enter(&self) -> anyhow::Result<()> {
         let pid = match (&self.app, self.pid) {
             (Some(spec), _) => {
-                let rec = Registry::open(&self.state_dir)?.resolve(spec)?;
+                let rec = Registry::open_existing(&self.state_dir)?.resolve(spec)?;
                 if !rec.alive() {
                     anyhow::bail!(
                         "application {} is not running (its root process {} is gone)",

@@ -54,6 +54,12 @@ struct Args {
     #[arg(short, long)]
     info: bool,
 
+    /// With --info: print JSON: for FILE an object with file, bytes, format, kind
+    /// (msg, sem or shm) and meta (the file's metadata, see ipccheckpoint(1)); for
+    /// DIR an object with dir, saved, limits and objects (one such object each)
+    #[arg(long, requires = "info")]
+    json: bool,
+
     #[command(flatten)]
     ns: NsTarget,
 
@@ -68,8 +74,8 @@ struct Args {
 
 const USAGE: &str = "ipcrestart [OPTIONS] [-m|-s|-M] FILE
        ipcrestart [OPTIONS] --all DIR
-       ipcrestart --info FILE
-       ipcrestart --info --all DIR";
+       ipcrestart --info [--json] FILE
+       ipcrestart --info [--json] --all DIR";
 
 const AFTER: &str = "\
 Examples:
@@ -112,6 +118,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     if a.info {
         let r = match (&a.all, &a.file) {
+            (Some(dir), _) if a.json => json_dir(dir),
+            (None, Some(file)) if a.json => json_file(file, expect),
             (Some(dir), _) => info_dir(dir),
             (None, Some(file)) => info_file(file, expect),
             (None, None) => unreachable!("clap requires FILE or --all"),
@@ -158,6 +166,44 @@ fn info_file(path: &Path, expect: Option<Kind>) -> anyhow::Result<()> {
         anyhow::bail!("{}: holds a {}, not a {k}", path.display(), img.kind());
     }
     print_image(&img, true);
+    Ok(())
+}
+
+/// One saved object as `--info --json` shows it.
+fn image_json(img: &Image) -> serde_json::Value {
+    let meta = match img.meta() {
+        Meta::Msg(m) => serde_json::to_value(m),
+        Meta::Sem(m) => serde_json::to_value(m),
+        Meta::Shm(m) => serde_json::to_value(m),
+    }
+    .expect("metadata serializes");
+    serde_json::json!({
+        "file": img.path(),
+        "bytes": img.file_len(),
+        "format": sysvipc::format::VERSION,
+        "kind": img.kind(),
+        "meta": meta,
+    })
+}
+
+fn json_file(path: &Path, expect: Option<Kind>) -> anyhow::Result<()> {
+    let img = Image::open(path)?;
+    if let Some(k) = expect.filter(|k| *k != img.kind()) {
+        anyhow::bail!("{}: holds a {}, not a {k}", path.display(), img.kind());
+    }
+    println!("{:#}", image_json(&img));
+    Ok(())
+}
+
+fn json_dir(dir: &Path) -> anyhow::Result<()> {
+    let (m, images) = sysvipc::open_all(dir)?;
+    let all = serde_json::json!({
+        "dir": dir,
+        "saved": m.saved,
+        "limits": m.limits,
+        "objects": images.iter().map(image_json).collect::<Vec<_>>(),
+    });
+    println!("{all:#}");
     Ok(())
 }
 

@@ -21,9 +21,14 @@ use crate::common;
 /// exits with CMD's status (128+N if a signal N killed it); SIGTERM, SIGHUP, SIGUSR1
 /// and SIGUSR2 sent to krgcr-run are passed on to every process of the application.
 #[derive(Debug, Parser)]
+// A fixed usage line: clap's would list options set through their environment
+// variable (XOS_STATE_DIR, ...) as if they were required.
 #[command(name = "krgcr-run", version = common::version(), after_help = AFTER)]
+#[command(override_usage = "krgcr-run [OPTIONS] CMD [ARGS]...")]
 struct Args {
-    /// Return as soon as the application runs, leaving it under a background supervisor
+    /// Return as soon as the application runs, leaving it under a background
+    /// supervisor; its stdin is /dev/null and its output goes to STATE/logs/ID.out and
+    /// ID.err (see checkpoint --logs) unless --stdin, --stdout or --stderr say otherwise
     #[arg(short, long)]
     detach: bool,
 
@@ -124,6 +129,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.stdout = a.stdout;
     spec.stderr = a.stderr;
     spec.new_session = a.detach;
+    if a.detach {
+        detached_stdio(&mut spec);
+    }
     let reg = match Registry::open(&a.state_dir) {
         Ok(r) => r,
         Err(e) => return setup_failed("krgcr-run", e.into()),
@@ -187,6 +195,14 @@ pub fn supervise_then(
         }
         Err(e) => setup_failed(applet, e),
     }
+}
+
+/// A detached application must not hold its caller's terminal or pipes (a
+/// `$(krgcr-run --detach ...)` capture would wait for it to end): streams without a
+/// file go to /dev/null (stdin) and to the application's logs.
+pub fn detached_stdio(spec: &mut LaunchSpec) {
+    spec.stdin.get_or_insert_with(|| PathBuf::from("/dev/null"));
+    spec.logs = true;
 }
 
 fn setup_failed(applet: &str, e: app::LaunchError) -> i32 {

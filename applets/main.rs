@@ -9,6 +9,7 @@ mod ipccheckpoint;
 mod ipcrestart;
 mod krgcr_run;
 mod pam_app_aem;
+mod progress;
 mod restart;
 mod stub;
 mod xos_cert;
@@ -99,6 +100,31 @@ fn names() -> String {
 
 /// The definition of `xos` itself.
 pub fn xos_command() -> Command {
+    xos_options()
+        .arg(
+            Arg::new("applet")
+                .value_name("APPLET")
+                .help("The applet to run"),
+        )
+        .arg(
+            Arg::new("args")
+                .value_name("ARGS")
+                .num_args(0..)
+                .trailing_var_arg(true)
+                .allow_hyphen_values(true)
+                .value_parser(clap::value_parser!(OsString))
+                .help("Arguments of the applet"),
+        )
+        .after_help(format!(
+            "Applets: {}\n\nEnvironment: RUST_LOG sets what every applet logs on stderr \
+             (default warn, e.g. RUST_LOG=debug); the applets' own variables are in their \
+             pages.",
+            names()
+        ))
+}
+
+/// The options of `xos` itself, without the applet and its arguments.
+fn xos_options() -> Command {
     Command::new("xos")
         .version(common::version())
         .about("XtreemOS node-level services: one binary, many applets")
@@ -119,7 +145,7 @@ pub fn xos_command() -> Command {
                 .long("install")
                 .value_name("DIR")
                 .value_parser(clap::value_parser!(PathBuf))
-                .help("Create a symlink to this binary in DIR for every applet"),
+                .help("Create a symlink to this binary in DIR for xos and every applet"),
         )
         .arg(
             Arg::new("force")
@@ -129,20 +155,33 @@ pub fn xos_command() -> Command {
                 .help("With --install, replace files that are not links to this binary"),
         )
         .arg(
-            Arg::new("applet")
-                .value_name("APPLET")
-                .help("The applet to run"),
+            Arg::new("completions")
+                .long("completions")
+                .value_name("SHELL")
+                .value_parser(clap::value_parser!(clap_complete::Shell))
+                .help(
+                    "Print the shell completions of xos and every applet (of APPLET only, if \
+                     given) for bash, zsh, fish, elvish or powershell",
+                ),
         )
-        .arg(
-            Arg::new("args")
-                .value_name("ARGS")
-                .num_args(0..)
-                .trailing_var_arg(true)
-                .allow_hyphen_values(true)
-                .value_parser(clap::value_parser!(OsString))
-                .help("Arguments of the applet"),
-        )
-        .after_help(format!("Applets: {}", names()))
+}
+
+/// Completions of xos (its applets as subcommands) and of every applet under its
+/// own name, or of `only`.
+fn completions(shell: clap_complete::Shell, only: Option<&str>) -> i32 {
+    if let Some(name) = only.filter(|n| *n != "xos" && find(n).is_none()) {
+        return unknown(name);
+    }
+    let mut script = Vec::new();
+    if only.is_none_or(|n| n == "xos") {
+        let mut xos = xos_options().subcommands(APPLETS.iter().map(|a| (a.command)()));
+        clap_complete::generate(shell, &mut xos, "xos", &mut script);
+    }
+    for a in APPLETS.iter().filter(|a| only.is_none_or(|n| n == a.name)) {
+        clap_complete::generate(shell, &mut (a.command)(), a.name, &mut script);
+    }
+    print!("{}", String::from_utf8_lossy(&script));
+    0
 }
 
 fn unknown(name: &str) -> i32 {
@@ -170,6 +209,9 @@ fn xos_main(args: Vec<OsString>) -> i32 {
             println!("{}", a.name);
         }
         return 0;
+    }
+    if let Some(&shell) = m.get_one::<clap_complete::Shell>("completions") {
+        return completions(shell, m.get_one::<String>("applet").map(String::as_str));
     }
     if let Some(dir) = m.get_one::<PathBuf>("install") {
         return match install(dir, m.get_flag("force")) {
@@ -203,15 +245,15 @@ fn install(dir: &Path, force: bool) -> anyhow::Result<()> {
         anyhow::bail!("{}: not a directory", dir.display());
     }
     let mut todo = Vec::new();
-    for a in APPLETS {
-        let link = dir.join(a.name);
+    // `xos` too, so that DIR alone gives every name (it may be the binary itself).
+    for name in std::iter::once("xos").chain(APPLETS.iter().map(|a| a.name)) {
+        let link = dir.join(name);
         match std::fs::symlink_metadata(&link) {
             Err(_) => todo.push((link, false)),
             Ok(md) => {
-                let ours = md.file_type().is_symlink()
-                    && std::fs::canonicalize(&link)
-                        .map(|t| t == exe)
-                        .unwrap_or(false);
+                let ours = std::fs::canonicalize(&link)
+                    .map(|t| t == exe)
+                    .unwrap_or(false);
                 if ours {
                     continue;
                 }
@@ -257,6 +299,14 @@ fn main() {
         .and_then(|a| Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let name = match (
+        find(&base),
+        args.get(1).and_then(|a| find(&a.to_string_lossy())),
+    ) {
+        (Some(a), _) | (None, Some(a)) => a.name,
+        (None, None) => "xos",
+    };
+    common::quiet_on_closed_stdout(name);
     let code = match find(&base) {
         Some(applet) => (applet.run)(args),
         None if base == "xos" || base.is_empty() => xos_main(args),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use xos::vo::config::{self, Config};
 use xos::vo::proto::{self, Account, Request, Response, Session};
 use xos::vo::session;
 
@@ -33,9 +34,13 @@ use crate::common;
     after_help = AFTER
 )]
 struct Args {
-    /// The daemon's socket
-    #[arg(short, long, value_name = "PATH", env = "XOS_AMSD_SOCKET", default_value = proto::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// The daemon's socket (default: the configuration file's Socket)
+    #[arg(short, long, value_name = "PATH", env = "XOS_AMSD_SOCKET")]
+    socket: Option<PathBuf>,
+
+    /// The configuration file shared with xos-amsd, read for its Socket
+    #[arg(short, long, value_name = "FILE", env = "XOS_AMSD_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
 
     /// The job id (the session's cgroup is aem_jobid_ID); default: this process's pid
     #[arg(short, long, value_name = "ID", env = "XOS_JOB_ID")]
@@ -79,12 +84,19 @@ fn fail(msg: impl std::fmt::Display) -> i32 {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
+    let socket = match a.socket {
+        Some(s) => s,
+        None => match Config::load(&a.config, false) {
+            Ok(c) => c.socket,
+            Err(e) => return fail(common::one_line(&e)),
+        },
+    };
     let pem = match xos::fsutil::read_string(&a.cert) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
     // auth: validate and map.
-    let acct = match call(&a.socket, &Request::Map { cert_pem: pem }) {
+    let acct = match call(&socket, &Request::Map { cert_pem: pem }) {
         Ok(Response::Mapped(acct)) => acct,
         Ok(Response::Refused(why)) => return fail(format!("authentication refused: {why}")),
         Ok(Response::Error(e)) => return fail(format!("authentication failed: {e}")),
@@ -93,7 +105,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     let user = acct.passwd.name.clone();
     // account: policy.
-    match call(&a.socket, &Request::CheckAccount { user: user.clone() }) {
+    match call(&socket, &Request::CheckAccount { user: user.clone() }) {
         Ok(Response::Ok) => {}
         Ok(Response::Refused(why)) => return fail(format!("account refused: {why}")),
         Ok(other) => return fail(format!("account check failed: {other:?}")),
@@ -106,7 +118,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         return fail(e);
     }
     let sess = match call(
-        &a.socket,
+        &socket,
         &Request::OpenSession {
             user: user.clone(),
             job_id: job_id.clone(),
@@ -124,7 +136,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         job_id: job_id.clone(),
         keep_pid: Some(me),
     };
-    match call(&a.socket, &close) {
+    match call(&socket, &close) {
         Ok(Response::Ok) => {}
         Ok(other) => eprintln!("pam_app_aem: closing the session of job {job_id}: {other:?}"),
         Err(e) => eprintln!("pam_app_aem: closing the session of job {job_id}: {e}"),
@@ -158,6 +170,8 @@ fn run(acct: &Account, sess: &Session, job_id: &str, cmd: &[OsString]) -> i32 {
     // makes system calls and returns an error or execs.
     unsafe {
         c.pre_exec(move || {
+            // std resets SIGPIPE to default; CMD gets what pam_app_aem's caller gave.
+            xos::process::caller_dispositions();
             if private_tmp {
                 session::private_tmp(tmp.0, tmp.1).map_err(std::io::Error::other)?;
             }

@@ -30,13 +30,32 @@ use crate::{common, krgcr_run};
 /// Identity and capabilities are restored last, so the rebuilt processes run with
 /// their saved uids, groups and capability sets, not restart's.
 #[derive(Debug, Parser)]
+// A fixed usage: clap's would list --state-dir and --cgroup-parent as required when
+// their environment variables set them.
 #[command(name = "restart", version = common::version(), after_help = AFTER)]
+#[command(override_usage = USAGE)]
 struct Args {
-    /// List the checkpoint versions of APP with date, size and process count
-    #[arg(short, long)]
+    /// List the checkpoint versions of APP with date, size and process count; without
+    /// APP, those of every application that has any, ended ones included
+    #[arg(short, long, conflicts_with_all = ["number", "detach", "frozen", "stdin", "stdout", "stderr", "new_id"])]
     list: bool,
 
-    /// Return as soon as the application runs again
+    /// Show what version VERSION of APP holds (processes, memory by kind, open
+    /// files, kernel, CPU features) and check its data files; restore nothing
+    #[arg(long, requires_all = ["app", "number"], conflicts_with_all = ["list", "detach", "frozen", "stdin", "stdout", "stderr", "new_id"])]
+    info: bool,
+
+    /// With --list or --info: print JSON (see below) instead of text
+    #[arg(long)]
+    json: bool,
+
+    /// Start a second copy of the application under a new id (printed on stdout)
+    /// instead of taking back its own id; the original may still run
+    #[arg(long)]
+    new_id: bool,
+
+    /// Return as soon as the application runs again; its inherited output is appended
+    /// to its logs (STATE/logs/ID.out, ID.err) unless --stdout or --stderr are given
     #[arg(short, long)]
     detach: bool,
 
@@ -73,7 +92,11 @@ struct Args {
     stderr: Option<PathBuf>,
 
     /// Application id
-    #[arg(value_name = "APP")]
+    #[arg(value_name = "APP", id = "app", required_unless_present = "list")]
+    app_arg: Option<u64>,
+
+    /// APP once --list is handled (only --list may go without it)
+    #[arg(skip)]
     app: u64,
 
     /// Checkpoint version to restart from (1, 2, ...)
@@ -81,12 +104,34 @@ struct Args {
     number: Option<u64>,
 }
 
+const USAGE: &str = "\
+restart [OPTIONS] APP VERSION
+       restart --list [--json] [APP]
+       restart --info [--json] APP VERSION";
+
 const AFTER: &str = "\
 Examples:
   restart 6 1            # restart application 6 from its first checkpoint
   restart --list 6
   restart --detach --stdout out.log 6 2
   restart --detach --frozen 6 2   # rebuilt but frozen until checkpoint --unfreeze 6
+  restart --list                  # the versions of every application, ended ones too
+  restart --info 6 2              # what version 2 holds, its data files checked
+  ID=$(restart --detach --new-id 6 2)   # a second copy of application 6
+
+--info shows the processes of the version (pid, parent, group, session, command,
+uid, memory mapped and saved, open descriptors), its memory by kind of mapping, the
+kernel and CPU features it needs, and the state of every data file (length and
+CRC32 checked); exit status 1 if restart would refuse it. --info --json prints one
+object: app, version, created, command, cwd, owner_uid, owner_gid, kernel,
+same_kernel, xfeatures, cpu_has_xfeatures, processes (pid, ppid, pgid, sid, comm,
+exe, uid, gid, mapped, saved, files), memory (kind, mappings, mapped, saved),
+data_files (file, len, state: ok, missing, truncated, overlong or checksum
+mismatch) and restartable.
+
+--list --json prints an array with one object per version: app, version (numbers),
+created (seconds since the epoch), size (bytes), processes (number), state
+(running, freezing, frozen or ended) and command (array of strings).
 
 Exit status: the application's, as with krgcr-run; with --detach 0 once it runs;
 1 (or 125) if the image is missing, corrupt or made on another kernel or CPU.";
@@ -97,9 +142,24 @@ pub fn command() -> clap::Command {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
-    if a.list {
-        return list(&a);
+    if let Err(e) = Registry::open_existing(&a.state_dir) {
+        return common::fail("restart", e);
     }
+    if a.json && !(a.list || a.info) {
+        eprintln!("restart: --json goes with --list or --info");
+        return 2;
+    }
+    if a.info {
+        return info(&a);
+    }
+    if a.list {
+        return match a.app_arg {
+            Some(app) => list(&a, app),
+            None => list_all(&a),
+        };
+    }
+    let mut a = a;
+    a.app = a.app_arg.unwrap_or_default();
     let version = a.number.unwrap_or_default();
     let reg = match Registry::open(&a.state_dir) {
         Ok(r) => r,
@@ -112,13 +172,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Err(e) => return common::fail("restart", e),
     };
     match reg.load(a.app) {
-        Ok(rec) if rec.alive() => {
+        Ok(rec) if rec.alive() && !a.new_id => {
             eprintln!(
-                "restart: application {} is running (pid {}); stop it before restarting it",
+                "restart: application {} is running (pid {}); stop it before restarting it, \
+                 or restart it under a new id with --new-id",
                 a.app, rec.root_pid
             );
             return 1;
         }
+        Ok(rec) if rec.alive() => {}
         Ok(_) => {
             let _ = reg.remove(a.app);
         }
@@ -151,7 +213,21 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.stdout = a.stdout;
     spec.stderr = a.stderr;
     spec.new_session = a.detach;
+    if a.detach {
+        krgcr_run::detached_stdio(&mut spec);
+    }
     spec.app_id = Some(a.app);
+    if a.new_id {
+        // Printed before the launch, as the caller needs it while a restart that
+        // does not detach runs.
+        match reg.allocate_id() {
+            Ok(id) => {
+                spec.app_id = Some(id);
+                println!("{id}");
+            }
+            Err(e) => return common::fail("restart", e),
+        }
+    }
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
     spec.allow_changed_files = a.allow_changed_files;
@@ -164,46 +240,230 @@ pub fn main(args: Vec<OsString>) -> i32 {
     })
 }
 
-fn list(a: &Args) -> i32 {
-    let versions = image::versions(&a.state_dir, a.app);
-    if versions.is_empty() {
+/// One version in a listing: the stored summary and the application's state.
+#[derive(serde::Serialize)]
+struct Version {
+    #[serde(flatten)]
+    summary: xos::store::VersionSummary,
+    /// `running`, `frozen`, ... while the application runs, else `ended`.
+    state: String,
+}
+
+/// The versions of `app`; an unreadable one is reported and makes `status` 1.
+fn versions(a: &Args, reg: &Registry, app: u64, status: &mut i32) -> Vec<Version> {
+    let state = match reg.load(app) {
+        Ok(rec) if rec.alive() => rec.state().to_string(),
+        _ => "ended".to_string(),
+    };
+    let mut out = Vec::new();
+    for summary in xos::store::summaries(&a.state_dir, app) {
+        match summary {
+            Ok(summary) => out.push(Version {
+                summary,
+                state: state.clone(),
+            }),
+            Err(e) => *status = common::fail("restart", e),
+        }
+    }
+    out
+}
+
+fn print(a: &Args, versions: &[Version], with_app: bool) {
+    if a.json {
+        let text = serde_json::to_string_pretty(versions).expect("versions serialize");
+        println!("{text}");
+        return;
+    }
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|Version { summary: v, state }| {
+            let mut row = vec![
+                v.version.to_string(),
+                common::fmt_time(v.created),
+                format!("{:.1}M", v.size as f64 / (1u64 << 20) as f64),
+                v.processes.to_string(),
+            ];
+            if with_app {
+                row.insert(0, v.app.to_string());
+                row.push(state.clone());
+                row.push(common::printable(&v.command.join(" ")));
+            }
+            row
+        })
+        .collect();
+    let lines = if with_app {
+        let header = [
+            "APP",
+            "VERSION",
+            "DATE",
+            "SIZE",
+            "PROCESSES",
+            "STATE",
+            "COMMAND",
+        ];
+        common::table(&header, &rows, &[3, 4])
+    } else {
+        common::table(&["VERSION", "DATE", "SIZE", "PROCESSES"], &rows, &[2, 3])
+    };
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+fn list(a: &Args, app: u64) -> i32 {
+    let reg = match Registry::open_existing(&a.state_dir) {
+        Ok(r) => r,
+        Err(e) => return common::fail("restart", e),
+    };
+    let mut status = 0;
+    let all = versions(a, &reg, app, &mut status);
+    if all.is_empty() && status == 0 {
         eprintln!(
-            "restart: application {} has no checkpoint in {}",
-            a.app,
-            a.state_dir.display()
+            "restart: application {app} has no checkpoint in {}",
+            image::app_dir(&a.state_dir, app).display()
         );
         return 1;
     }
-    println!("{:<8} {:<20} {:>10} PROCESSES", "VERSION", "DATE", "SIZE");
+    print(a, &all, false);
+    status
+}
+
+fn list_all(a: &Args) -> i32 {
+    let reg = match Registry::open_existing(&a.state_dir) {
+        Ok(r) => r,
+        Err(e) => return common::fail("restart", e),
+    };
+    let apps = match xos::store::apps(&a.state_dir) {
+        Ok(apps) => apps,
+        Err(e) => return common::fail("restart", e),
+    };
     let mut status = 0;
-    for v in versions {
-        let dir = image::version_dir(&a.state_dir, a.app, v);
-        let body =
-            match xos::fsutil::read_checked(&dir.join("image.json"), image::MAGIC, image::FORMAT) {
-                Ok(b) => b,
-                Err(e) => {
-                    status = common::fail("restart", e);
-                    continue;
-                }
-            };
-        let size: u64 = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        match serde_json::from_slice::<image::Image>(&body) {
-            Ok(img) => println!(
-                "{:<8} {:<20} {:>9.1}M {}",
-                v,
-                common::fmt_time(img.created),
-                size as f64 / (1u64 << 20) as f64,
-                img.processes.len()
-            ),
-            Err(e) => status = common::fail("restart", anyhow::anyhow!("{}: {e}", dir.display())),
+    let all: Vec<Version> = apps
+        .into_iter()
+        .flat_map(|app| versions(a, &reg, app, &mut status))
+        .collect();
+    print(a, &all, true);
+    status
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}M", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn info(a: &Args) -> i32 {
+    let (app, version) = (a.app_arg.unwrap_or_default(), a.number.unwrap_or_default());
+    if let Err(e) = Registry::open_existing(&a.state_dir) {
+        return common::fail("restart", e);
+    }
+    let i = match xos::store::inspect(&a.state_dir, app, version) {
+        Ok(i) => i,
+        Err(e) => return common::fail("restart", e),
+    };
+    let status = if i.restartable { 0 } else { 1 };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&i).expect("inspections serialize")
+        );
+        return status;
+    }
+    let yes_no = |ok: bool, no: &str| {
+        if ok {
+            String::new()
+        } else {
+            format!(" ({no})")
+        }
+    };
+    println!(
+        "application {} version {}, taken {}",
+        i.app,
+        i.version,
+        common::fmt_time(i.created)
+    );
+    println!("command: {}", common::printable(&i.command.join(" ")));
+    println!(
+        "working directory: {}, owner {}:{}",
+        i.cwd.display(),
+        i.owner_uid,
+        i.owner_gid
+    );
+    println!(
+        "kernel: {}{}",
+        i.kernel,
+        yes_no(i.same_kernel, "not this kernel")
+    );
+    println!(
+        "CPU state features: {:#x}{}",
+        i.xfeatures,
+        yes_no(i.cpu_has_xfeatures, "this CPU lacks some")
+    );
+    println!();
+    let rows: Vec<Vec<String>> = i
+        .processes
+        .iter()
+        .map(|p| {
+            vec![
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                p.pgid.to_string(),
+                p.sid.to_string(),
+                p.uid.to_string(),
+                mib(p.mapped),
+                mib(p.saved),
+                format!("{} ({})", common::printable(&p.comm), p.exe.display()),
+            ]
+        })
+        .collect();
+    let header = [
+        "PID", "PPID", "PGID", "SID", "UID", "MAPPED", "SAVED", "COMMAND",
+    ];
+    for l in common::table(&header, &rows, &[5, 6]) {
+        println!("{l}");
+    }
+    println!();
+    let rows: Vec<Vec<String>> = i
+        .memory
+        .iter()
+        .map(|m| {
+            vec![
+                m.kind.to_string(),
+                m.mappings.to_string(),
+                mib(m.mapped),
+                mib(m.saved),
+            ]
+        })
+        .collect();
+    for l in common::table(
+        &["MEMORY", "MAPPINGS", "MAPPED", "SAVED"],
+        &rows,
+        &[1, 2, 3],
+    ) {
+        println!("{l}");
+    }
+    for p in &i.processes {
+        println!();
+        println!("open files of process {}:", p.pid);
+        for f in &p.files {
+            println!("  {}", common::printable(f));
         }
     }
+    println!();
+    let rows: Vec<Vec<String>> = i
+        .data_files
+        .iter()
+        .map(|d| vec![d.file.clone(), d.len.to_string(), d.state.clone()])
+        .collect();
+    for l in common::table(&["DATA FILE", "BYTES", "STATE"], &rows, &[1]) {
+        println!("{l}");
+    }
+    println!();
+    println!(
+        "{}",
+        if i.restartable {
+            "restart would take this version"
+        } else {
+            "restart would refuse this version"
+        }
+    );
     status
 }

@@ -55,6 +55,10 @@ pub struct LaunchSpec {
     pub stderr: Option<PathBuf>,
     /// Start the application in a session of its own (detached from the terminal).
     pub new_session: bool,
+    /// Send the output of a stream without a file above to the application's log
+    /// (`STATE/logs/ID.out`, `ID.err`), appending, so the log of an application
+    /// goes on across checkpoint and restart.
+    pub logs: bool,
     /// Reuse this application id instead of allocating one (restart).
     pub app_id: Option<u64>,
     /// Rebuild the processes of this image (directory, image) instead of running
@@ -81,6 +85,7 @@ impl LaunchSpec {
             stdout: None,
             stderr: None,
             new_session: false,
+            logs: false,
             app_id: None,
             restore: None,
             stay_frozen: false,
@@ -202,33 +207,61 @@ fn exit_code(status: WaitStatus) -> Option<i32> {
     }
 }
 
+/// How a file given for a standard stream is opened.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Read,
+    Truncate,
+    Append,
+}
+
+fn open_stream(stream: &'static str, path: &Path, mode: Mode) -> Result<File> {
+    let mut o = OpenOptions::new();
+    match mode {
+        Mode::Read => o.read(true),
+        Mode::Truncate => o.write(true).create(true).truncate(true).mode(0o644),
+        Mode::Append => o.append(true).create(true).mode(0o640),
+    };
+    o.custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| LaunchError::Open {
+            stream,
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 fn open_stdio(spec: &LaunchSpec) -> Result<[Option<File>; 3]> {
-    let open =
-        |stream: &'static str, path: &Option<PathBuf>, write: bool| -> Result<Option<File>> {
-            let Some(path) = path else { return Ok(None) };
-            let mut o = OpenOptions::new();
-            if write && spec.restore.is_some() {
-                // A restarted application goes on writing: never cut a file.
-                o.append(true).create(true).mode(0o644);
-            } else if write {
-                o.write(true).create(true).truncate(true).mode(0o644);
-            } else {
-                o.read(true);
-            }
-            o.custom_flags(libc::O_CLOEXEC)
-                .open(path)
-                .map(Some)
-                .map_err(|source| LaunchError::Open {
-                    stream,
-                    path: path.clone(),
-                    source,
-                })
-        };
+    let open = |stream, path: &Option<PathBuf>, mode| {
+        path.as_deref()
+            .map(|p| open_stream(stream, p, mode))
+            .transpose()
+    };
+    // A restarted application goes on writing: never cut a file.
+    let out = if spec.restore.is_some() {
+        Mode::Append
+    } else {
+        Mode::Truncate
+    };
     Ok([
-        open("stdin", &spec.stdin, false)?,
-        open("stdout", &spec.stdout, true)?,
-        open("stderr", &spec.stderr, true)?,
+        open("stdin", &spec.stdin, Mode::Read)?,
+        open("stdout", &spec.stdout, out)?,
+        open("stderr", &spec.stderr, out)?,
     ])
+}
+
+/// Opens the application's logs for the output streams `stdio` leaves unset.
+fn open_logs(registry: &Registry, id: u64, stdio: &mut [Option<File>; 3]) -> Result<()> {
+    let paths = registry.log_paths(id);
+    if let Some(dir) = paths[0].parent() {
+        crate::fsutil::create_dir_all(dir, 0o750).map_err(RegistryError::from)?;
+    }
+    for ((slot, path), stream) in stdio[1..].iter_mut().zip(&paths).zip(["stdout", "stderr"]) {
+        if slot.is_none() {
+            *slot = Some(open_stream(stream, path, Mode::Append)?);
+        }
+    }
+    Ok(())
 }
 
 /// Starts the application and returns once its command has been executed; the
@@ -248,12 +281,15 @@ fn launch_closing(
     if spec.argv.is_empty() {
         return Err(LaunchError::NoCommand);
     }
-    let stdio = open_stdio(spec)?;
+    let mut stdio = open_stdio(spec)?;
     let layout = Layout::detect()?;
     let id = match spec.app_id {
         Some(id) => id,
         None => registry.allocate_id()?,
     };
+    if spec.logs {
+        open_logs(registry, id, &mut stdio)?;
+    }
     let controllers: Vec<&str> = spec.controllers.iter().map(String::as_str).collect();
     let group = layout.group_with(&format!("{}/app-{id}", spec.cgroup_parent), &controllers)?;
     group.create()?;
@@ -504,6 +540,9 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
             None
         }
         Ok(ForkResult::Child) => {
+            // The command starts as its caller's would from a shell: the caller's
+            // dispositions (not the runtime's ignored SIGPIPE) and mask.
+            process::caller_dispositions();
             let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
             let e = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
             let _ = write!(err, "exec {}", e as i32);
@@ -583,6 +622,7 @@ impl Running {
             }
         };
         let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+        let _ = self.registry.save_exit(self.record.id, code);
         let cleaned = self.record.cgroup.destroy(CLEANUP_TIMEOUT);
         self.registry.remove(self.record.id)?;
         cleaned?;

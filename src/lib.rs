@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod ns;
 pub mod process;
 pub mod registry;
+pub mod store;
 mod sys;
 pub mod sysvipc;
 pub mod vo;

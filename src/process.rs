@@ -86,6 +86,30 @@ pub fn ns_inode(pid: i32, kind: &str) -> Result<u64, ProcError> {
         .ok_or(ProcError::Parse { pid, path })
 }
 
+/// Whether the caller of this process had `sig` ignored when it started (before the
+/// Rust runtime set SIGPIPE to ignored).
+pub fn caller_ignores(sig: nix::sys::signal::Signal) -> bool {
+    crate::sys::caller_ignored(sig as i32)
+}
+
+/// Gives `sig` back the disposition the caller of this process gave it: ignored,
+/// or the default action.
+pub fn caller_disposition(sig: nix::sys::signal::Signal) -> nix::Result<()> {
+    crate::sys::caller_disposition(sig as i32)
+}
+
+/// Gives every signal the disposition the caller of this process gave it (what a
+/// shell passes to a command), undoing the runtime's ignored SIGPIPE and any
+/// handler; for a child about to execute a command.
+pub fn caller_dispositions() {
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // glibc reserves two real-time signals and refuses them: nothing to do.
+            let _ = crate::sys::caller_disposition(sig);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,17 @@ impl AppRecord {
         process::alive(self.root_pid, self.root_starttime)
     }
 
+    /// Host pid of the application's first process below its init: the command
+    /// krgcr-run started, or the oldest process restart rebuilt under the init.
+    pub fn command_pid(&self) -> Option<i32> {
+        let pids = self.cgroup.pids().ok()?;
+        pids.into_iter()
+            .filter_map(|p| process::stat(p).ok())
+            .filter(|s| s.ppid == self.root_pid)
+            .min_by_key(|s| (s.starttime, s.pid))
+            .map(|s| s.pid)
+    }
+
     /// Current state as the kernel reports it.
     pub fn state(&self) -> AppState {
         if !self.alive() {
@@ -105,6 +116,8 @@ impl AppRecord {
 pub enum RegistryError {
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error("state directory {} does not exist (see --state-dir and $XOS_STATE_DIR)", .0.display())]
+    NoStateDir(PathBuf),
     #[error("application {0} is not in the registry")]
     NotFound(u64),
     #[error("no application has id or process {0}")]
@@ -144,9 +157,26 @@ impl Registry {
         })
     }
 
+    /// Opens the registry under `state_dir`, which must exist: for commands that
+    /// only read or change what is there, so that a mistyped directory is reported
+    /// instead of created.
+    pub fn open_existing(state_dir: &Path) -> Result<Registry> {
+        if !state_dir.is_dir() {
+            return Err(RegistryError::NoStateDir(state_dir.to_path_buf()));
+        }
+        Self::open(state_dir)
+    }
+
     /// The state directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The logs of application `id` (`logs/ID.out`, `logs/ID.err`), where a
+    /// detached application's output goes.
+    pub fn log_paths(&self, id: u64) -> [PathBuf; 2] {
+        let dir = self.root.join("logs");
+        ["out", "err"].map(|ext| dir.join(format!("{id}.{ext}")))
     }
 
     fn record_path(&self, id: u64) -> PathBuf {
@@ -182,11 +212,32 @@ impl Registry {
         Ok(id)
     }
 
-    /// Writes (or replaces) a record atomically.
+    /// Writes (or replaces) a record atomically. The exit status of an earlier
+    /// run of the same application (before a checkpoint and restart) is dropped.
     pub fn save(&self, rec: &AppRecord) -> Result<()> {
         let body = serde_json::to_vec_pretty(rec).expect("records always serialize");
         fsutil::write_checked(&self.record_path(rec.id), MAGIC, FORMAT, &body)?;
+        let _ = fs::remove_file(self.exit_path(rec.id));
         Ok(())
+    }
+
+    fn exit_path(&self, id: u64) -> PathBuf {
+        self.root.join("apps").join(format!("{id}.exit"))
+    }
+
+    /// Records the exit status of application `id` once it has ended, before its
+    /// record is removed (`apps/ID.exit`, read by `checkpoint --wait`).
+    pub fn save_exit(&self, id: u64, code: i32) -> Result<()> {
+        fsutil::write_atomic(&self.exit_path(id), format!("{code}\n").as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// The exit status recorded for application `id`, if its last run has ended
+    /// under its supervisor.
+    pub fn exit_status(&self, id: u64) -> Option<i32> {
+        fs::read_to_string(self.exit_path(id))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
     }
 
     fn load_path(path: &Path) -> Result<AppRecord> {

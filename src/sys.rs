@@ -41,3 +41,56 @@ pub(crate) fn file_from_raw(fd: std::os::fd::RawFd) -> std::fs::File {
     // SAFETY: callers pass a fresh descriptor (from F_DUPFD) that nothing else owns.
     unsafe { std::fs::File::from_raw_fd(fd) }
 }
+
+/// Signals the caller of this process had ignored, bit N-1 for signal N. Recorded
+/// by a constructor, before the Rust runtime sets SIGPIPE to ignored, because a
+/// command xos starts must get its caller's dispositions, as from a shell.
+static CALLER_IGNORED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[used]
+#[link_section = ".init_array"]
+static RECORD_CALLER_IGNORED: extern "C" fn() = record_caller_ignored;
+
+extern "C" fn record_caller_ignored() {
+    let mut bits = 0u64;
+    for sig in 1..=64 {
+        // SAFETY: a zeroed sigaction is a valid value to be overwritten, and a
+        // query (null new action) only writes `old`.
+        let ignored = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+        };
+        if ignored {
+            bits |= 1 << (sig - 1);
+        }
+    }
+    CALLER_IGNORED.store(bits, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the caller of this process had signal `sig` ignored.
+pub(crate) fn caller_ignored(sig: i32) -> bool {
+    (1..=64).contains(&sig)
+        && CALLER_IGNORED.load(std::sync::atomic::Ordering::Relaxed) & (1 << (sig - 1)) != 0
+}
+
+/// Gives signal `sig` the disposition (ignored or default) the caller of this
+/// process gave it.
+pub(crate) fn caller_disposition(sig: i32) -> nix::Result<()> {
+    let handler = if caller_ignored(sig) {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: SIG_IGN and SIG_DFL register no code; the zeroed rest (empty mask,
+    // no flags) is a valid sigaction.
+    let r = unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = handler;
+        libc::sigaction(sig, &act, std::ptr::null_mut())
+    };
+    if r < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}

@@ -110,7 +110,7 @@ fn install_creates_links_and_refuses_foreign_files() {
     let o = run(false);
     assert!(o.status.success(), "{}", show(&o));
     let exe = std::fs::canonicalize(xos()).unwrap();
-    for a in ALL {
+    for a in ALL.iter().chain(&["xos"]) {
         let l = d.path().join(a);
         assert!(std::fs::symlink_metadata(&l)
             .unwrap()
@@ -151,6 +151,22 @@ fn install_creates_links_and_refuses_foreign_files() {
     assert_eq!(
         std::fs::canonicalize(e.path().join("restart")).unwrap(),
         exe
+    );
+
+    // Into the binary's own directory: the binary itself stays as it is.
+    let f = tempfile::tempdir().unwrap();
+    let own = f.path().join("xos");
+    std::fs::copy(xos(), &own).unwrap();
+    let o = Command::new(&own)
+        .arg("--install")
+        .arg(f.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(std::fs::symlink_metadata(&own).unwrap().is_file());
+    assert_eq!(
+        std::fs::read_link(f.path().join("checkpoint")).unwrap(),
+        std::fs::canonicalize(&own).unwrap()
     );
 
     let o = Command::new(xos())

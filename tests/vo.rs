@@ -10,12 +10,12 @@ mod vo_common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::{bind_over, in_private_mount_ns, show, wait_until};
-use vo_common::{modules_dir, xos_cmd, Daemon, Pki};
+use vo_common::{modules_dir, run_ok, xos_cmd, Daemon, Pki};
 use xos::vo::proto::{self, Request, Response};
 
 fn pool(vo: &str, uid: u32, n: u32) -> String {
@@ -228,6 +228,11 @@ fn two_daemons_sharing_a_lease_directory_never_share_an_account() {
 /// Runs `cmd` with glibc NSS configured as `passwd: files xos` in a private mount
 /// namespace; returns (status, stdout).
 fn with_nss(d: &Daemon, cmds: &[&[&str]]) -> Vec<(i32, String)> {
+    with_nss_env(("XOS_AMSD_SOCKET", d.socket()), cmds)
+}
+
+/// [`with_nss`] with `env` telling the module where the daemon is.
+fn with_nss_env(env: (&'static str, PathBuf), cmds: &[&[&str]]) -> Vec<(i32, String)> {
     let dir = tempfile::tempdir().unwrap();
     let lib = modules_dir();
     let conf = dir.path().join("nsswitch.conf");
@@ -237,7 +242,6 @@ fn with_nss(d: &Daemon, cmds: &[&[&str]]) -> Vec<(i32, String)> {
     )
     .unwrap();
     let out = dir.path().join("out.json");
-    let sock = d.socket();
     let cmds: Vec<Vec<String>> = cmds
         .iter()
         .map(|c| c.iter().map(|s| s.to_string()).collect())
@@ -250,7 +254,8 @@ fn with_nss(d: &Daemon, cmds: &[&[&str]]) -> Vec<(i32, String)> {
             let o = Command::new(&c[0])
                 .args(&c[1..])
                 .env("LD_LIBRARY_PATH", &lib)
-                .env("XOS_AMSD_SOCKET", &sock)
+                .env_remove("XOS_AMSD_SOCKET")
+                .env(env.0, &env.1)
                 .output()
                 .unwrap();
             res.push((
@@ -849,4 +854,113 @@ fn pam_setcred_gives_the_mapped_account_its_vo_groups() {
         "the VO user has a group and more: {want:?}"
     );
     assert_eq!(got, want, "{out}");
+}
+
+#[test]
+fn clients_find_the_daemon_from_the_configuration_file_alone() {
+    let pki = Pki::new("sockvo");
+    let d = Daemon::start(&pki, &(pool("sockvo", 73000, 2) + JOB_CONF));
+    // The daemon is on a socket of the test's own, which only the file names.
+    let mut conf = std::fs::read_to_string(&d.conf).unwrap();
+    conf += &format!("Socket {}\n", d.socket().display());
+    std::fs::write(&d.conf, &conf).unwrap();
+    let cert = pki.user("62a57c32-9c7f-4da2-a08d-1093f5e6bee8");
+    let client = |applet: &str| {
+        let mut c = xos_cmd(applet);
+        c.env_remove("XOS_AMSD_SOCKET")
+            .env("XOS_AMSD_CONFIG", &d.conf);
+        c
+    };
+    let o = run_ok(client("xos-amsd").arg("ping"));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "xos-amsd is running\n");
+    let o = run_ok(
+        client("pam_app_aem")
+            .env("XOS_JOB_ID", format!("{}", std::process::id()))
+            .arg(&cert)
+            .args(["/bin/sh", "-c", "echo $USER"]),
+    );
+    let name = "/CN=62a57c32-9c7f-4da2-a08d-1093f5e6bee8@sockvo";
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), name);
+    let r = with_nss_env(
+        ("XOS_AMSD_CONFIG", d.conf.clone()),
+        &[&["getent", "passwd", name]],
+    );
+    assert_eq!(r[0].0, 0, "{r:?}");
+    assert!(r[0].1.starts_with(name), "{r:?}");
+
+    // pam_xos.so with config= only.
+    let pamd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        pamd.path().join("xos-conf"),
+        format!(
+            "auth required {} config={} cert={}\n",
+            modules_dir().join("pam_xos.so").display(),
+            d.conf.display(),
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let pamd_path = pamd.path().to_path_buf();
+    in_private_mount_ns(move || {
+        bind_over(&pamd_path, "/etc/pam.d");
+        let o = Command::new("pamtester")
+            .args(["xos-conf", "anyone", "authenticate"])
+            .env_remove("XOS_AMSD_SOCKET")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    });
+
+    // The default names fit their columns: every row lines up with the header.
+    let o = run_ok(client("xos-amsd").arg("leases"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for col in ["NAME", "EXPIRES", "SUBJECT"] {
+        let at = lines[0].find(col).unwrap();
+        assert!(
+            lines[1][..at].ends_with("  ") && !lines[1][at..].starts_with(' '),
+            "{col} does not line up:\n{out}"
+        );
+    }
+    assert_eq!(
+        &lines[1][lines[0].find("NAME").unwrap()..][..name.len()],
+        name
+    );
+    let o = run_ok(client("xos-amsd").args(["leases", "--json"]));
+    let leases: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(leases[0]["name"], name, "{leases}");
+    assert_eq!(leases[0]["vo"], "sockvo");
+    assert!(leases[0]["expires"].as_u64().unwrap() > leases[0]["last_used"].as_u64().unwrap());
+
+    // Errors name the socket tried, and the real line of a configuration error.
+    let o = client("xos-amsd")
+        .args(["--socket", "/run/xos-test-nosuch/amsd.sock", "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/run/xos-test-nosuch/amsd.sock"),
+        "{}",
+        show(&o)
+    );
+    std::fs::write(&d.conf, format!("{conf}Pool other 1-2\n")).unwrap();
+    let line = conf.lines().count() + 1;
+    for applet in ["xos-amsd", "pam_app_aem"] {
+        let mut c = client(applet);
+        if applet == "xos-amsd" {
+            c.arg("ping");
+        } else {
+            c.args([cert.to_str().unwrap(), "/bin/true"]);
+        }
+        let o = c.output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(&format!(
+                "{}:{line}: Pool other has no GroupPool",
+                d.conf.display()
+            )),
+            "{applet}: {}",
+            show(&o)
+        );
+    }
 }

@@ -201,7 +201,7 @@ fn write_image(
     zombies: &[i32],
     opts: &CheckpointOptions,
 ) -> Result<Pending> {
-    let version = image::versions(state, rec.id).last().copied().unwrap_or(0) + 1;
+    let version = crate::store::next_version(state, rec.id);
     let app_dir = image::app_dir(state, rec.id);
     fsutil::create_dir_all(&app_dir, 0o700)?;
     // Under the lock, any temporary version is a leftover of a killed checkpoint.
@@ -275,6 +275,7 @@ fn finish_image(state: &Path, p: Pending) -> Result<Checkpointed> {
         let body = serde_json::to_vec(&img).expect("images always serialize");
         fsutil::write_checked(&tmp.join("image.json"), image::MAGIC, image::FORMAT, &body)?;
         let dir = image::version_dir(state, img.app, img.version);
+        crate::store::record_version(state, img.app, img.version)?;
         std::fs::rename(&tmp, &dir).map_err(|e| PathError::new("rename into", &dir, e))?;
         Ok(Checkpointed {
             version: img.version,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::fsutil::{self, PathError};
 
 /// The configuration file read when none is named.
-pub const DEFAULT_PATH: &str = "/etc/xos/nss_pam/pam_xos.conf";
+pub const DEFAULT_PATH: &str = xos_proto::DEFAULT_CONFIG;
 
 /// A uid or gid range, inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,8 +162,9 @@ impl Config {
             path: Some(path.to_path_buf()),
             ..Config::default()
         };
-        let mut gid_pools: Vec<(String, IdRange)> = Vec::new();
-        let mut uid_pools: Vec<(String, IdRange)> = Vec::new();
+        // (VO, range, line) of Pool and GroupPool lines, paired at the end.
+        let mut gid_pools: Vec<(String, IdRange, usize)> = Vec::new();
+        let mut uid_pools: Vec<(String, IdRange, usize)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -208,9 +209,9 @@ impl Config {
                     let r = parse_range(r)
                         .ok_or_else(|| err(format!("{key}: '{r}' is not a range FIRST-LAST")))?;
                     if key.eq_ignore_ascii_case("pool") {
-                        uid_pools.push((vo.to_string(), r));
+                        uid_pools.push((vo.to_string(), r, i + 1));
                     } else {
-                        gid_pools.push((vo.to_string(), r));
+                        gid_pools.push((vo.to_string(), r, i + 1));
                     }
                 }
                 "staticmap" => {
@@ -240,13 +241,29 @@ impl Config {
                 _ => return Err(err(format!("unknown key '{key}'"))),
             }
         }
-        for (vo, uids) in uid_pools {
-            let Some(gids) = gid_pools.iter().find(|(v, _)| *v == vo).map(|(_, r)| *r) else {
-                return Err(ConfigError::Line {
-                    path: path.to_path_buf(),
-                    line: 0,
-                    msg: format!("Pool {vo} has no GroupPool {vo} FIRST-LAST"),
-                });
+        let unpaired = |line, msg| ConfigError::Line {
+            path: path.to_path_buf(),
+            line,
+            msg,
+        };
+        for (vo, _, line) in &gid_pools {
+            if !uid_pools.iter().any(|(v, _, _)| v == vo) {
+                return Err(unpaired(
+                    *line,
+                    format!("GroupPool {vo} has no Pool {vo} FIRST-LAST"),
+                ));
+            }
+        }
+        for (vo, uids, line) in uid_pools {
+            let Some(gids) = gid_pools
+                .iter()
+                .find(|(v, _, _)| *v == vo)
+                .map(|(_, r, _)| *r)
+            else {
+                return Err(unpaired(
+                    line,
+                    format!("Pool {vo} has no GroupPool {vo} FIRST-LAST"),
+                ));
             };
             c.pools.push(VoPool { vo, uids, gids });
         }
@@ -334,7 +351,17 @@ mod tests {
             .to_string();
         assert_eq!(e, "t.conf:1: UseCgroups: 'maybe' is not yes or no");
         assert!(Config::parse("Frobnicate 1\n", Path::new("t")).is_err());
-        assert!(Config::parse("Pool a 5-9\n", Path::new("t")).is_err());
+        // A pool without its group pool is reported at its own line.
+        let e = Config::parse("Shell /bin/sh\nPool a 5-9\n", Path::new("t"));
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "t:2: Pool a has no GroupPool a FIRST-LAST"
+        );
+        let e = Config::parse("\nGroupPool b 5-9\n", Path::new("t"));
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "t:2: GroupPool b has no Pool b FIRST-LAST"
+        );
         let d = Config::load(Path::new("/nonexistent/xos.conf"), false).unwrap();
         assert_eq!(d, Config::default());
         assert!(Config::load(Path::new("/nonexistent/xos.conf"), true).is_err());

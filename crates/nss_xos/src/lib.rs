@@ -6,7 +6,8 @@
 //! atomically, at most about a second behind a store shared with other nodes, and
 //! trusted only while the daemon that wrote them is alive);
 //! anything else, and every miss, is one request over the daemon's Unix socket (`$XOS_AMSD_SOCKET`
-//! through secure_getenv(3), else /run/xos/amsd.sock) with a short timeout; when the
+//! through secure_getenv(3), else the `Socket` of `$XOS_AMSD_CONFIG` or
+//! /etc/xos/nss_pam/pam_xos.conf, else /run/xos/amsd.sock) with a short timeout; when the
 //! daemon is not there the answer is NSS_STATUS_UNAVAIL, so `files` entries still
 //! work. Every entry point catches panics (a panic must not unwind into the host
 //! program), starts no thread, and refuses to recurse into itself (a per-thread
@@ -46,16 +47,31 @@ thread_local! {
     static BUSY: Cell<bool> = const { Cell::new(false) };
 }
 
-fn socket() -> PathBuf {
+fn env(name: &CStr) -> Option<PathBuf> {
     // SAFETY: the name is a NUL-terminated literal; the result is copied at once.
-    let p = unsafe { secure_getenv(c"XOS_AMSD_SOCKET".as_ptr()) };
+    let p = unsafe { secure_getenv(name.as_ptr()) };
     if p.is_null() {
-        PathBuf::from(xos_proto::DEFAULT_SOCKET)
-    } else {
-        // SAFETY: secure_getenv returned a valid C string.
-        let s = unsafe { CStr::from_ptr(p) };
-        PathBuf::from(s.to_string_lossy().into_owned())
+        return None;
     }
+    // SAFETY: secure_getenv returned a valid C string.
+    let s = unsafe { CStr::from_ptr(p) };
+    Some(PathBuf::from(s.to_string_lossy().into_owned()))
+}
+
+/// `$XOS_AMSD_SOCKET`, else the `Socket` of the configuration file
+/// (`$XOS_AMSD_CONFIG` or the default), read once per process: NSS lookups are
+/// frequent and the file changes only with a daemon restart.
+fn socket() -> PathBuf {
+    static CONFIGURED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    env(c"XOS_AMSD_SOCKET").unwrap_or_else(|| {
+        CONFIGURED
+            .get_or_init(|| {
+                let config = env(c"XOS_AMSD_CONFIG")
+                    .unwrap_or_else(|| PathBuf::from(xos_proto::DEFAULT_CONFIG));
+                xos_proto::configured_socket(&config)
+            })
+            .clone()
+    })
 }
 
 // Lives on the stack for one call; boxing the response would only add an allocation.

@@ -12,7 +12,9 @@
 //!   removes the cgroup;
 //! - setcred: sets the supplementary groups of the account.
 //!
-//! Arguments: `socket=PATH`, `cert=PATH`, `timeout=MS`. Every entry point catches
+//! Arguments: `socket=PATH` (else the `Socket` of the configuration file,
+//! `config=PATH` or /etc/xos/nss_pam/pam_xos.conf), `cert=PATH`, `timeout=MS`.
+//! Every entry point catches
 //! panics (none may unwind into the host), no thread is started, and the only
 //! exported symbols are the pam_sm_* functions.
 
@@ -67,14 +69,17 @@ struct Args {
 
 fn args(argc: c_int, argv: *const *const c_char) -> Args {
     let mut a = Args {
-        socket: PathBuf::from(xos_proto::DEFAULT_SOCKET),
+        socket: PathBuf::new(),
         cert: None,
         timeout: Duration::from_secs(10),
     };
-    if argv.is_null() {
-        return a;
-    }
-    for i in 0..argc.max(0) as usize {
+    let mut config = PathBuf::from(xos_proto::DEFAULT_CONFIG);
+    let n = if argv.is_null() {
+        0
+    } else {
+        argc.max(0) as usize
+    };
+    for i in 0..n {
         // SAFETY: libpam passes argc valid C strings.
         let p = unsafe { *argv.add(i) };
         if p.is_null() {
@@ -83,6 +88,8 @@ fn args(argc: c_int, argv: *const *const c_char) -> Args {
         let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
         if let Some(v) = s.strip_prefix("socket=") {
             a.socket = PathBuf::from(v);
+        } else if let Some(v) = s.strip_prefix("config=") {
+            config = PathBuf::from(v);
         } else if let Some(v) = s.strip_prefix("cert=") {
             a.cert = Some(PathBuf::from(v));
         } else if let Some(v) = s.strip_prefix("timeout=") {
@@ -90,6 +97,10 @@ fn args(argc: c_int, argv: *const *const c_char) -> Args {
                 a.timeout = Duration::from_millis(ms);
             }
         }
+    }
+    // Without socket=, the daemon's socket is the configuration file's.
+    if a.socket.as_os_str().is_empty() {
+        a.socket = xos_proto::configured_socket(&config);
     }
     a
 }

@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,32 @@ use serde::{Deserialize, Serialize};
 pub const MAX_FRAME: usize = 1 << 20;
 /// The daemon's socket when neither configuration nor environment name another.
 pub const DEFAULT_SOCKET: &str = "/run/xos/amsd.sock";
+/// The configuration file of the daemon and of every client.
+pub const DEFAULT_CONFIG: &str = "/etc/xos/nss_pam/pam_xos.conf";
+
+/// The `Socket` a configuration text sets (`Key value` lines, `#` comments, keys
+/// in any case; the last one counts), if any.
+pub fn socket_of(config: &str) -> Option<PathBuf> {
+    config
+        .lines()
+        .filter_map(|l| {
+            let l = l.split('#').next().unwrap_or("").trim();
+            let (key, value) = l.split_once(char::is_whitespace)?;
+            key.eq_ignore_ascii_case("socket")
+                .then(|| PathBuf::from(value.trim()))
+        })
+        .next_back()
+}
+
+/// The daemon's socket as a client finds it: the `Socket` of configuration file
+/// `config`, else [`DEFAULT_SOCKET`] (also when the file cannot be read: the
+/// daemon then runs on its defaults too).
+pub fn configured_socket(config: &Path) -> PathBuf {
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| socket_of(&t))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
 /// How long the daemon keeps an idle connection open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -198,7 +224,7 @@ pub enum Response {
 #[derive(Debug)]
 pub enum ClientError {
     /// The daemon is not there (no socket, refused, timed out): NSS says UNAVAIL.
-    Unavailable(io::Error),
+    Unavailable { socket: PathBuf, source: io::Error },
     /// The daemon answered something that is not a response.
     Protocol(String),
 }
@@ -206,7 +232,11 @@ pub enum ClientError {
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::Unavailable(e) => write!(f, "xos-amsd is not available: {e}"),
+            ClientError::Unavailable { socket, source } => write!(
+                f,
+                "xos-amsd is not available on {}: {source}",
+                socket.display()
+            ),
             ClientError::Protocol(m) => write!(f, "bad answer from xos-amsd: {m}"),
         }
     }
@@ -256,6 +286,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 /// A blocking connection to the daemon with a timeout on every operation.
 pub struct Client {
     stream: UnixStream,
+    socket: PathBuf,
 }
 
 impl Client {
@@ -263,26 +294,38 @@ impl Client {
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Client, ClientError> {
         // std has no connect timeout for Unix sockets; connecting to a local socket
         // does not block unless the backlog is full, and reads/writes are bounded.
-        let stream = UnixStream::connect(socket).map_err(ClientError::Unavailable)?;
+        let unavailable = |source| ClientError::Unavailable {
+            socket: socket.to_path_buf(),
+            source,
+        };
+        let stream = UnixStream::connect(socket).map_err(unavailable)?;
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|_| stream.set_write_timeout(Some(timeout)))
-            .map_err(ClientError::Unavailable)?;
-        Ok(Client { stream })
+            .map_err(unavailable)?;
+        Ok(Client {
+            stream,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    fn unavailable(&self, source: io::Error) -> ClientError {
+        ClientError::Unavailable {
+            socket: self.socket.clone(),
+            source,
+        }
     }
 
     /// Sends one request and waits for its response.
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        write_frame(&mut self.stream, &body).map_err(ClientError::Unavailable)?;
+        write_frame(&mut self.stream, &body).map_err(|e| self.unavailable(e))?;
         match read_frame(&mut self.stream) {
             Ok(Some(b)) => {
                 serde_json::from_slice(&b).map_err(|e| ClientError::Protocol(e.to_string()))
             }
-            Ok(None) => Err(ClientError::Unavailable(
-                io::ErrorKind::UnexpectedEof.into(),
-            )),
-            Err(e) => Err(ClientError::Unavailable(e)),
+            Ok(None) => Err(self.unavailable(io::ErrorKind::UnexpectedEof.into())),
+            Err(e) => Err(self.unavailable(e)),
         }
     }
 }
@@ -295,6 +338,22 @@ pub fn call(socket: &Path, timeout: Duration, req: &Request) -> Result<Response,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_from_configuration() {
+        let text = "# Socket /not/this\nsocket   /run/a.sock  # comment\nStateDir /x\nSOCKET /run/b.sock\n";
+        assert_eq!(socket_of(text), Some(PathBuf::from("/run/b.sock")));
+        assert_eq!(socket_of("#Socket /run/a.sock\nSockets /x\n"), None);
+        assert_eq!(
+            configured_socket(Path::new("/nonexistent/pam_xos.conf")),
+            PathBuf::from(DEFAULT_SOCKET)
+        );
+        let err = Client::connect(Path::new("/nonexistent/amsd.sock"), Duration::from_secs(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("/nonexistent/amsd.sock"), "{err}");
+    }
 
     #[test]
     fn frames_round_trip_and_limits() {

@@ -209,6 +209,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             );
         }
     }
+    spec.redirected = [a.stdin.is_some(), a.stdout.is_some(), a.stderr.is_some()];
     spec.stdin = a.stdin;
     spec.stdout = a.stdout;
     spec.stderr = a.stderr;

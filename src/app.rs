@@ -69,6 +69,10 @@ pub struct LaunchSpec {
     pub stay_frozen: bool,
     /// With `restore`: reopen files that changed since the checkpoint.
     pub allow_changed_files: bool,
+    /// With `restore`: the standard streams the user sent elsewhere (restart
+    /// --stdin/--stdout/--stderr); files the application had as those are then
+    /// replaced by the init's, others are reopened where they were.
+    pub redirected: [bool; 3],
     /// Descriptors of the caller that no process of the application, nor a
     /// background supervisor, may keep (the application lock).
     pub close_fds: Vec<RawFd>,
@@ -91,6 +95,7 @@ impl LaunchSpec {
             stay_frozen: false,
             close_fds: Vec::new(),
             allow_changed_files: false,
+            redirected: [false; 3],
         }
     }
 }
@@ -461,11 +466,7 @@ fn init_main(
     let restored = spec.restore.as_ref().map(|(dir, img)| {
         let opts = crate::ckpt::restore::RestoreOptions {
             allow_changed_files: spec.allow_changed_files,
-            redirected: [
-                spec.stdin.is_some(),
-                spec.stdout.is_some(),
-                spec.stderr.is_some(),
-            ],
+            redirected: spec.redirected,
         };
         crate::ckpt::restore::restore_tree(dir, img, &opts, &mut before_detach).map(|p| (p, img))
     });

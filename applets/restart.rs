@@ -209,7 +209,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
             );
         }
     }
-    spec.redirected = [a.stdin.is_some(), a.stdout.is_some(), a.stderr.is_some()];
+    // A second copy (--new-id) writes its own output, not into the files of
+    // the application it was copied from.
+    spec.redirected = [
+        a.stdin.is_some(),
+        a.stdout.is_some() || a.new_id,
+        a.stderr.is_some() || a.new_id,
+    ];
     spec.stdin = a.stdin;
     spec.stdout = a.stdout;
     spec.stderr = a.stderr;

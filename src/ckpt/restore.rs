@@ -985,7 +985,9 @@ fn check_unchanged(
         )));
     }
     let writing = f.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
-    if writing && now != size {
+    // Appending writers (logs) only ever add at the end: growth is harmless.
+    let appending = f.flags & libc::O_APPEND as u32 != 0;
+    if writing && now != size && !(appending && now > size) {
         return Err(changed(format!("{now} bytes instead of {size}")));
     }
     Ok(())

@@ -20,7 +20,7 @@ use crate::common;
 /// process of the application; an id takes precedence over a pid with the same number.
 #[derive(Debug, Parser)]
 #[command(name = "checkpoint", version = common::version(), after_help = AFTER)]
-#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list"])))]
+#[command(group(ArgGroup::new("action").required(true).args(["freeze", "unfreeze", "checkpoint", "list", "prune"])))]
 struct Args {
     /// Freeze every process of APP (cgroup freezer) and wait until the kernel says FROZEN
     #[arg(long, requires = "app")]
@@ -41,6 +41,14 @@ struct Args {
     /// List the applications in the registry with their state
     #[arg(short, long)]
     list: bool,
+
+    /// Remove the records of applications that are gone and the cgroups that ended or killed applications of this state directory left behind
+    #[arg(long)]
+    prune: bool,
+
+    /// cgroup parent the applications' groups are under (for --prune)
+    #[arg(long, value_name = "NAME", env = xos::app::CGROUP_PARENT_ENV, default_value = xos::app::DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: String,
 
     /// How long to wait for the kernel (freezing, thawing, every task stopping), in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
@@ -66,6 +74,7 @@ Examples:
   checkpoint -c --kill 6   # ... then kill it (for migration)
   checkpoint --unfreeze 6
   checkpoint --list
+  checkpoint --prune       # forget applications that are gone, remove their cgroups
 
 Saved for every process of APP: memory (private pages that were ever touched,
 shared anonymous memory, file mappings by reference, mm fields, vDSO), every
@@ -102,6 +111,20 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     if a.list {
         return list(&reg);
+    }
+    if a.prune {
+        return match xos::app::prune(&reg, &a.cgroup_parent) {
+            Ok(p) => {
+                for id in &p.records {
+                    println!("removed the record of application {id}");
+                }
+                for g in &p.groups {
+                    println!("removed cgroup {g}");
+                }
+                0
+            }
+            Err(e) => common::fail("checkpoint", e),
+        };
     }
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         eprintln!(

@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 
-    /// cgroup under which the application's group (NAME/app-ID) is created
+    /// cgroup under which the application's group (NAME/app-ID-TOKEN, TOKEN naming the state directory) is created
     #[arg(long, value_name = "NAME", env = app::CGROUP_PARENT_ENV, default_value = app::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
 

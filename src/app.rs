@@ -113,6 +113,10 @@ pub enum LaunchError {
     Exec { program: String, errno: i32 },
     #[error("application setup failed: {0}")]
     Setup(String),
+    #[error(
+        "cgroup {group} already holds {count} process(es) of something else; refusing to share it"
+    )]
+    GroupBusy { group: String, count: usize },
     #[error("the detached supervisor failed: {0}")]
     Detached(String),
 }
@@ -248,14 +252,133 @@ fn launch_closing(
         Some(id) => id,
         None => registry.allocate_id()?,
     };
-    let controllers: Vec<&str> = spec.controllers.iter().map(String::as_str).collect();
-    let group = layout.group_with(&format!("{}/app-{id}", spec.cgroup_parent), &controllers)?;
+    // Leftovers of ended or killed applications of this state directory go first.
+    if let Err(e) = prune(registry, &spec.cgroup_parent) {
+        log::warn!("cannot remove leftover groups: {e}");
+    }
+    let group = app_group(registry, &layout, spec, id)?;
+    // A group with tasks belongs to something else; never mix two applications.
+    let busy = group.pids()?.len();
+    if busy > 0 {
+        return Err(LaunchError::GroupBusy {
+            group: group.name().to_string(),
+            count: busy,
+        });
+    }
     group.create()?;
     let started = start_in_group(registry, spec, id, &group, stdio, close_in_child);
     if started.is_err() {
         let _ = group.destroy(CLEANUP_TIMEOUT);
     }
     started
+}
+
+/// The cgroup of application `id`: `PARENT/app-ID-TOKEN`. Ids are counted per
+/// state directory while the cgroup parent is shared by the machine, so the
+/// state directory's token keeps two state directories' application 1 apart.
+fn app_group(registry: &Registry, layout: &Layout, spec: &LaunchSpec, id: u64) -> Result<Group> {
+    let token = registry.token()?;
+    let controllers: Vec<&str> = spec.controllers.iter().map(String::as_str).collect();
+    Ok(layout.group_with(
+        &format!("{}/{}", spec.cgroup_parent, group_leaf(id, &token)),
+        &controllers,
+    )?)
+}
+
+fn group_leaf(id: u64, token: &str) -> String {
+    format!("app-{id}-{token}")
+}
+
+/// What [`prune`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// Records of applications whose processes are gone.
+    pub records: Vec<u64>,
+    /// Cgroups (names) of applications that ended or were killed.
+    pub groups: Vec<String>,
+}
+
+/// A group younger than this may belong to a launch that has not saved its
+/// record yet, so prune leaves it alone.
+const PRUNE_MIN_AGE: Duration = Duration::from_secs(30);
+
+/// Removes what ended or killed applications of this state directory left:
+/// records whose processes are gone, and their empty groups under
+/// `cgroup_parent` (only groups carrying this state directory's token, so other
+/// state directories are never touched). An application being restarted or
+/// checkpointed (its lock held) is skipped.
+pub fn prune(registry: &Registry, cgroup_parent: &str) -> Result<Pruned> {
+    let mut out = Pruned::default();
+    let token = registry.token()?;
+    let layout = Layout::detect()?;
+    let mut live = std::collections::HashSet::new();
+    for rec in registry.list()?.into_iter().flatten() {
+        if rec.alive() {
+            live.insert(rec.id);
+            continue;
+        }
+        let Ok(_lock) = crate::applock::AppLock::acquire(registry.root(), rec.id, "prune", false)
+        else {
+            live.insert(rec.id);
+            continue;
+        };
+        // The root process is gone, so is its PID namespace and every process
+        // in it: whatever the group still holds is being torn down.
+        let had_group = rec.cgroup.paths().iter().any(|p| p.is_dir());
+        if let Err(e) = rec.cgroup.destroy(CLEANUP_TIMEOUT) {
+            log::warn!("application {}: {e}", rec.id);
+            continue;
+        }
+        if had_group {
+            out.groups.push(rec.cgroup.name().to_string());
+        }
+        registry.remove(rec.id)?;
+        out.records.push(rec.id);
+    }
+    let parent = layout.group(cgroup_parent)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for dir in parent.paths() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_prefix("app-")
+                .and_then(|r| r.strip_suffix(&format!("-{token}")))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let young = ent
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < PRUNE_MIN_AGE);
+            if live.contains(&id) || young {
+                continue;
+            }
+            seen.insert((id, name));
+        }
+    }
+    for (id, name) in seen {
+        let Ok(_lock) = crate::applock::AppLock::acquire(registry.root(), id, "prune", false)
+        else {
+            continue;
+        };
+        if registry.load(id).map(|r| r.alive()).unwrap_or(false) {
+            continue;
+        }
+        let group = layout.group(&format!("{cgroup_parent}/{name}"))?;
+        // Only empty groups: tasks in a group without a record are not ours to kill.
+        if group.pids()?.is_empty() && group.remove().is_ok() {
+            out.groups.push(group.name().to_string());
+        }
+    }
+    out.groups.sort();
+    out.groups.dedup();
+    Ok(out)
 }
 
 fn start_in_group(

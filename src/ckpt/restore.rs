@@ -466,8 +466,16 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     // Last, as a real-time timer runs from here on (its signal stays blocked
     // until the saved mask is loaded).
     for (which, v) in p.itimers.iter().enumerate() {
+        let mut v = *v;
+        if v[2..] == [0, 0] && v[..2] != [0, 0] {
+            // Expired with its signal still pending: the kernel re-arms such a
+            // timer only when that signal is taken, and setitimer with a zero
+            // value would disarm it. Armed one interval on, as the kernel would.
+            v[2] = v[0];
+            v[3] = v[1];
+        }
         if v.iter().any(|x| *x != 0) {
-            sys::set_itimer(which as i32, *v).map_err(e("setitimer"))?;
+            sys::set_itimer(which as i32, v).map_err(e("setitimer"))?;
         }
     }
     Ok(subtree)

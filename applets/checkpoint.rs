@@ -212,17 +212,19 @@ fn list(reg: &Registry) -> i32 {
     };
     let mut status = 0;
     println!(
-        "{:<6} {:<9} {:>8} {:<20} COMMAND",
-        "ID", "STATE", "PID", "STARTED"
+        "{:<6} {:<9} {:>8} {:<20} {:<12} {:<6} COMMAND",
+        "ID", "STATE", "PID", "STARTED", "JOB", "CKPT"
     );
     for r in records {
         match r {
             Ok(rec) => println!(
-                "{:<6} {:<9} {:>8} {:<20} {}",
+                "{:<6} {:<9} {:>8} {:<20} {:<12} {:<6} {}",
                 rec.id,
                 rec.state(),
                 rec.root_pid,
                 common::fmt_time(rec.started),
+                rec.job.as_deref().unwrap_or("-"),
+                rec.checkpointer,
                 rec.command.join(" ")
             ),
             Err(e) => {

@@ -35,6 +35,11 @@ pub const DEFAULT_CGROUP_PARENT: &str = "xos";
 /// Environment variable overriding the cgroup parent.
 pub const CGROUP_PARENT_ENV: &str = "XOS_CGROUP_PARENT";
 
+/// The built-in checkpointer's name.
+pub const NATIVE: &str = "native";
+/// CRIU's name as a checkpointer.
+pub const CRIU: &str = "criu";
+
 /// How long cleanup waits for a group to empty.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,6 +71,10 @@ pub struct LaunchSpec {
     /// Descriptors of the caller that no process of the application, nor a
     /// background supervisor, may keep (the application lock).
     pub close_fds: Vec<RawFd>,
+    /// Grid job the application is a unit of.
+    pub job: Option<String>,
+    /// Kernel checkpointer the application is started for (`native`, `criu`).
+    pub checkpointer: String,
 }
 
 impl LaunchSpec {
@@ -83,6 +92,8 @@ impl LaunchSpec {
             restore: None,
             stay_frozen: false,
             close_fds: Vec::new(),
+            job: None,
+            checkpointer: NATIVE.to_string(),
         }
     }
 }
@@ -247,6 +258,17 @@ fn launch_closing(
         return Err(LaunchError::NoCommand);
     }
     let stdio = open_stdio(spec)?;
+    let (id, group) = prepare_group(registry, spec)?;
+    let started = start_in_group(registry, spec, id, &group, stdio, close_in_child);
+    if started.is_err() {
+        let _ = group.destroy(CLEANUP_TIMEOUT);
+    }
+    started
+}
+
+/// Allocates the application id (unless given) and creates its group, after
+/// removing what ended applications left.
+fn prepare_group(registry: &Registry, spec: &LaunchSpec) -> Result<(u64, Group)> {
     let layout = Layout::detect()?;
     let id = match spec.app_id {
         Some(id) => id,
@@ -266,11 +288,34 @@ fn launch_closing(
         });
     }
     group.create()?;
-    let started = start_in_group(registry, spec, id, &group, stdio, close_in_child);
-    if started.is_err() {
-        let _ = group.destroy(CLEANUP_TIMEOUT);
-    }
-    started
+    Ok((id, group))
+}
+
+/// The registry record of an application whose root process is `root`.
+fn new_record(spec: &LaunchSpec, id: u64, group: &Group, root: Pid) -> Result<AppRecord> {
+    let root_starttime = process::stat(root.as_raw())
+        .map_err(|e| LaunchError::Setup(e.to_string()))?
+        .starttime;
+    Ok(AppRecord {
+        id,
+        root_pid: root.as_raw(),
+        root_starttime,
+        supervisor_pid: Some(std::process::id() as i32),
+        cgroup: group.clone(),
+        namespaces: Namespaces::of(root.as_raw()).unwrap_or_default(),
+        owner_uid: nix::unistd::getuid().as_raw(),
+        owner_gid: nix::unistd::getgid().as_raw(),
+        command: spec
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        cwd: std::env::current_dir().unwrap_or_default(),
+        started: registry::now(),
+        checkpointer: spec.checkpointer.clone(),
+        limits: spec.limits.clone(),
+        job: spec.job.clone(),
+    })
 }
 
 /// The cgroup of application `id`: `PARENT/app-ID-TOKEN`. Ids are counted per
@@ -463,28 +508,9 @@ fn start_in_group(
         }
     }
     drop(go_w);
-    let root_starttime = match process::stat(child.as_raw()) {
-        Ok(s) => s.starttime,
-        Err(e) => return fail(LaunchError::Setup(e.to_string())),
-    };
-    let record = AppRecord {
-        id,
-        root_pid: child.as_raw(),
-        root_starttime,
-        supervisor_pid: Some(std::process::id() as i32),
-        cgroup: group.clone(),
-        namespaces: Namespaces::of(child.as_raw()).unwrap_or_default(),
-        owner_uid: nix::unistd::getuid().as_raw(),
-        owner_gid: nix::unistd::getgid().as_raw(),
-        command: spec
-            .argv
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        cwd: std::env::current_dir().unwrap_or_default(),
-        started: registry::now(),
-        checkpointer: "native".to_string(),
-        limits: spec.limits.clone(),
+    let record = match new_record(spec, id, group, child) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
     };
     if let Err(e) = registry.save(&record) {
         return fail(e.into());
@@ -624,8 +650,15 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
 
 /// Namespaces, /proc, session and stdio of the init; an error is reported as text.
 fn init_setup(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Result<(), String> {
-    nix::sched::unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("cannot create IPC and mount namespaces: {e}"))?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWIPC)
+        .map_err(|e| format!("cannot create an IPC namespace: {e}"))?;
+    if spec.checkpointer == CRIU {
+        // CRIU would have to dump a mount namespace made of every mount of
+        // the host; a unit for it keeps the host's (and the host's /proc).
+        return init_stdio(stdio, spec);
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot create a mount namespace: {e}"))?;
     // Mounts made inside stay inside; the host's still propagate in.
     nix::mount::mount(
         None::<&str>,
@@ -643,7 +676,13 @@ fn init_setup(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Resul
         None::<&str>,
     )
     .map_err(|e| format!("cannot mount /proc: {e}"))?;
-    if spec.new_session {
+    init_stdio(stdio, spec)
+}
+
+/// Session and stdio of the init.
+fn init_stdio(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Result<(), String> {
+    // CRIU refuses a tree whose session leader is outside its PID namespace.
+    if spec.new_session || spec.checkpointer == CRIU {
         nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     }
     let [i, o, e] = stdio;
@@ -709,23 +748,7 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
     match sys::fork().map_err(sys_err("fork"))? {
         ForkResult::Parent { child } => {
             drop(wr);
-            let mut report = String::new();
-            let _ = File::from(rd).read_to_string(&mut report);
-            match report
-                .strip_prefix("ok ")
-                .and_then(|s| s.trim().parse().ok())
-            {
-                Some(id) => Ok(Detached::Started(id)),
-                None => {
-                    let _ = waitpid(child, None);
-                    let m = report.strip_prefix("err ").unwrap_or(&report).trim();
-                    Err(LaunchError::Detached(if m.is_empty() {
-                        "it ended without a report".to_string()
-                    } else {
-                        m.to_string()
-                    }))
-                }
-            }
+            read_report(rd, child)
         }
         ForkResult::Child => {
             drop(rd);
@@ -756,6 +779,101 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
                     Ok(Detached::ChildExit(1))
                 }
             }
+        }
+    }
+}
+
+/// How an external restorer (CRIU) rebuilds an application for
+/// [`adopt_detached`]: given the application's group (already created) and the
+/// signal mask its children must get back, it starts the processes inside the
+/// group and returns the root process, a child of the calling process.
+pub type ExternalStart<'a> = &'a dyn Fn(&Group, &SigSet) -> std::result::Result<Pid, String>;
+
+/// Like [`launch_detached`], but the processes are made by `start` (an external
+/// restorer) instead of being started or rebuilt by xos. The background
+/// supervisor creates the group, registers the application once `start`
+/// returns, and waits for the root process like krgcr-run.
+pub fn adopt_detached(
+    registry: &Registry,
+    spec: &LaunchSpec,
+    start: ExternalStart<'_>,
+) -> Result<Detached> {
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create a pipe"))?;
+    match sys::fork().map_err(sys_err("fork"))? {
+        ForkResult::Parent { child } => {
+            drop(wr);
+            read_report(rd, child)
+        }
+        ForkResult::Child => {
+            drop(rd);
+            for fd in &spec.close_fds {
+                let _ = nix::unistd::close(*fd);
+            }
+            let mut wr = File::from(wr);
+            let _ = nix::unistd::setsid();
+            match adopt(registry, spec, start) {
+                Ok(running) => {
+                    let _ = writeln!(wr, "ok {}", running.id());
+                    drop(wr);
+                    detach_stdio();
+                    Ok(Detached::ChildExit(running.wait().map(|_| 0).unwrap_or(1)))
+                }
+                Err(e) => {
+                    let _ = write!(wr, "err {e}");
+                    Ok(Detached::ChildExit(1))
+                }
+            }
+        }
+    }
+}
+
+fn adopt(registry: &Registry, spec: &LaunchSpec, start: ExternalStart<'_>) -> Result<Running> {
+    let (id, group) = prepare_group(registry, spec)?;
+    sys::default_disposition(Signal::SIGCHLD).map_err(sys_err("reset SIGCHLD"))?;
+    let mut old_mask = SigSet::empty();
+    signal::sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&handled_signals()),
+        Some(&mut old_mask),
+    )
+    .map_err(sys_err("block signals"))?;
+    let result = start(&group, &old_mask)
+        .map_err(LaunchError::Setup)
+        .and_then(|root| {
+            let record = new_record(spec, id, &group, root)?;
+            registry.save(&record)?;
+            Ok(Running {
+                record,
+                registry: registry.clone(),
+                init: root,
+                old_mask,
+            })
+        });
+    if result.is_err() {
+        let _ = group.destroy(CLEANUP_TIMEOUT);
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    }
+    result
+}
+
+/// Reads the background supervisor's report: its application id, or its error.
+fn read_report(rd: OwnedFd, child: Pid) -> Result<Detached> {
+    let mut report = String::new();
+    let _ = File::from(rd).read_to_string(&mut report);
+    match report
+        .strip_prefix("ok ")
+        .and_then(|s| s.trim().parse().ok())
+    {
+        Some(id) => Ok(Detached::Started(id)),
+        None => {
+            let _ = waitpid(child, None);
+            let m = report.strip_prefix("err ").unwrap_or(&report).trim();
+            Err(LaunchError::Detached(if m.is_empty() {
+                "it ended without a report".to_string()
+            } else {
+                m.to_string()
+            }))
         }
     }
 }

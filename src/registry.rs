@@ -57,9 +57,12 @@ pub struct AppRecord {
     pub cwd: PathBuf,
     /// Start time, seconds since the Unix epoch.
     pub started: u64,
-    /// Kernel checkpointer that handles this application (`native`, …).
+    /// Kernel checkpointer that handles this application (`native`, `criu`).
     pub checkpointer: String,
     pub limits: Limits,
+    /// Grid job this application is a unit of (`krgcr-run --job`).
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// The state of an application, derived from the kernel, never stored.
@@ -323,6 +326,7 @@ mod tests {
             started: now(),
             checkpointer: "native".into(),
             limits: Limits::default(),
+            job: None,
         }
     }
 

@@ -425,6 +425,7 @@ fn a_group_with_tasks_is_refused_and_leftovers_are_pruned() {
         started: 0,
         checkpointer: "native".into(),
         limits: Default::default(),
+        job: None,
     };
     a.registry().save(&rec).unwrap();
     let o = a.cmd("checkpoint").arg("--prune").output().unwrap();

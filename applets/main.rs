@@ -11,7 +11,9 @@ mod krgcr_run;
 mod pam_app_aem;
 mod restart;
 mod stub;
+mod xcheckpoint;
 mod xos_cert;
+mod xrestart;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -55,13 +57,13 @@ pub const APPLETS: &[Applet] = &[
     },
     Applet {
         name: "xcheckpoint",
-        command: stub::xcheckpoint,
-        run: stub::xcheckpoint_main,
+        command: xcheckpoint::command,
+        run: xcheckpoint::main,
     },
     Applet {
         name: "xrestart",
-        command: stub::xrestart,
-        run: stub::xrestart_main,
+        command: xrestart::command,
+        run: xrestart::main,
     },
     Applet {
         name: "xos-amsd",

@@ -41,6 +41,10 @@ struct Args {
     #[arg(long, value_name = "APP")]
     unit: Vec<u64>,
 
+    /// Two-phase checkpoint for a job manager that coordinates several nodes: prepare freezes the units, commit writes the version (and thaws them), abort thaws them
+    #[arg(long, value_name = "PHASE", value_parser = ["prepare", "commit", "abort"], conflicts_with_all = ["uncoordinated"])]
+    phase: Option<String>,
+
     /// How long to wait for the kernel (freezing, every task stopping), in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
@@ -76,6 +80,7 @@ Examples:
   xcheckpoint --kill job-42          # ... then stop the units (migration)
   xcheckpoint --unit 6 job-42        # one unit
   xcheckpoint --uncoordinated job-42
+  xcheckpoint --phase prepare job-42 # then --phase commit job-42, or --phase abort job-42
   xcheckpoint --backends
 
 SIGINT, SIGTERM and SIGHUP abort cleanly: every unit runs on and no version is
@@ -121,13 +126,42 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return common::fail("xcheckpoint", anyhow::anyhow!("cannot catch signals: {e}"));
         }
     }
+    let timeout = Duration::from_secs_f64(a.timeout);
+    let fail = |e: xos::gcp::GcpError| {
+        common::fail(
+            "xcheckpoint",
+            anyhow::anyhow!("job {job}: {}", common::one_line(&e)),
+        )
+    };
+    match a.phase.as_deref() {
+        Some("prepare") => {
+            return match job::prepare(&backends, &reg, &a.checkpoint_dir, &job, &a.unit, timeout) {
+                Ok(units) => {
+                    println!("job {job}: prepared ({} units frozen)", units.len());
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Some("abort") => {
+            return match job::abort(&backends, &reg, &a.checkpoint_dir, &job, timeout) {
+                Ok(units) => {
+                    println!("job {job}: aborted ({} units thawed)", units.len());
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        _ => {}
+    }
     let opts = JobCheckpoint {
         coordinated: !a.uncoordinated,
         kill: a.kill,
         units: a.unit,
-        timeout: Duration::from_secs_f64(a.timeout),
+        timeout,
         wait: a.wait,
         cancel: Some(cancel),
+        commit: a.phase.as_deref() == Some("commit"),
     };
     match job::checkpoint(&backends, &reg, &a.checkpoint_dir, &job, &opts) {
         Ok(JobCheckpointed::ChildExit(c)) => c,
@@ -147,9 +181,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
             );
             0
         }
-        Err(e) => common::fail(
-            "xcheckpoint",
-            anyhow::anyhow!("job {job}: {}", common::one_line(&e)),
-        ),
+        Err(e) => fail(e),
     }
 }

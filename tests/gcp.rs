@@ -484,3 +484,64 @@ fn a_criu_failure_is_one_line_with_its_log() {
     );
     assert!(xos::gcp::meta::versions(ck.path(), "job-5").is_empty());
 }
+
+#[test]
+fn two_phase_prepare_abort_and_commit() {
+    use xos::cgroup::FreezerState::{Frozen, Thawed};
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let (fa, fb, fc) = (
+        out.path().join("a"),
+        out.path().join("b"),
+        out.path().join("c"),
+    );
+    let a = n1.counter("job-6", "native", &fa, "");
+    let b = n1.counter("job-6", "native", &fb, "");
+    // A unit its owner froze before stays frozen whatever the phases do.
+    let c = n1.counter("job-6", "native", &fc, "");
+    assert!(grows(&fa) && grows(&fb) && grows(&fc));
+    n1.ok("checkpoint", &["--freeze", &c.to_string()]);
+    let state = |id| n1.record(id).cgroup.freezer_state().unwrap();
+
+    one_line_error(
+        &n1.run("xcheckpoint", &["--phase", "commit", "job-6"]),
+        "job job-6 is not prepared",
+    );
+    let o = n1.ok("xcheckpoint", &["--phase", "prepare", "job-6"]);
+    assert!(o.contains("prepared (3 units frozen)"), "{o}");
+    assert_eq!((state(a), state(b), state(c)), (Frozen, Frozen, Frozen));
+    let at = consecutive(&fa);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(consecutive(&fa), at, "ran while prepared");
+    one_line_error(
+        &n1.run("xcheckpoint", &["--phase", "prepare", "job-6"]),
+        "job job-6 is already prepared",
+    );
+    let o = n1.ok("xcheckpoint", &["--phase", "abort", "job-6"]);
+    assert!(o.contains("aborted (2 units thawed)"), "{o}");
+    assert_eq!((state(a), state(b), state(c)), (Thawed, Thawed, Frozen));
+    assert!(grows(&fa) && grows(&fb));
+    assert!(xos::gcp::meta::versions(ck.path(), "job-6").is_empty());
+    one_line_error(
+        &n1.run("xcheckpoint", &["--phase", "abort", "job-6"]),
+        "job job-6 is not prepared",
+    );
+
+    n1.ok("xcheckpoint", &["--phase", "prepare", "job-6"]);
+    let o = n1.ok("xcheckpoint", &["--phase", "commit", "job-6"]);
+    assert!(
+        o.contains("version 1 written") && o.contains("(3 units"),
+        "{o}"
+    );
+    assert_eq!((state(a), state(b), state(c)), (Thawed, Thawed, Frozen));
+    assert!(grows(&fa) && grows(&fb));
+    assert!(
+        xos::gcp::meta::read(ck.path(), "job-6", 1)
+            .unwrap()
+            .coordinated
+    );
+}

@@ -176,6 +176,8 @@ pub enum GcpError {
         restarted: Vec<(u64, u64)>,
         lost: Vec<u64>,
     },
+    #[error("job {job} {what}")]
+    Phase { job: String, what: &'static str },
     #[error("interrupted by a signal; every unit runs on and no version was written")]
     Cancelled,
 }

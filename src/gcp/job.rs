@@ -33,6 +33,8 @@ pub struct JobCheckpoint {
     pub timeout: Duration,
     pub wait: bool,
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The second phase of a two-phase checkpoint: [`prepare`] must have run.
+    pub commit: bool,
 }
 
 /// The running units of `job` in this state directory, sorted by id.
@@ -81,28 +83,33 @@ pub fn checkpoint(
     opts: &JobCheckpoint,
 ) -> Result<JobCheckpointed> {
     meta::check_job(job)?;
-    let mut all = units(reg, job)?;
-    if !opts.units.is_empty() {
-        for u in &opts.units {
-            if !all.iter().any(|r| r.id == *u) {
-                return Err(GcpError::NoSuchUnit {
-                    job: job.to_string(),
-                    unit: *u,
-                });
-            }
-        }
-        all.retain(|r| opts.units.contains(&r.id));
-    }
-    if all.is_empty() {
-        return Err(GcpError::NoUnits(job.to_string()));
-    }
-    for u in &all {
-        backends
-            .get(&u.checkpointer)
-            .and_then(|b| b.require())
-            .map_err(unit_err(u.id))?;
-    }
     let _lock = lock_job(root, job)?;
+    // After `prepare`, the prepared units are the ones written, and those it
+    // froze are thawed again at the end, whatever happens.
+    let prepared = read_prepared(root, job)?;
+    if opts.commit && prepared.is_none() {
+        return Err(GcpError::Phase {
+            job: job.to_string(),
+            what: "is not prepared",
+        });
+    }
+    let chosen = match (&prepared, opts.units.is_empty()) {
+        (Some(p), true) => p.units.clone(),
+        _ => opts.units.clone(),
+    };
+    let all = select_units(backends, reg, job, &chosen);
+    if prepared.is_some() {
+        remove_prepared(root, job)?;
+    }
+    let all = match all {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(p) = &prepared {
+                thaw_ids(backends, reg, &p.frozen, opts.timeout);
+            }
+            return Err(e);
+        }
+    };
     let version = meta::versions(root, job).last().copied().unwrap_or(0) + 1;
     // Under the job lock, a temporary version is a leftover of a killed writer.
     for ent in std::fs::read_dir(meta::job_dir(root, job))
@@ -119,7 +126,10 @@ pub fn checkpoint(
     fsutil::create_dir_all(&tmp, 0o755)?;
     // Units frozen here (and only those) are thawed again; units stopped by
     // their backend (--kill) are restarted from their image if the version fails.
-    let mut frozen_by_us: Vec<&AppRecord> = Vec::new();
+    let mut frozen_by_us: Vec<&AppRecord> = all
+        .iter()
+        .filter(|u| prepared.as_ref().is_some_and(|p| p.frozen.contains(&u.id)))
+        .collect();
     let mut killed: Vec<&AppRecord> = Vec::new();
     let result = write_units(
         backends,
@@ -187,6 +197,155 @@ pub fn checkpoint(
             lost,
         })
     }
+}
+
+/// The running units of `job` to work on: `chosen` (which must all be units of
+/// the job) or all of them; each backend must work here.
+fn select_units(
+    backends: &Backends,
+    reg: &Registry,
+    job: &str,
+    chosen: &[u64],
+) -> Result<Vec<AppRecord>> {
+    let mut all = units(reg, job)?;
+    if !chosen.is_empty() {
+        for u in chosen {
+            if !all.iter().any(|r| r.id == *u) {
+                return Err(GcpError::NoSuchUnit {
+                    job: job.to_string(),
+                    unit: *u,
+                });
+            }
+        }
+        all.retain(|r| chosen.contains(&r.id));
+    }
+    if all.is_empty() {
+        return Err(GcpError::NoUnits(job.to_string()));
+    }
+    for u in &all {
+        backends
+            .get(&u.checkpointer)
+            .and_then(|b| b.require())
+            .map_err(unit_err(u.id))?;
+    }
+    Ok(all)
+}
+
+/// What the first phase of a two-phase checkpoint left for the second:
+/// `JOB/.prepared`, a checked file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Prepared {
+    /// The units to write.
+    units: Vec<u64>,
+    /// Those frozen by `prepare` (the others were frozen already).
+    frozen: Vec<u64>,
+}
+
+const PREPARED_MAGIC: &str = "xos-gcp-prepared";
+
+fn prepared_path(root: &Path, job: &str) -> PathBuf {
+    meta::job_dir(root, job).join(".prepared")
+}
+
+fn read_prepared(root: &Path, job: &str) -> Result<Option<Prepared>> {
+    let path = prepared_path(root, job);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let body = fsutil::read_checked(&path, PREPARED_MAGIC, 1)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| GcpError::BadImage {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+fn remove_prepared(root: &Path, job: &str) -> Result<()> {
+    let path = prepared_path(root, job);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PathError::new("remove", &path, e).into()),
+    }
+}
+
+fn thaw_ids(backends: &Backends, reg: &Registry, ids: &[u64], timeout: Duration) -> Vec<u64> {
+    let mut thawed = Vec::new();
+    for id in ids {
+        let Ok(u) = reg.load(*id) else { continue };
+        if let Ok(b) = backends.get(&u.checkpointer) {
+            if u.alive() && b.thaw(&u, timeout).is_ok() {
+                thawed.push(*id);
+            }
+        }
+    }
+    thawed
+}
+
+/// First phase of a two-phase checkpoint, for a job manager that coordinates
+/// several nodes: freezes every unit (or the chosen ones) and records them;
+/// [`checkpoint`] then writes them (commit), or [`abort`] thaws them. Returns
+/// the prepared units. If a unit cannot be frozen, the others are thawed again.
+pub fn prepare(
+    backends: &Backends,
+    reg: &Registry,
+    root: &Path,
+    job: &str,
+    chosen: &[u64],
+    timeout: Duration,
+) -> Result<Vec<u64>> {
+    meta::check_job(job)?;
+    let _lock = lock_job(root, job)?;
+    if read_prepared(root, job)?.is_some() {
+        return Err(GcpError::Phase {
+            job: job.to_string(),
+            what: "is already prepared (commit or abort first)",
+        });
+    }
+    let all = select_units(backends, reg, job, chosen)?;
+    let mut frozen: Vec<&AppRecord> = Vec::new();
+    for u in &all {
+        if let Err(e) = freeze(backends, u, timeout, &mut frozen) {
+            for f in frozen.iter().rev() {
+                if let Ok(b) = backends.get(&f.checkpointer) {
+                    let _ = b.thaw(f, timeout);
+                }
+            }
+            return Err(e);
+        }
+    }
+    let p = Prepared {
+        units: all.iter().map(|u| u.id).collect(),
+        frozen: frozen.iter().map(|u| u.id).collect(),
+    };
+    let body = serde_json::to_vec(&p).expect("always serializes");
+    if let Err(e) = fsutil::write_checked(&prepared_path(root, job), PREPARED_MAGIC, 1, &body) {
+        thaw_ids(backends, reg, &p.frozen, timeout);
+        return Err(e.into());
+    }
+    Ok(p.units)
+}
+
+/// Second phase, abort: thaws what [`prepare`] froze. Returns the thawed units.
+pub fn abort(
+    backends: &Backends,
+    reg: &Registry,
+    root: &Path,
+    job: &str,
+    timeout: Duration,
+) -> Result<Vec<u64>> {
+    meta::check_job(job)?;
+    let _lock = lock_job(root, job)?;
+    let Some(p) = read_prepared(root, job)? else {
+        return Err(GcpError::Phase {
+            job: job.to_string(),
+            what: "is not prepared",
+        });
+    };
+    let thawed = thaw_ids(backends, reg, &p.frozen, timeout);
+    remove_prepared(root, job)?;
+    Ok(thawed)
 }
 
 /// The cgroup parent a unit's group was made under.

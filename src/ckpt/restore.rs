@@ -599,10 +599,10 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     // until the saved mask is loaded).
     for (which, v) in p.itimers.iter().enumerate() {
         let mut v = *v;
-        if v[2] == 0 && v[3] == 0 {
-            // Fired with its signal still queued: the kernel would re-arm it
-            // when the signal is taken; setitimer with no time left would
-            // disarm it for good. Next expiry: one interval from now.
+        if v[2..] == [0, 0] && v[..2] != [0, 0] {
+            // Expired with its signal still pending: the kernel re-arms such a
+            // timer only when that signal is taken, and setitimer with a zero
+            // value would disarm it. Armed one interval on, as the kernel would.
             v[2] = v[0];
             v[3] = v[1];
         }

@@ -60,6 +60,20 @@ pub enum CheckedError {
 }
 
 /// Reads a whole file, naming it on error.
+/// The entries of `dir` whose names are numbers (versions, pids, tids),
+/// ascending; none when it cannot be read.
+pub fn numbered_entries<T: std::str::FromStr + Ord>(dir: &Path) -> Vec<T> {
+    let mut v: Vec<T> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
 pub fn read(path: &Path) -> Result<Vec<u8>, PathError> {
     fs::read(path).map_err(|e| PathError::new("read", path, e))
 }

@@ -140,22 +140,28 @@ fn counter_continues_where_it_stopped() {
         .any(|l| l.starts_with(&format!("{v} "))));
 }
 
+/// `cycles` times: lets the program count on, checkpoints and kills it,
+/// restarts it; its output must count on without a gap or a repeat.
+fn cycles_keep_counting(env: &Env, id: u64, out: &Path, cycles: usize) {
+    let mut last = 0;
+    for cycle in 0..cycles {
+        assert!(
+            wait_until(T, || numbers(out).len() as i64 > last + 2),
+            "cycle {cycle}: no progress"
+        );
+        let v = checkpoint_kill(env, id);
+        last = assert_consecutive(out);
+        restart(env, id, v);
+    }
+    assert!(wait_until(T, || numbers(out).len() as i64 > last + 2));
+    assert_consecutive(out);
+}
+
 #[test]
 fn repeated_cycles_stay_correct() {
     let env = Env::new();
     let (id, out) = start(&env, "counter");
-    let mut last = 0;
-    for cycle in 0..20 {
-        assert!(
-            wait_until(T, || numbers(&out).len() as i64 > last + 2),
-            "cycle {cycle}: no progress"
-        );
-        let v = checkpoint_kill(&env, id);
-        last = assert_consecutive(&out);
-        restart(&env, id, v);
-    }
-    assert!(wait_until(T, || numbers(&out).len() as i64 > last + 2));
-    assert_consecutive(&out);
+    cycles_keep_counting(&env, id, &out, 20);
 }
 
 #[test]
@@ -980,18 +986,7 @@ fn threaded_tools_give_the_same_output_as_an_uninterrupted_run() {
 fn a_parent_blocked_in_vfork_is_checkpointed_once_its_child_execs() {
     let env = Env::new();
     let (id, out) = start(&env, "vfork");
-    let mut last = 0;
-    for cycle in 0..4 {
-        assert!(
-            wait_until(T, || numbers(&out).len() as i64 > last + 1),
-            "cycle {cycle}: no progress"
-        );
-        let v = checkpoint_kill(&env, id);
-        last = assert_consecutive(&out);
-        restart(&env, id, v);
-    }
-    assert!(wait_until(T, || numbers(&out).len() as i64 > last + 2));
-    assert_consecutive(&out);
+    cycles_keep_counting(&env, id, &out, 4);
 }
 
 #[test]

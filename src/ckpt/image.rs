@@ -376,15 +376,7 @@ pub fn version_dir(state: &Path, app: u64, version: u64) -> PathBuf {
 
 /// Complete versions of an application, ascending.
 pub fn versions(state: &Path, app: u64) -> Vec<u64> {
-    let mut v: Vec<u64> = std::fs::read_dir(app_dir(state, app))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
+    crate::fsutil::numbered_entries(&app_dir(state, app))
 }
 
 pub fn to_hex(b: &[u8]) -> String {

@@ -91,15 +91,7 @@ fn ns_tid(host_tgid: i32, tid: i32) -> i32 {
 }
 
 fn threads_of(tgid: i32) -> Vec<i32> {
-    let mut v: Vec<i32> = fs::read_dir(format!("/proc/{tgid}/task"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
+    crate::fsutil::numbered_entries(std::path::Path::new(&format!("/proc/{tgid}/task")))
 }
 
 fn wchan(tid: i32) -> String {

@@ -59,6 +59,8 @@ pub struct LaunchSpec {
     /// (`STATE/logs/ID.out`, `ID.err`), appending, so the log of an application
     /// goes on across checkpoint and restart.
     pub logs: bool,
+    /// Called while the application is being set up, for a progress display.
+    pub while_starting: Option<Ticker>,
     /// Reuse this application id instead of allocating one (restart).
     pub app_id: Option<u64>,
     /// Rebuild the processes of this image (directory, image) instead of running
@@ -81,10 +83,26 @@ impl LaunchSpec {
             stderr: None,
             new_session: false,
             logs: false,
+            while_starting: None,
             app_id: None,
             restore: None,
             stay_frozen: false,
         }
+    }
+}
+
+/// Called in the supervisor about every 50 ms while the application is being set
+/// up (for restart: while its processes are rebuilt) with the application's group
+/// and `false`, then once with `true` when that is over, whether it worked or not.
+#[derive(Clone)]
+pub struct Ticker(pub std::sync::Arc<TickFn>);
+
+/// The function of a [`Ticker`].
+pub type TickFn = dyn Fn(&Group, bool) + Send + Sync;
+
+impl std::fmt::Debug for Ticker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticker")
     }
 }
 
@@ -351,8 +369,7 @@ fn start_in_group(
     }
     // The init reports a setup or exec failure on this pipe; end-of-file with
     // nothing written means the command was executed.
-    let mut msg = String::new();
-    let _ = File::from(err_r).read_to_string(&mut msg);
+    let msg = read_report(File::from(err_r), group, spec.while_starting.as_ref());
     if !msg.is_empty() {
         return fail(decode_child_error(&msg, &spec.argv[0]));
     }
@@ -401,6 +418,34 @@ fn start_in_group(
         init: child,
         old_mask,
     })))
+}
+
+/// Reads the init's report until end-of-file, calling `ticker` meanwhile.
+fn read_report(mut report: File, group: &Group, ticker: Option<&Ticker>) -> String {
+    let mut msg = Vec::new();
+    let Some(Ticker(tick)) = ticker else {
+        let _ = report.read_to_end(&mut msg);
+        return String::from_utf8_lossy(&msg).into_owned();
+    };
+    let nonblocking = nix::fcntl::fcntl(
+        &report,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut buf = [0u8; 1024];
+    loop {
+        match report.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => msg.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && nonblocking.is_ok() => {
+                tick(group, false);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    tick(group, true);
+    String::from_utf8_lossy(&msg).into_owned()
 }
 
 fn decode_child_error(msg: &str, program: &OsString) -> LaunchError {

@@ -614,7 +614,7 @@ fn wait_returns_the_exit_status_of_a_detached_application() {
 }
 
 #[test]
-fn checkpoint_shows_progress_on_a_terminal_only() {
+fn checkpoint_and_restart_show_progress_on_a_terminal_only() {
     let env = Env::new();
     let job = "import time\nb = bytearray(64 << 20)\nb[::4096] = b'x' * (len(b) // 4096)\n\
                print('ready', flush=True)\ntime.sleep(1000)";
@@ -650,7 +650,57 @@ fn checkpoint_shows_progress_on_a_terminal_only() {
         "not cleared before the summary: {shown:?}"
     );
     // Not on a terminal: the summary alone.
-    let o = env.cmd("checkpoint").args(["-c", &id]).output().unwrap();
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", &id])
+        .output()
+        .unwrap();
     assert!(o.status.success() && o.stderr.is_empty(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("application {id}: version 2")));
+    assert!(wait_until(T, || env
+        .registry()
+        .load(id.parse().unwrap())
+        .is_err()));
+
+    // A restart on a terminal: how much of the saved memory is back, then cleared.
+    let o = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{} --detach {id} 2",
+            env.bin.path().join("restart").display()
+        ))
+        .arg("/dev/null")
+        .env("XOS_STATE_DIR", env.state.path())
+        .env("XOS_CGROUP_PARENT", &env.parent)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        shown.contains(&format!("\rrestart: application {id}: ")),
+        "{shown:?}"
+    );
+    assert!(shown.ends_with("\r\x1b[K"), "not cleared: {shown:?}");
+    assert!(env.registry().load(id.parse().unwrap()).unwrap().alive());
+    // Not on a terminal: nothing.
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", "--quiet", &id])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(wait_until(T, || env
+        .registry()
+        .load(id.parse().unwrap())
+        .is_err()));
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id, "3"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty() && o.stdout.is_empty(),
+        "{}",
+        show(&o)
+    );
 }

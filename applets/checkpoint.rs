@@ -4,7 +4,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use clap::{ArgGroup, CommandFactory, Parser};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use xos::applock::AppLock;
 use xos::registry::{self, Registry};
 
 use crate::common;
@@ -64,13 +69,17 @@ struct Args {
     #[arg(short, long, conflicts_with = "app")]
     list: bool,
 
-    /// How long to wait for the kernel to freeze or thaw, in seconds
+    /// How long to wait for the kernel (freezing, thawing, every task stopping), in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
 
     /// If another checkpoint, restart, freeze or unfreeze of APP is in progress, wait for it instead of failing
     #[arg(long)]
     wait: bool,
+
+    /// With -c: largest deleted file or memfd whose content is saved with the image (bytes, or K, M, G)
+    #[arg(long, value_name = "SIZE", default_value = "10M", value_parser = common::parse_size)]
+    ghost_limit: u64,
 
     /// State directory holding the registry
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
@@ -105,16 +114,26 @@ Examples:
   checkpoint --prune       # images and logs of applications that ended
   checkpoint --wait 6      # wait until application 6 ends; exit with its status
 
-Saved for every process of APP (single-threaded ones): memory (private pages that
-were ever touched, shared anonymous memory, file mappings by reference, mm fields,
-vDSO), registers and FPU state, regular files, devices, pipes with unread bytes and
-inherited stdio, signal handlers, mask and pending signals, interval timers, pid,
-parent, process group and session, uids, gids, groups, capability sets, rlimits,
-umask, working directory, personality, comm and no_new_privs.
+Saved for every process of APP: memory (private pages that were ever touched,
+shared anonymous memory, file mappings by reference, mm fields, vDSO), every
+thread (registers, TLS and FPU state, signal mask and queued signals, alternate
+signal stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
+priority and nice value, parent-death signal), regular files, devices, pipes with
+unread bytes and inherited stdio, signal handlers and process-wide queued
+signals, interval timers, POSIX timers, a job-control stop, pid, parent, process
+group and session, uids, gids, groups, capability sets, rlimits, umask, working
+directory, personality and no_new_privs.
 
-A socket, a second thread, a seccomp filter, a changed root or another resource it
-cannot save makes -c fail with one line naming the process and the resource; APP
-keeps running, thawed, and no version is written.
+A socket, a seccomp filter, a changed root or another resource it cannot save
+makes -c fail with one line naming the process and the resource; APP keeps
+running and no version is written.
+
+-c never leaves APP changed: it is stopped task by task under ptrace, and
+killing checkpoint at any moment (kill -9, Ctrl-C) lets every task continue
+exactly where it was. SIGINT, SIGTERM and SIGHUP abort -c cleanly; a temporary
+version left by a killed checkpoint is removed by the next one. One operation
+(checkpoint, restart, freeze, unfreeze) runs on APP at a time: a second one
+fails at once naming the first, or waits with --wait.
 
 Images are written to STATE/images/APP/VERSION/ (see restart(1)); version numbers
 are never used twice, also after --delete.
@@ -197,9 +216,20 @@ pub fn main(args: Vec<OsString>) -> i32 {
         });
     }
     if a.checkpoint {
+        // SIGINT, SIGTERM and SIGHUP abort the checkpoint cleanly: the
+        // application is let go unchanged and no version is written.
+        let cancel = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&cancel)) {
+                return common::fail("checkpoint", anyhow::anyhow!("cannot catch signals: {e}"));
+            }
+        }
         let opts = xos::ckpt::CheckpointOptions {
             kill: a.kill,
             timeout,
+            wait: a.wait,
+            ghost_limit: a.ghost_limit,
+            cancel: Some(cancel),
         };
         // On a terminal, the bytes written so far into the version being made.
         let progress = (!a.quiet && !a.json)
@@ -239,12 +269,23 @@ pub fn main(args: Vec<OsString>) -> i32 {
                 );
                 0
             }
-            Err(e) => common::fail(
-                "checkpoint",
-                anyhow::anyhow!("application {}: {}", rec.id, common::one_line(&e)),
-            ),
+            Err(e) => {
+                let msg = common::one_line(&e);
+                let prefix = format!("application {}: ", rec.id);
+                let msg = if msg.starts_with(&prefix) {
+                    msg
+                } else {
+                    format!("{prefix}{msg}")
+                };
+                common::fail("checkpoint", anyhow::anyhow!("{msg}"))
+            }
         };
     }
+    let op = if a.freeze { "freeze" } else { "unfreeze" };
+    let _lock = match AppLock::acquire(&a.state_dir, rec.id, op, a.wait) {
+        Ok(l) => l,
+        Err(e) => return common::fail("checkpoint", e),
+    };
     let r = if a.freeze {
         rec.cgroup.freeze(timeout)
     } else {

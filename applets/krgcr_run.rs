@@ -148,8 +148,24 @@ pub fn supervise(
     detach: bool,
     print_id: bool,
 ) -> i32 {
+    supervise_then(applet, reg, spec, detach, print_id, |_| ())
+}
+
+/// Like [`supervise`], calling `started` once the application runs (or the
+/// launch failed), before waiting for it; its argument says whether this is a
+/// child made by the launch rather than the caller.
+pub fn supervise_then(
+    applet: &str,
+    reg: &Registry,
+    spec: &LaunchSpec,
+    detach: bool,
+    print_id: bool,
+    started: impl FnOnce(bool),
+) -> i32 {
     if detach {
-        return match app::launch_detached(reg, spec) {
+        let r = app::launch_detached(reg, spec);
+        started(matches!(r, Ok(Detached::ChildExit(_))));
+        return match r {
             Ok(Detached::Started(id)) => {
                 if print_id {
                     println!("{id}");
@@ -160,7 +176,9 @@ pub fn supervise(
             Err(e) => setup_failed(applet, e),
         };
     }
-    match app::launch(reg, spec) {
+    let r = app::launch(reg, spec);
+    started(matches!(r, Ok(Launch::ChildExit(_))));
+    match r {
         Ok(Launch::ChildExit(c)) => c,
         Ok(Launch::Running(running)) => {
             if print_id {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser};
 use xos::app::{self, LaunchSpec};
+use xos::applock::AppLock;
 use xos::ckpt::{self, image};
 use xos::registry::{self, Registry};
 
@@ -14,8 +15,10 @@ use crate::{common, krgcr_run};
 ///
 /// The processes are rebuilt in a new PID namespace (with the same pids, parents,
 /// process groups and sessions), a new IPC and mount namespace and a new job cgroup,
-/// with the saved memory, registers, files, pipes and signal state, and continue
-/// where they were. Descriptors that were the application's inherited stdin, stdout
+/// with the saved memory, files, pipes and signal state and every thread with its
+/// tid, registers and per-thread state, and continue where they were (a process that
+/// was stopped comes back stopped). Only one restart or checkpoint of APP runs at a
+/// time: another one fails at once, or waits with --wait. Descriptors that were the application's inherited stdin, stdout
 /// or stderr (its terminal, or the files krgcr-run was given) are connected to
 /// restart's own. By default restart waits until the application ends and exits with
 /// its status, like krgcr-run; --detach returns once it runs.
@@ -60,6 +63,14 @@ struct Args {
     #[arg(long)]
     frozen: bool,
 
+    /// If a checkpoint or restart of APP is in progress, wait for it instead of failing
+    #[arg(long)]
+    wait: bool,
+
+    /// Reopen files that changed since the checkpoint (another size, shorter than the saved offset) instead of refusing
+    #[arg(long)]
+    allow_changed_files: bool,
+
     /// State directory holding the registry and the images
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -68,15 +79,15 @@ struct Args {
     #[arg(long, value_name = "NAME", env = app::CGROUP_PARENT_ENV, default_value = app::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
 
-    /// Connect the application's inherited stdin to FILE
+    /// Give the application FILE as its stdin instead of what it had (a file it had is otherwise reopened at its offset)
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
 
-    /// Connect the application's inherited stdout to FILE
+    /// Send the application's stdout to FILE (appended) instead of where it went (a file is otherwise reopened at its offset)
     #[arg(long, value_name = "FILE")]
     stdout: Option<PathBuf>,
 
-    /// Connect the application's inherited stderr to FILE
+    /// Send the application's stderr to FILE (appended) instead of where it went
     #[arg(long, value_name = "FILE")]
     stderr: Option<PathBuf>,
 
@@ -157,6 +168,12 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(r) => r,
         Err(e) => return common::fail("restart", e),
     };
+    // Held until the application runs and is registered: a second restart or
+    // a checkpoint of the same application waits or fails meanwhile.
+    let lock = match AppLock::acquire(&a.state_dir, a.app, "restart", a.wait) {
+        Ok(l) => l,
+        Err(e) => return common::fail("restart", e),
+    };
     match reg.load(a.app) {
         Ok(rec) if rec.alive() && !a.new_id => {
             eprintln!(
@@ -182,6 +199,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
     spec.limits = img.limits.clone();
     spec.cgroup_parent = a.cgroup_parent;
+    for (stream, file) in [
+        ("stdin", &a.stdin),
+        ("stdout", &a.stdout),
+        ("stderr", &a.stderr),
+    ] {
+        if let Some(f) = file {
+            eprintln!(
+                "restart: application {}: its {stream} is now {}",
+                a.app,
+                f.display()
+            );
+        }
+    }
     spec.stdin = a.stdin;
     spec.stdout = a.stdout;
     spec.stderr = a.stderr;
@@ -207,7 +237,14 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.while_starting = crate::progress::restart(spec.app_id.unwrap_or(a.app), saved);
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
-    krgcr_run::supervise("restart", &reg, &spec, a.detach, false)
+    spec.allow_changed_files = a.allow_changed_files;
+    spec.close_fds = vec![lock.raw_fd()];
+    krgcr_run::supervise_then("restart", &reg, &spec, a.detach, false, move |child| {
+        if child {
+            // A forked copy: unlocking here would unlock the caller's lock.
+            std::mem::forget(lock);
+        }
+    })
 }
 
 /// One version in a listing: the stored summary and the application's state.

@@ -193,14 +193,30 @@ bench_ckpt() {
     bin=$(release_bin)
     dir=${1:-$(mktemp -d "${TMPDIR:-/var/tmp}/xos-bench.XXXXXX")}
     mkdir -p "$dir"
+    # MiB of touched memory spread over THREADS threads (default 1).
     cat > "$dir/mem.c" <<'CEOF'
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+static size_t share;
+static unsigned char *p;
+static pthread_barrier_t b;
+static void *touch(void *arg) {
+    unsigned char *q = p + (size_t)arg * share;
+    for (size_t i = 0; i < share; i++) q[i] = (unsigned char)(i * 2654435761u >> 13);
+    pthread_barrier_wait(&b);
+    for (;;) usleep(10000);
+}
 int main(int argc, char **argv) {
     size_t n = strtoul(argv[1], 0, 10) << 20;
-    unsigned char *p = malloc(n);
-    for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(i * 2654435761u >> 13);
+    long threads = argc > 3 ? atol(argv[3]) : 1;
+    share = n / threads;
+    p = malloc(n);
+    pthread_barrier_init(&b, 0, threads + 1);
+    pthread_t t;
+    for (long k = 0; k < threads; k++) pthread_create(&t, 0, touch, (void *)k);
+    pthread_barrier_wait(&b);
     FILE *f = fopen(argv[2], "w"); fputs("ready\n", f); fclose(f);
     for (;;) usleep(10000);
 }
@@ -230,7 +246,7 @@ int main(int argc, char **argv) {
     return 0;
 }
 CEOF
-    cc -O2 -o "$dir/mem" "$dir/mem.c"
+    cc -O2 -pthread -o "$dir/mem" "$dir/mem.c"
     cc -O2 -o "$dir/readnew" "$dir/readnew.c"
     python3 - "$bin" "$dir" "${XOS_BENCH_SIZE:-1024}" <<'PYEOF'
 import os, subprocess, sys, time
@@ -245,12 +261,12 @@ def run(*args):
         sys.exit(f"bench: {' '.join(args)}: {r.stderr.strip()}")
     return time.perf_counter() - t, r.stdout
 
-def start(size):
-    ready = os.path.join(d, f"ready-{size}")
+def start(size, threads=1):
+    ready = os.path.join(d, f"ready-{size}-{threads}")
     if os.path.exists(ready):
         os.unlink(ready)
     _, out = run("krgcr-run", "--detach", "--print-id", "--stdout", "/dev/null", "--stderr", "/dev/null",
-                 os.path.join(d, "mem"), str(size), ready)
+                 os.path.join(d, "mem"), str(size), ready, str(threads))
     while not os.path.exists(ready):
         time.sleep(0.01)
     return out.strip()
@@ -341,6 +357,20 @@ try:
     line("raw read, cold cache, into new memory", m["cold"])
     line("restart, image not cached", m["rs_cold"], f"{m['cold'] / m['rs_cold']:.2f} x cold raw read")
     run("checkpoint", "-c", "--kill", app)
+    # The same with 8 threads: the per-thread work must not show.
+    app = start(mib, 8)
+    cks, rss = [], []
+    for _ in range(ROUNDS):
+        _, out = run("checkpoint", "-c", "--kill", app)
+        cks.append(stopped_ms(out) / 1000)
+        t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", app,
+                   version_of(out))
+        rss.append(t)
+    line("checkpoint -c, 8 threads (freeze to thaw)", median(cks),
+         f"{m['stopped'] / median(cks):.2f} x the single-threaded checkpoint")
+    line("restart, 8 threads, image in page cache", median(rss),
+         f"{m['rs'] / median(rss):.2f} x the single-threaded restart")
+    run("checkpoint", "-c", "--kill", app)
 
     # Latency on a quiet machine: the writeback and freeing of the large images
     # above would otherwise be measured too.
@@ -359,6 +389,17 @@ try:
     print(f"small process (4 MiB), median of 10: checkpoint {median(cks):.1f} ms (target 10 ms), "
           f"restart {median(rss):.1f} ms (target 30 ms; CRIU takes 10-20 ms and 50-70 ms); "
           f"starting and ending any xos command from here takes {median(spawn):.1f} ms")
+    run("checkpoint", "-c", "--kill", small)
+    small = start(4, 8)
+    cks, rss = [], []
+    for i in range(10):
+        _, out = run("checkpoint", "-c", "--kill", small)
+        cks.append(stopped_ms(out))
+        t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", small,
+                   version_of(out))
+        rss.append(t * 1000)
+    print(f"small process with 8 threads, median of 10: checkpoint {median(cks):.1f} ms (target 10 ms), "
+          f"restart {median(rss):.1f} ms (target 20 ms)")
     run("checkpoint", "-c", "--kill", small)
 finally:
     subprocess.run(["rm", "-rf", state])

@@ -69,6 +69,11 @@ pub struct LaunchSpec {
     /// With `restore`: leave the rebuilt processes frozen (cgroup freezer) until
     /// `checkpoint --unfreeze`.
     pub stay_frozen: bool,
+    /// With `restore`: reopen files that changed since the checkpoint.
+    pub allow_changed_files: bool,
+    /// Descriptors of the caller that no process of the application, nor a
+    /// background supervisor, may keep (the application lock).
+    pub close_fds: Vec<RawFd>,
 }
 
 impl LaunchSpec {
@@ -87,6 +92,8 @@ impl LaunchSpec {
             app_id: None,
             restore: None,
             stay_frozen: false,
+            close_fds: Vec::new(),
+            allow_changed_files: false,
         }
     }
 }
@@ -248,10 +255,16 @@ fn open_stdio(spec: &LaunchSpec) -> Result<[Option<File>; 3]> {
             .map(|p| open_stream(stream, p, mode))
             .transpose()
     };
+    // A restarted application goes on writing: never cut a file.
+    let out = if spec.restore.is_some() {
+        Mode::Append
+    } else {
+        Mode::Truncate
+    };
     Ok([
         open("stdin", &spec.stdin, Mode::Read)?,
-        open("stdout", &spec.stdout, Mode::Truncate)?,
-        open("stderr", &spec.stderr, Mode::Truncate)?,
+        open("stdout", &spec.stdout, out)?,
+        open("stderr", &spec.stderr, out)?,
     ])
 }
 
@@ -341,7 +354,7 @@ fn start_in_group(
         Ok(ForkResult::Child) => {
             drop(go_w);
             drop(err_r);
-            for fd in close_in_child {
+            for fd in close_in_child.iter().chain(&spec.close_fds) {
                 let _ = nix::unistd::close(*fd);
             }
             let code = init_main(go_r, err_w, stdio, spec, &old_mask);
@@ -491,7 +504,15 @@ fn init_main(
         }
     };
     let restored = spec.restore.as_ref().map(|(dir, img)| {
-        crate::ckpt::restore::restore_tree(dir, img, &mut before_detach).map(|p| (p, img))
+        let opts = crate::ckpt::restore::RestoreOptions {
+            allow_changed_files: spec.allow_changed_files,
+            redirected: [
+                spec.stdin.is_some(),
+                spec.stdout.is_some(),
+                spec.stderr.is_some(),
+            ],
+        };
+        crate::ckpt::restore::restore_tree(dir, img, &opts, &mut before_detach).map(|p| (p, img))
     });
     drop(go);
     let command = match restored {
@@ -684,6 +705,14 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
         }
         ForkResult::Child => {
             drop(rd);
+            for fd in &spec.close_fds {
+                let _ = nix::unistd::close(*fd);
+            }
+            // Closed here, once: their numbers may be reused from now on.
+            let spec = &LaunchSpec {
+                close_fds: Vec::new(),
+                ..spec.clone()
+            };
             let mut wr = File::from(wr);
             let _ = nix::unistd::setsid();
             match launch_closing(registry, spec, &[wr.as_raw_fd()]) {

@@ -4,6 +4,7 @@
 //! error that names the object it failed on (path, pid, group, application id).
 
 pub mod app;
+pub mod applock;
 pub mod cgroup;
 pub mod ckpt;
 pub mod fsutil;

@@ -594,3 +594,757 @@ fn seccomp_filter_fails_cleanly() {
         "{err}"
     );
 }
+
+/// The last "tick" line of the threads program: its six counters.
+fn ticks(out: &Path) -> Vec<i64> {
+    lines(out)
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("tick "))
+        .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn threads_continue_with_their_own_state() {
+    let env = Env::new();
+    let (id, out) = start(&env, "threads");
+    assert!(wait_until(T, || ticks(&out).iter().all(|c| *c > 5)));
+    let v = checkpoint_kill(&env, id);
+    let before = ticks(&out);
+    restart(&env, id, v);
+    // Every counter (two ping-pong threads, the futex waiter, the sleeper,
+    // both POSIX timers) goes on from where it was, none from zero.
+    assert!(
+        wait_until(T, || {
+            let now = ticks(&out);
+            now.len() == 6 && now.iter().zip(&before).all(|(n, b)| n > &(b + 2))
+        }),
+        "no progress after restart: {before:?} -> {:?}",
+        ticks(&out)
+    );
+    // A second cycle, then the program winds up and checks itself.
+    let v = checkpoint_kill(&env, id);
+    restart(&env, id, v);
+    let stop = PathBuf::from(format!("{}.stop", out.display()));
+    std::fs::write(&stop, "").unwrap();
+    assert!(
+        wait_until(T, || lines(&out).iter().any(|l| l.starts_with("altstack"))),
+        "the program did not finish: {:?}",
+        lines(&out).iter().rev().take(3).collect::<Vec<_>>()
+    );
+    let tail: Vec<String> = lines(&out).into_iter().rev().take(5).rev().collect();
+    assert_eq!(
+        tail,
+        [
+            "sleeper 3 5 sleeper 10",
+            "joined",
+            "robust EOWNERDEAD",
+            "usr2 t4",
+            "altstack ok"
+        ],
+        "the sleeper's policy (SCHED_BATCH), nice value, name and parent-death signal, \
+         pthread_join, the robust list, the thread's pending signal and its altstack"
+    );
+}
+
+#[test]
+fn a_stopped_process_comes_back_stopped() {
+    let env = Env::new();
+    let (id, out) = start(&env, "stopped");
+    let child_out = PathBuf::from(format!("{}.child", out.display()));
+    assert!(wait_until(T, || read(&out) == "stopped 19"));
+    let v = checkpoint_kill(&env, id);
+    let n = numbers(&child_out).len();
+    restart(&env, id, v);
+    // The child is stopped again and its parent sees it so.
+    let rec = env.registry().load(id).unwrap();
+    let mut child = 0;
+    assert!(wait_until(T, || {
+        child = rec
+            .cgroup
+            .pids()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != rec.root_pid)
+            .max()
+            .unwrap_or(0);
+        child > 0 && common::proc_state(child) == 'T'
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(numbers(&child_out).len(), n, "the stopped child ran");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    assert!(wait_until(T, || lines(&out).last().map(String::as_str)
+        == Some("continued")));
+    assert!(wait_until(T, || numbers(&child_out).len() > n + 5));
+    assert_consecutive(&child_out);
+}
+
+/// The busy program's last "alive USR1 BAD" line.
+fn alive(out: &Path) -> (i64, i64) {
+    lines(out)
+        .last()
+        .and_then(|l| {
+            let v: Vec<i64> = l
+                .split(' ')
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 2).then(|| (v[0], v[1]))
+        })
+        .unwrap_or((-1, -1))
+}
+
+/// Kills or interrupts `checkpoint -c` at `moments`, each time checking that the
+/// application still runs, still catches SIGUSR1 and finds its memory intact,
+/// and that no version was written.
+fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
+    let env = Env::new();
+    let prog = cc(env.state.path(), "busy");
+    let out = env.state.path().join("out");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap(), "512", mode]);
+    assert!(wait_until(Duration::from_secs(60), || alive(&out).0 == 0));
+    let host = app_process(&env, id);
+    let signals = [
+        nix::sys::signal::Signal::SIGKILL,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ];
+    let mut usr1 = 0;
+    for (i, ms) in moments.iter().enumerate() {
+        let mut c = env.cmd("checkpoint");
+        let child = c
+            .args(["-c", &id.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(*ms));
+        let sig = signals[i % 3];
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        let _ = child.wait_with_output();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(host),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap_or_else(|e| panic!("{sig} after {ms} ms: the application is gone: {e}"));
+        usr1 += 1;
+        assert!(
+            wait_until(T, || alive(&out) == (usr1, 0)),
+            "{sig} after {ms} ms: the application does not answer: {:?}",
+            alive(&out)
+        );
+    }
+    // The same, with the checkpointer killed while calls are injected.
+    let o = env
+        .cmd("checkpoint")
+        .env("XOS_CKPT_FAULT", "injection")
+        .args(["-c", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .expect("the application survives a checkpointer killed while injecting");
+    assert!(wait_until(T, || alive(&out) == (usr1 + 1, 0)));
+    assert!(
+        xos::ckpt::image::versions(env.state.path(), id).is_empty(),
+        "a version was left"
+    );
+    // The next checkpoint works and removes what the killed ones left.
+    assert_eq!(checkpoint(&env, id, false), 1);
+    let left: Vec<String> = std::fs::read_dir(xos::ckpt::image::app_dir(env.state.path(), id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["1"]);
+}
+
+#[test]
+fn a_killed_checkpoint_leaves_a_busy_application_intact() {
+    let moments: Vec<u64> = (0..20).map(|i| 5 + i * 40).collect();
+    interrupt_checkpoints("busy", &moments);
+}
+
+#[test]
+fn a_killed_checkpoint_leaves_a_pausing_application_intact() {
+    interrupt_checkpoints("pause", &[5, 20, 60, 150, 300, 600]);
+}
+
+#[test]
+fn one_operation_on_an_application_at_a_time() {
+    let env = Env::new();
+    let (id, out) = start(&env, "counter");
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let run = |args: &[&str]| {
+        let mut c = env.cmd(args[0]);
+        c.args(&args[1..])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let app = id.to_string();
+    for _ in 0..3 {
+        let a = run(&["checkpoint", "-c", &app]);
+        let b = run(&["checkpoint", "-c", &app]);
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let ok = [a.status.success(), b.status.success()];
+        assert_eq!(
+            ok.iter().filter(|x| **x).count(),
+            1,
+            "{} / {}",
+            show(&a),
+            show(&b)
+        );
+        let failed = if ok[0] { &b } else { &a };
+        assert!(
+            String::from_utf8_lossy(&failed.stderr)
+                .contains("a checkpoint is already in progress (pid "),
+            "{}",
+            show(failed)
+        );
+    }
+    // With --wait, the second one waits its turn instead.
+    let a = run(&["checkpoint", "-c", "--wait", &app]);
+    let b = run(&["checkpoint", "-c", "--wait", &app]);
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+    let v = checkpoint_kill(&env, id);
+    // Two restarts and a checkpoint at once: one application comes back.
+    let ver = v.to_string();
+    let r1 = run(&[
+        "restart",
+        "--detach",
+        "--stdout",
+        "/dev/null",
+        "--stderr",
+        "/dev/null",
+        &app,
+        &ver,
+    ]);
+    let r2 = run(&[
+        "restart",
+        "--detach",
+        "--stdout",
+        "/dev/null",
+        "--stderr",
+        "/dev/null",
+        &app,
+        &ver,
+    ]);
+    let (r1, r2) = (
+        r1.wait_with_output().unwrap(),
+        r2.wait_with_output().unwrap(),
+    );
+    assert_eq!(
+        [r1.status.success(), r2.status.success()]
+            .iter()
+            .filter(|x| **x)
+            .count(),
+        1,
+        "{} / {}",
+        show(&r1),
+        show(&r2)
+    );
+    let n = numbers(&out).len();
+    assert!(wait_until(T, || numbers(&out).len() > n + 3));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_consecutive(&out);
+    let rec = env.registry().load(id).unwrap();
+    let procs: Vec<i32> = rec
+        .cgroup
+        .pids()
+        .unwrap()
+        .into_iter()
+        .filter(|p| *p != rec.root_pid)
+        .collect();
+    assert_eq!(procs.len(), 1, "one copy of the application runs");
+    // A checkpoint racing a restart: the restart finds the application running,
+    // or the checkpoint finds the restart in progress; never two copies.
+    let mut v = checkpoint_kill(&env, id).to_string();
+    for _ in 0..3 {
+        let r = run(&[
+            "restart",
+            "--detach",
+            "--stdout",
+            "/dev/null",
+            "--stderr",
+            "/dev/null",
+            &app,
+            &v,
+        ]);
+        let c = run(&["checkpoint", "-c", &app]);
+        let (r, c) = (r.wait_with_output().unwrap(), c.wait_with_output().unwrap());
+        assert!(
+            r.status.success() || c.status.success(),
+            "{} / {}",
+            show(&r),
+            show(&c)
+        );
+        let n = numbers(&out).len();
+        assert!(wait_until(T, || numbers(&out).len() > n + 3), "not running");
+        let rec = env.registry().load(id).unwrap();
+        let procs = rec.cgroup.pids().unwrap().len();
+        assert_eq!(procs, 2, "the init and one copy of the application");
+        v = checkpoint_kill(&env, id).to_string();
+    }
+}
+
+#[test]
+fn threaded_tools_give_the_same_output_as_an_uninterrupted_run() {
+    let env = Env::new();
+    let dir = env.state.path();
+    // Input: 48 MiB of compressible but not trivial text.
+    let input = dir.join("input");
+    let py = format!(
+        "import random\nr=random.Random(7)\nw=[''.join(r.choice('abcdefgh') for _ in range(r.randint(2,9))) for _ in range(5000)]\n\
+         f=open('{}','w')\nn=0\nwhile n < 48<<20:\n    l=' '.join(r.choice(w) for _ in range(12))+'\\n'\n    f.write(l); n+=len(l)\n",
+        input.display()
+    );
+    assert!(Command::new("python3")
+        .args(["-c", &py])
+        .status()
+        .unwrap()
+        .success());
+    let script = dir.join("job.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncd {d}\nxz -T2 -6 -c input > input.xz\nsort --parallel=2 -S 8M input > sorted\n\
+             python3 -c \"\nimport threading,hashlib\nres={{}}\ndef work(k):\n    h=hashlib.sha256()\n    for i in range(200000):\n        h.update(str(i*k).encode())\n    res[k]=h.hexdigest()\nts=[threading.Thread(target=work,args=(k,)) for k in range(4)]\n[t.start() for t in ts]\n[t.join() for t in ts]\nopen('py.out','w').write(repr(sorted(res.items())))\n\"\necho done > done\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The reference run, uninterrupted.
+    assert!(Command::new(&script).status().unwrap().success());
+    let reference: Vec<Vec<u8>> = ["input.xz", "sorted", "py.out"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    for f in ["input.xz", "sorted", "py.out", "done"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let id = env.detach(&[script.to_str().unwrap()]);
+    // Checkpoint and restart it several times while it works.
+    let mut cycles = 0;
+    while !dir.join("done").exists() && cycles < 6 {
+        std::thread::sleep(Duration::from_millis(400));
+        if env.registry().load(id).is_err() {
+            break;
+        }
+        let o = env
+            .cmd("checkpoint")
+            .args(["-c", "--kill", &id.to_string()])
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            // The job ended meanwhile.
+            assert!(dir.join("done").exists(), "checkpoint: {}", show(&o));
+            break;
+        }
+        wait_gone(&env, id);
+        let v = xos::ckpt::image::versions(dir, id).last().copied().unwrap();
+        restart(&env, id, v);
+        cycles += 1;
+    }
+    assert!(
+        cycles >= 2,
+        "the job ended before it could be checkpointed twice"
+    );
+    assert!(wait_until(Duration::from_secs(120), || dir
+        .join("done")
+        .exists()));
+    for (f, want) in ["input.xz", "sorted", "py.out"].iter().zip(&reference) {
+        assert!(std::fs::read(dir.join(f)).unwrap() == *want, "{f} differs");
+    }
+}
+
+#[test]
+fn a_parent_blocked_in_vfork_is_checkpointed_once_its_child_execs() {
+    let env = Env::new();
+    let (id, out) = start(&env, "vfork");
+    let mut last = 0;
+    for cycle in 0..4 {
+        assert!(
+            wait_until(T, || numbers(&out).len() as i64 > last + 1),
+            "cycle {cycle}: no progress"
+        );
+        let v = checkpoint_kill(&env, id);
+        last = assert_consecutive(&out);
+        restart(&env, id, v);
+    }
+    assert!(wait_until(T, || numbers(&out).len() as i64 > last + 2));
+    assert_consecutive(&out);
+}
+
+#[test]
+fn twenty_cycles_of_a_threaded_program() {
+    let env = Env::new();
+    let (id, out) = start(&env, "threads");
+    let mut before = vec![0; 6];
+    for cycle in 0..20 {
+        assert!(
+            wait_until(T, || {
+                let now = ticks(&out);
+                now.len() == 6 && now.iter().zip(&before).all(|(n, b)| n > b)
+            }),
+            "cycle {cycle}: no progress from {before:?}"
+        );
+        let v = checkpoint_kill(&env, id);
+        before = ticks(&out);
+        restart(&env, id, v);
+    }
+    std::fs::write(format!("{}.stop", out.display()), "").unwrap();
+    assert!(wait_until(T, || lines(&out).last().map(String::as_str)
+        == Some("altstack ok")));
+    assert!(lines(&out).iter().any(|l| l == "robust EOWNERDEAD"));
+}
+
+#[test]
+fn threads_that_come_and_go_do_not_break_a_checkpoint() {
+    let env = Env::new();
+    let (id, out) = start(&env, "churn");
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    // Checkpoints that leave it running, then one that kills it.
+    for v in 1..=5 {
+        assert_eq!(checkpoint(&env, id, false), v);
+    }
+    let v = checkpoint_kill(&env, id);
+    let last = assert_consecutive(&out);
+    restart(&env, id, v);
+    assert!(wait_until(T, || numbers(&out).len() as i64 > last + 3));
+    assert_consecutive(&out);
+}
+
+#[test]
+fn unreaped_children_are_still_there_for_their_parent() {
+    let env = Env::new();
+    let (id, out) = start(&env, "zombie");
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let v = checkpoint_kill(&env, id);
+    let n = numbers(&out).len() as i64;
+    restart(&env, id, v);
+    assert!(wait_until(T, || numbers(&out).len() as i64 > n + 3));
+    std::fs::write(format!("{}.reap", out.display()), "").unwrap();
+    assert!(wait_until(T, || lines(&out).last().map(String::as_str)
+        == Some("signal 15")));
+    let tail: Vec<String> = lines(&out).into_iter().rev().take(2).rev().collect();
+    assert_eq!(tail, ["exit 7", "signal 15"]);
+}
+
+/// The last "tick T SEM PLAIN USR1 PIPE" line of the special-files program.
+fn special_tick(out: &Path) -> Vec<i64> {
+    lines(out)
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("tick "))
+        .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn lock_is_free(file: &Path, posix: bool) -> bool {
+    let py = if posix {
+        "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n    fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10, 10)\nexcept OSError:\n    sys.exit(1)\n"
+    } else {
+        "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(1)\n"
+    };
+    Command::new("python3")
+        .args(["-c", py])
+        .arg(file)
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn eventfd_signalfd_timerfd_epoll_locks_and_flags_come_back() {
+    let env = Env::new();
+    let (id, out) = start(&env, "special");
+    let flock_file = PathBuf::from(format!("{}.flock", out.display()));
+    let posix_file = PathBuf::from(format!("{}.posix", out.display()));
+    assert!(wait_until(T, || special_tick(&out)
+        .first()
+        .is_some_and(|t| *t >= 5)));
+    let host = app_process(&env, id);
+    // One at a time: two standard signals sent at once are one.
+    for n in 1..=2 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(host),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        assert!(wait_until(T, || special_tick(&out).get(3) == Some(&n)));
+    }
+    assert!(!lock_is_free(&flock_file, false) && !lock_is_free(&posix_file, true));
+    let v = checkpoint_kill(&env, id);
+    let before = special_tick(&out);
+    // A lock taken by someone else meanwhile makes the restart fail cleanly.
+    // -o: the lock stays with flock(1) itself, not with its sleep.
+    let mut holder = Command::new("flock")
+        .args(["-n", "-o"])
+        .arg(&flock_file)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id.to_string(), &v.to_string()])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another process holds a conflicting lock"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        env.registry().load(id).is_err(),
+        "a failed restart left the application"
+    );
+    restart(&env, id, v);
+    // Timer ticks go on through epoll; the semaphore keeps counting down from
+    // where it was, the plain counter up; the signalfd count and the drained
+    // bytes of the non-blocking, edge-triggered pipe go on.
+    assert!(
+        wait_until(T, || special_tick(&out)[0] > before[0] + 5),
+        "no tick after restart: {before:?} -> {:?}",
+        special_tick(&out)
+    );
+    let after = special_tick(&out);
+    assert!(
+        after[1] < before[1] && after[1] > 800,
+        "semaphore {before:?} -> {after:?}"
+    );
+    assert!(after[2] > before[2], "eventfd {before:?} -> {after:?}");
+    assert!(after[4] > before[4], "pipe {before:?} -> {after:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(app_process(&env, id)),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    assert!(wait_until(T, || special_tick(&out).get(3) == Some(&3)));
+    assert!(
+        !lock_is_free(&flock_file, false),
+        "the flock was not taken again"
+    );
+    assert!(
+        !lock_is_free(&posix_file, true),
+        "the POSIX lock was not taken again"
+    );
+}
+
+#[test]
+fn a_file_changed_since_the_checkpoint_is_refused() {
+    let env = Env::new();
+    let (id, out) = start(&env, "counter");
+    assert!(wait_until(T, || numbers(&out).len() >= 5));
+    let v = checkpoint_kill(&env, id);
+    // The output file, open for writing, is truncated before the restart.
+    std::fs::write(&out, "1\n").unwrap();
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id.to_string(), &v.to_string()])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{} changed since the checkpoint", out.display()))
+            && err.contains("--allow-changed-files"),
+        "{err}"
+    );
+    assert!(env.registry().load(id).is_err());
+    let o = env
+        .cmd("restart")
+        .args([
+            "--detach",
+            "--allow-changed-files",
+            "--stdout",
+            "/dev/null",
+            "--stderr",
+            "/dev/null",
+            &id.to_string(),
+            &v.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(wait_until(T, || std::fs::metadata(&out)
+        .map(|m| m.len())
+        .unwrap_or(0)
+        > 10));
+}
+
+#[test]
+fn deleted_files_and_memfds_come_back_with_their_content() {
+    let env = Env::new();
+    let dir = env.state.path();
+    let script = dir.join("ghosts.py");
+    std::fs::write(
+        &script,
+        "import fcntl, mmap, os, sys, tempfile, time\n\
+         out = open(sys.argv[1], 'a', buffering=1)\n\
+         t = tempfile.TemporaryFile(dir=os.path.dirname(sys.argv[1]))\n\
+         t.write(b'ghost ' * 50000); t.flush()\n\
+         m = os.memfd_create('xos-test', os.MFD_ALLOW_SEALING)\n\
+         os.write(m, b'memfd ' * 2000)\n\
+         fcntl.fcntl(m, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)\n\
+         mm = mmap.mmap(m, 4096)\n\
+         n = 0\n\
+         while True:\n\
+         \x20   n += 1\n\
+         \x20   mm[0:8] = n.to_bytes(8, 'little')\n\
+         \x20   t.seek(299994); tail = t.read(6).decode().strip()\n\
+         \x20   gone = os.readlink(f'/proc/self/fd/{t.fileno()}').endswith('(deleted)')\n\
+         \x20   seen = int.from_bytes(os.pread(m, 8, 0), 'little')\n\
+         \x20   seals = fcntl.fcntl(m, fcntl.F_GET_SEALS)\n\
+         \x20   out.write(f'{n} {tail} {gone} {seen == n} {os.pread(m, 6, 8).decode()} {seals}\\n')\n\
+         \x20   time.sleep(0.01)\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let id = env.detach(&["python3", script.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(wait_until(T, || lines(&out).len() >= 5));
+    let v = checkpoint_kill(&env, id);
+    let n = lines(&out).len();
+    restart(&env, id, v);
+    assert!(
+        wait_until(T, || lines(&out).len() > n + 5),
+        "no progress after restart"
+    );
+    for (i, l) in lines(&out).iter().enumerate() {
+        assert_eq!(
+            l,
+            &format!("{} ghost True True mfd me 2", i + 1),
+            "line {} after restart at {n}",
+            i + 1
+        );
+    }
+    // Too large for the limit: refused, the application runs on.
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--ghost-limit", "100K", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("more than the limit of 0.1 MiB (--ghost-limit)"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn a_fifo_between_two_processes_keeps_its_unread_data() {
+    let env = Env::new();
+    let dir = env.state.path();
+    let fifo = dir.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let out = dir.join("out");
+    // A writer ahead of a slow reader: the FIFO holds lines in flight.
+    let script = format!(
+        "(i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo $i; done) > {f} &\n\
+         while read n; do echo $n >> {o}; sleep 0.005; done < {f}\n",
+        f = fifo.display(),
+        o = out.display()
+    );
+    let id = env.detach(&["bash", "-c", &script]);
+    assert!(wait_until(T, || numbers(&out).len() >= 20));
+    let v = checkpoint_kill(&env, id);
+    let last = assert_consecutive(&out);
+    restart(&env, id, v);
+    assert!(wait_until(T, || numbers(&out).len() as i64 > last + 50));
+    assert_consecutive(&out);
+}
+
+#[test]
+fn inotify_watches_come_back_with_their_descriptors() {
+    let env = Env::new();
+    let dir = env.state.path();
+    let out = dir.join("out");
+    std::fs::create_dir(dir.join("out.d")).unwrap();
+    std::fs::create_dir(dir.join("out.e")).unwrap();
+    let prog = cc(dir, "inotify");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(wait_until(T, || read(&out) == "ready 2"));
+    std::fs::write(dir.join("out.d/before"), "").unwrap();
+    assert!(wait_until(T, || lines(&out).len() == 2));
+    let v = checkpoint_kill(&env, id);
+    restart(&env, id, v);
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(dir.join("out.d/after"), "").unwrap();
+    std::fs::write(dir.join("out.e/ignored"), "").unwrap();
+    assert!(wait_until(T, || lines(&out).len() >= 3));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        lines(&out),
+        ["ready 2", "create before 2", "create after 2"]
+    );
+}
+
+#[test]
+fn files_given_as_stdio_are_reopened_at_their_offsets() {
+    let env = Env::new();
+    let dir = env.state.path();
+    let input = dir.join("input");
+    let text: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&input, &text).unwrap();
+    let out = dir.join("out");
+    let o = env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "--stdin"])
+        .arg(&input)
+        .arg("--stdout")
+        .arg(&out)
+        .args(["--stderr", "/dev/null", "bash", "-c"])
+        .arg("while read l; do echo $l; sleep 0.002; done")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let id: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    for cycle in 0..2 {
+        let n = numbers(&out).len();
+        assert!(
+            wait_until(T, || numbers(&out).len() > n + 50),
+            "cycle {cycle}: {n} -> {} lines",
+            lines(&out).len()
+        );
+        let v = checkpoint_kill(&env, id);
+        // No --stdin/--stdout: the files are reopened where they were.
+        let o = env
+            .cmd("restart")
+            .args([
+                "--detach",
+                "--stderr",
+                "/dev/null",
+                &id.to_string(),
+                &v.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+    }
+    assert!(wait_until(Duration::from_secs(60), || numbers(&out).len() >= 3000));
+    assert_eq!(assert_consecutive(&out), 3000);
+}

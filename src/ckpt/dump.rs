@@ -6,12 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Vma};
+use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
 use super::ptrace::Tracee;
-use super::{sys, CkptError};
+use super::{files, sigframe, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -21,6 +21,10 @@ const ERESTARTNOINTR: i64 = -513;
 const ERESTARTNOHAND: i64 = -514;
 const ERESTART_RESTARTBLOCK: i64 = -516;
 const NR_RESTART_SYSCALL: u64 = 219;
+/// Ids of unlinked files, apart from those of shared memory (inode numbers).
+const GHOST_IDS: u64 = 1 << 62;
+/// Default largest unlinked file saved with an image.
+pub const DEFAULT_GHOST_LIMIT: u64 = 10 << 20;
 /// Copy buffer: small enough to stay in cache and to cost few page faults.
 const CHUNK: usize = 1 << 20;
 
@@ -203,7 +207,140 @@ pub struct Dumper<'a> {
     pub ns_pids: HashMap<i32, i32>,
     pub shared: BTreeMap<u64, Blob>,
     pub pipes: BTreeMap<u64, PipeImg>,
+    /// Named pipes by inode.
+    pub fifos: BTreeMap<u64, image::FifoImg>,
     buf: Vec<u8>,
+    /// rt_sigreturn offsets found per code mapping (path, inode, offset, size).
+    restorers: HashMap<(String, u64, u64, u64), Option<usize>>,
+    /// Unlinked files saved so far, by (device, inode).
+    pub ghosts: BTreeMap<(u64, u64), image::Ghost>,
+    /// Largest unlinked file saved with the image.
+    pub ghost_limit: u64,
+    /// (host pid, fd, link) of every anonymous-inode file saved so far.
+    anon_files: Vec<(i32, i32, String)>,
+    /// Set by a signal to the checkpointer: stop at the next safe point.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// How calls are injected into the processes being saved.
+#[derive(Debug, Clone, Copy)]
+struct Safety {
+    gadget: u64,
+    /// A `syscall` with no safety frame.
+    plain: u64,
+    /// rt_sigreturn sequence for the safety frame; None: no frame can be armed.
+    restorer: Option<u64>,
+}
+
+/// brk, signal actions and interval timers of a process.
+type ProcessFacts = (u64, Vec<(i32, u64, u64, u64, u64)>, Vec<[i64; 4]>);
+
+/// Runs `f` with calls injected into the stopped thread `t` (every signal
+/// blocked, the safety frame armed when possible) and puts the thread back
+/// exactly as it was, whatever `f` returned.
+fn with_injection<R>(
+    t: &mut Tracee,
+    regs0: &libc::user_regs_struct,
+    mask0: u64,
+    xstate: &[u8],
+    safety: Safety,
+    f: impl FnOnce(&Tracee, u64) -> Result<R>,
+) -> Result<R> {
+    let image_regs = restart_fixup(regs0, false);
+    let frame = safety.restorer.and_then(|restorer| {
+        sigframe::build(&sigframe::State {
+            regs: &image_regs,
+            sigmask: mask0,
+            xstate,
+            restorer,
+        })
+    });
+    // The `ret` gadget is only safe with its frame.
+    t.gadget = match &frame {
+        Some(_) => safety.gadget,
+        None => safety.plain,
+    };
+    // Without a frame: scratch space below the red zone, put back afterwards.
+    let (low, len, scratch) = match &frame {
+        Some(fr) => (fr.low, fr.bytes.len(), fr.scratch),
+        None => {
+            let s = (regs0.rsp - 1024) & !15;
+            (s, 256, s)
+        }
+    };
+    let mut saved = vec![0u8; len];
+    t.read_mem(low, &mut saved)?;
+    if let Some(fr) = &frame {
+        t.write_mem(fr.low, &fr.bytes)?;
+        t.safe_rsp = Some(fr.slot);
+    }
+    let result = t.set_sigmask(!0).and_then(|()| {
+        let r = f(t, scratch);
+        fault_point("injection");
+        r
+    });
+    let live = restart_fixup(regs0, true);
+    let put_back = t
+        .set_regs(live)
+        .and_then(|()| t.set_sigmask(mask0))
+        .and_then(|()| t.write_mem(low, &saved));
+    t.safe_rsp = None;
+    let r = result?;
+    put_back?;
+    Ok(r)
+}
+
+/// Fault injection for the tests: with `XOS_CKPT_FAULT=NAME`, the checkpointer
+/// kills itself with SIGKILL at the point NAME, as an administrator or the OOM
+/// killer could.
+fn fault_point(name: &str) {
+    if std::env::var("XOS_CKPT_FAULT").is_ok_and(|v| v == name) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// brk, signal handlers and interval timers, asked inside the process.
+fn process_queries(
+    t: &Tracee,
+    regs0: &libc::user_regs_struct,
+    scratch: u64,
+    status: &str,
+) -> Result<ProcessFacts> {
+    let brk = t.syscall_ok(regs0, "brk", libc::SYS_brk, [0; 6])?;
+    // Signals with a handler (SigCgt) or ignored (SigIgn) are not at default.
+    let caught = hex_mask(status, "SigCgt");
+    let ignored = hex_mask(status, "SigIgn");
+    let mut acts = Vec::new();
+    for sig in 1..=64i32 {
+        let bit = 1u64 << (sig - 1);
+        if (caught | ignored) & bit == 0 || sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        t.syscall_ok(
+            regs0,
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig as u64, 0, scratch, 8, 0, 0],
+        )?;
+        let mut b = [0u8; 32];
+        t.read_mem(scratch, &mut b)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        acts.push((sig, w(0), w(1), w(2), w(3)));
+    }
+    let mut timers = Vec::new();
+    for which in 0..3u64 {
+        t.syscall_ok(
+            regs0,
+            "getitimer",
+            libc::SYS_getitimer,
+            [which, scratch, 0, 0, 0, 0],
+        )?;
+        let mut b = [0u8; 32];
+        t.read_mem(scratch, &mut b)?;
+        let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        timers.push([w(0), w(1), w(2), w(3)]);
+    }
+    Ok((brk, acts, timers))
 }
 
 impl<'a> Dumper<'a> {
@@ -214,25 +351,28 @@ impl<'a> Dumper<'a> {
             ns_pids,
             shared: BTreeMap::new(),
             pipes: BTreeMap::new(),
+            fifos: BTreeMap::new(),
             buf: vec![0u8; CHUNK],
+            restorers: HashMap::new(),
+            anon_files: Vec::new(),
+            ghosts: BTreeMap::new(),
+            ghost_limit: DEFAULT_GHOST_LIMIT,
+            cancel: None,
         }
     }
 
-    /// Saves one stopped process. The task's registers are put back as they were
-    /// (with an interrupted call set to restart) before this returns.
-    pub fn dump(&mut self, t: &mut Tracee, host: i32) -> Result<Proc> {
-        let pid = t.label;
+    /// Saves one stopped process whose threads (leader first) are `threads`.
+    /// Every thread's registers, mask and stack are put back as they were
+    /// (with an interrupted call set to restart) before this returns; a
+    /// checkpointer killed meanwhile leaves that to the safety frame.
+    pub fn dump(
+        &mut self,
+        threads: &mut [Tracee],
+        host: i32,
+        stopped: Option<i32>,
+    ) -> Result<Proc> {
+        let pid = threads[0].label;
         let status = read_proc(host, pid, "status")?;
-        let threads: usize = status_field(&status, "Threads")
-            .first()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        if threads != 1 {
-            return Err(CkptError::Unsupported {
-                pid,
-                what: format!("{threads} threads (only single-threaded processes are supported)"),
-            });
-        }
         // A filter cannot be read back without CAP_SYS_ADMIN tricks and would
         // be lost silently; strict mode cannot even be entered again.
         let seccomp = status_field(&status, "Seccomp").first().copied();
@@ -243,17 +383,47 @@ impl<'a> Dumper<'a> {
             });
         }
         let maps = parse_maps(&read_proc(host, pid, "maps")?);
-        let regs0 = t.regs()?;
-        let mask0 = t.sigmask()?;
-        let xstate = t.xstate()?;
-        let rseq = t.rseq()?;
-        // Injected calls run with every signal blocked; the registers and mask are
-        // restored whatever happens.
-        let injected = self.injected(t, &maps, &regs0, &status);
-        let live = restart_fixup(&regs0, true);
-        let put_back = t.set_sigmask(mask0).and_then(|_| t.set_regs(live));
-        let (brk, sigactions, itimers) = injected?;
-        put_back?;
+        let mut seen = Vec::new();
+        for t in threads.iter() {
+            seen.push(thread::read(t, host, t.label)?);
+        }
+        let host_tids: HashMap<i32, i32> =
+            threads.iter().map(|t| (t.pid.as_raw(), t.label)).collect();
+        let mut timers = timer::parse(
+            &fs::read_to_string(format!("/proc/{host}/timers")).unwrap_or_default(),
+            &host_tids,
+        );
+        let safety = self.safety(&threads[0], &maps)?;
+        let mut leader_facts = None;
+        for (i, (t, (regs0, xstate, th))) in threads.iter_mut().zip(seen.iter_mut()).enumerate() {
+            let facts = with_injection(t, regs0, th.sigmask, xstate, safety, |t, scratch| {
+                thread::query(t, regs0, scratch, th)?;
+                if i == 0 {
+                    timer::query(t, regs0, scratch, &mut timers)?;
+                    return process_queries(t, regs0, scratch, &status).map(Some);
+                }
+                Ok(None)
+            })?;
+            if facts.is_some() {
+                leader_facts = facts;
+            }
+            if self.cancelled() {
+                return Err(CkptError::Cancelled);
+            }
+        }
+        let (brk, sigactions, itimers) = leader_facts.expect("the leader was queried");
+        let shared_pending = thread::queued(&threads[0], true)?;
+        for (t, (_, _, th)) in threads.iter().zip(seen.iter_mut()) {
+            th.pending = thread::queued(t, false)?;
+        }
+        let threads_img: Vec<Thread> = seen
+            .into_iter()
+            .map(|(regs0, xstate, mut th)| {
+                th.regs = sys::regs_to_words(&restart_fixup(&regs0, false)).to_vec();
+                th.xstate = image::to_hex(&xstate);
+                th
+            })
+            .collect();
 
         let stat = read_proc(host, pid, "stat")?;
         let close = stat.rfind(')').unwrap_or(0);
@@ -312,7 +482,6 @@ impl<'a> Dumper<'a> {
         })?;
         let personality =
             u64::from_str_radix(read_proc(host, pid, "personality")?.trim(), 16).unwrap_or(0);
-        let pending = hex_mask(&status, "SigPnd") | hex_mask(&status, "ShdPnd");
         let link = |what: &str| fs::read_link(format!("/proc/{host}/{what}")).unwrap_or_default();
         let root = link("root");
         if root != Path::new("/") {
@@ -322,7 +491,7 @@ impl<'a> Dumper<'a> {
             });
         }
 
-        let vmas = self.dump_memory(t, host, &maps)?;
+        let vmas = self.dump_memory(&threads[0], host, &maps)?;
         let fds = self.dump_fds(host, pid)?;
         let pages = vmas.1;
         Ok(Proc {
@@ -353,13 +522,12 @@ impl<'a> Dumper<'a> {
             },
             personality,
             rlimits,
-            regs: sys::regs_to_words(&restart_fixup(&regs0, false)).to_vec(),
-            xstate: image::to_hex(&xstate),
-            sigmask: mask0,
-            sigpending: pending,
+            threads: threads_img,
+            shared_pending,
+            stopped,
             sigactions,
             itimers,
-            rseq,
+            timers,
             mm,
             auxv,
             vmas: vmas.0,
@@ -368,64 +536,87 @@ impl<'a> Dumper<'a> {
         })
     }
 
-    /// brk and the signal handlers, by system calls run inside the task.
-    #[allow(clippy::type_complexity)]
-    fn injected(
-        &self,
-        t: &mut Tracee,
-        maps: &[MapLine],
-        regs0: &libc::user_regs_struct,
-        status: &str,
-    ) -> Result<(u64, Vec<(i32, u64, u64, u64, u64)>, Vec<[i64; 4]>)> {
+    /// An ended child not reaped yet: its ids and wait status (stat(5) field 52).
+    pub fn zombie(&self, host: i32) -> Result<image::Zombie> {
+        let status = read_proc(host, host, "status")?;
+        let pid = ns_value(&status, "NSpid");
+        let stat = read_proc(host, pid, "stat")?;
+        let f: Vec<i64> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+            .split(' ')
+            .map(|v| v.trim().parse().unwrap_or(0))
+            .collect();
+        let ppid_host = f.get(1).copied().unwrap_or(0) as i32;
+        Ok(image::Zombie {
+            pid,
+            ppid: self.ns_pids.get(&ppid_host).copied().unwrap_or(1),
+            pgid: ns_value(&status, "NSpgid"),
+            sid: ns_value(&status, "NSsid"),
+            status: f.get(52 - 3).copied().unwrap_or(0) as i32,
+        })
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The `syscall; …; ret` gadget of the process's vDSO and an rt_sigreturn
+    /// sequence in its code, when both exist (see [`sigframe`]); else a plain
+    /// `syscall` and no safety frame.
+    fn safety(&mut self, t: &Tracee, maps: &[MapLine]) -> Result<Safety> {
         let vdso = maps
             .iter()
             .find(|m| m.path == "[vdso]")
             .ok_or(CkptError::NoSyscallInsn { pid: t.label })?;
-        t.find_gadget(vdso.start, vdso.end)?;
-        t.set_sigmask(!0)?;
-        let brk = t.syscall_ok(regs0, "brk", libc::SYS_brk, [0; 6])?;
-        // Signals with a handler (SigCgt) or ignored (SigIgn) are not at default.
-        let caught = hex_mask(status, "SigCgt");
-        let ignored = hex_mask(status, "SigIgn");
-        let mut acts = Vec::new();
-        let mut timers = Vec::new();
-        // Scratch space below the red zone of the task's stack, put back afterwards.
-        let scratch = (regs0.rsp - 1024) & !15;
-        let mut saved = [0u8; 32];
-        t.read_mem(scratch, &mut saved)?;
-        let result = (|| {
-            for sig in 1..=64i32 {
-                let bit = 1u64 << (sig - 1);
-                if (caught | ignored) & bit == 0 || sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                    continue;
+        let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+        t.read_mem(vdso.start, &mut code)?;
+        let plain = code
+            .windows(2)
+            .position(|w| w == [0x0f, 0x05])
+            .ok_or(CkptError::NoSyscallInsn { pid: t.label })?;
+        let plain = vdso.start + plain as u64;
+        let unsafe_way = Safety {
+            gadget: plain,
+            plain,
+            restorer: None,
+        };
+        let Some(ret) = sigframe::find_ret_gadget(&code) else {
+            return Ok(unsafe_way);
+        };
+        // The C library first: that is where the signal restorer lives.
+        let mut code_maps: Vec<&MapLine> = maps
+            .iter()
+            .filter(|m| m.perms.starts_with("r-x") && m.path.starts_with('/'))
+            .collect();
+        code_maps.sort_by_key(|m| !m.path.contains("/libc"));
+        for m in code_maps {
+            let key = (m.path.clone(), m.inode, m.offset, m.end - m.start);
+            let off = match self.restorers.get(&key) {
+                Some(o) => *o,
+                None => {
+                    let mut code = vec![0u8; (m.end - m.start) as usize];
+                    let o = t
+                        .read_mem(m.start, &mut code)
+                        .ok()
+                        .and_then(|()| sigframe::find_sigreturn(&code));
+                    self.restorers.insert(key, o);
+                    o
                 }
-                t.syscall_ok(
-                    regs0,
-                    "rt_sigaction",
-                    libc::SYS_rt_sigaction,
-                    [sig as u64, 0, scratch, 8, 0, 0],
-                )?;
-                let mut b = [0u8; 32];
-                t.read_mem(scratch, &mut b)?;
-                let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-                acts.push((sig, w(0), w(1), w(2), w(3)));
+            };
+            if let Some(o) = off {
+                return Ok(Safety {
+                    gadget: vdso.start + ret as u64,
+                    plain,
+                    restorer: Some(m.start + o as u64),
+                });
             }
-            for which in 0..3u64 {
-                t.syscall_ok(
-                    regs0,
-                    "getitimer",
-                    libc::SYS_getitimer,
-                    [which, scratch, 0, 0, 0, 0],
-                )?;
-                let mut b = [0u8; 32];
-                t.read_mem(scratch, &mut b)?;
-                let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-                timers.push([w(0), w(1), w(2), w(3)]);
-            }
-            Ok(())
-        })();
-        t.write_mem(scratch, &saved)?;
-        result.map(|()| (brk, acts, timers))
+        }
+        log::debug!(
+            "process {}: no rt_sigreturn sequence found, no safety frame",
+            t.label
+        );
+        Ok(unsafe_way)
     }
 
     fn dump_memory(&mut self, t: &Tracee, host: i32, maps: &[MapLine]) -> Result<(Vec<Vma>, Blob)> {
@@ -454,6 +645,15 @@ impl<'a> Dumper<'a> {
                     offset: m.offset,
                     shared,
                 },
+                p if p.starts_with('/') && deleted && m.inode != 0 && !p.starts_with("/SYSV") => {
+                    let src = format!("/proc/{host}/map_files/{:x}-{:x}", m.start, m.end);
+                    let what = format!("the mapping at {:#x} ({p})", m.start);
+                    Backing::Ghost {
+                        id: self.ghost(&src, p, pid, &what)?,
+                        offset: m.offset,
+                        shared,
+                    }
+                }
                 p => {
                     return Err(CkptError::Unsupported {
                         pid,
@@ -467,8 +667,10 @@ impl<'a> Dumper<'a> {
             };
             let mut runs = Vec::new();
             match &backing {
-                Backing::Anon | Backing::File { shared: false, .. } => {
-                    let file_backed = matches!(backing, Backing::File { .. });
+                Backing::Anon
+                | Backing::File { shared: false, .. }
+                | Backing::Ghost { shared: false, .. } => {
+                    let file_backed = !matches!(backing, Backing::Anon);
                     runs = populated_runs(&pagemap, m.start, m.end, file_backed)
                         .map_err(proc_err(pid, "read pagemap"))?;
                     for &(addr, n) in &runs {
@@ -500,6 +702,9 @@ impl<'a> Dumper<'a> {
         mut len: u64,
     ) -> Result<()> {
         while len > 0 {
+            if self.cancelled() {
+                return Err(CkptError::Cancelled);
+            }
             let n = len.min(self.buf.len() as u64) as usize;
             t.read_mem(addr, &mut self.buf[..n])?;
             let dir = self.dir;
@@ -515,15 +720,49 @@ impl<'a> Dumper<'a> {
     fn dump_shared(&mut self, host: i32, pid: i32, m: &MapLine, id: u64) -> Result<Blob> {
         let path = format!("/proc/{host}/map_files/{:x}-{:x}", m.start, m.end);
         let f = File::open(&path).map_err(proc_err(pid, "open a shared mapping"))?;
+        self.dump_sparse(&f, pid, id)
+    }
+
+    /// An unlinked file (see [`files::ghost`]) opened through `src`, saved once
+    /// per inode; returns its id.
+    fn ghost(&mut self, src: &str, link: &str, pid: i32, what: &str) -> Result<u64> {
+        let f = File::open(src).map_err(proc_err(pid, "open a deleted file"))?;
+        let md = f.metadata().map_err(proc_err(pid, "stat a deleted file"))?;
+        let key = (md.dev(), md.ino());
+        if let Some(g) = self.ghosts.get(&key) {
+            return Ok(g.id);
+        }
+        if md.len() > self.ghost_limit {
+            return Err(CkptError::Unsupported {
+                pid,
+                what: format!(
+                    "{what}: a deleted file of {:.1} MiB, more than the limit of {:.1} MiB (--ghost-limit)",
+                    md.len() as f64 / 1048576.0,
+                    self.ghost_limit as f64 / 1048576.0
+                ),
+            });
+        }
+        let mut g =
+            files::ghost::describe(&f, link).map_err(proc_err(pid, "stat a deleted file"))?;
+        g.id = GHOST_IDS + self.ghosts.len() as u64;
+        let blob = self.dump_sparse(&f, pid, g.id)?;
+        self.shared.insert(g.id, blob);
+        let id = g.id;
+        self.ghosts.insert(key, g);
+        Ok(id)
+    }
+
+    /// Size, then (offset, length, bytes) of every data extent of `f`.
+    fn dump_sparse(&mut self, f: &File, pid: i32, id: u64) -> Result<Blob> {
         let size = f
             .metadata()
-            .map_err(proc_err(pid, "stat a shared mapping"))?
+            .map_err(proc_err(pid, "stat a shared object"))?
             .len();
         let mut out = BlobWriter::create(self.dir, format!("shm-{id}.img"), id)?;
         out.write(self.dir, &size.to_le_bytes())?;
         let mut off = 0u64;
         while off < size {
-            let data = match nix::unistd::lseek(&f, off as i64, nix::unistd::Whence::SeekData) {
+            let data = match nix::unistd::lseek(f, off as i64, nix::unistd::Whence::SeekData) {
                 Ok(d) => d as u64,
                 Err(nix::Error::ENXIO) => break,
                 Err(e) => {
@@ -534,7 +773,7 @@ impl<'a> Dumper<'a> {
                     })
                 }
             };
-            let hole = nix::unistd::lseek(&f, data as i64, nix::unistd::Whence::SeekHole)
+            let hole = nix::unistd::lseek(f, data as i64, nix::unistd::Whence::SeekHole)
                 .map(|h| h as u64)
                 .unwrap_or(size)
                 .min(size);
@@ -544,7 +783,7 @@ impl<'a> Dumper<'a> {
             while pos < hole {
                 let n = ((hole - pos) as usize).min(self.buf.len());
                 f.read_exact_at(&mut self.buf[..n], pos)
-                    .map_err(proc_err(pid, "read a shared mapping"))?;
+                    .map_err(proc_err(pid, "read a shared object"))?;
                 let dir = self.dir;
                 out.write(dir, &self.buf[..n])?;
                 pos += n as u64;
@@ -555,80 +794,184 @@ impl<'a> Dumper<'a> {
     }
 
     fn dump_fds(&mut self, host: i32, pid: i32) -> Result<Vec<Fd>> {
-        let mut std_ids = Vec::new();
-        for k in 0..3 {
-            if let Ok(md) = fs::metadata(format!("/proc/{}/fd/{k}", self.root_host)) {
-                std_ids.push((k, md.dev(), md.ino()));
-            }
-        }
         let dir = format!("/proc/{host}/fd");
-        let mut fds = Vec::new();
+        let mut numbers = Vec::new();
         for ent in fs::read_dir(&dir).map_err(proc_err(pid, "list fds"))? {
             let ent = ent.map_err(proc_err(pid, "list fds"))?;
-            let Ok(fd) = ent.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let target = fs::read_link(ent.path()).unwrap_or_default();
+            if let Ok(fd) = ent.file_name().to_string_lossy().parse::<i32>() {
+                numbers.push(fd);
+            }
+        }
+        numbers.sort_unstable();
+        let mut fds: Vec<Fd> = Vec::new();
+        // (fd, link) of this process, to find dup(2)ed descriptors.
+        let mut seen: Vec<(i32, String)> = Vec::new();
+        for fd in numbers {
+            let path = PathBuf::from(format!("{dir}/{fd}"));
+            let target = fs::read_link(&path).unwrap_or_default();
             let target_s = target.to_string_lossy().into_owned();
-            let info = fs::read_to_string(format!("/proc/{host}/fdinfo/{fd}")).unwrap_or_default();
-            let get = |k: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(|v| v.trim().to_string())
-                    .unwrap_or_default()
-            };
-            let flags = u32::from_str_radix(&get("flags:"), 8).unwrap_or(0);
-            let pos: u64 = get("pos:").parse().unwrap_or(0);
-            let md = fs::metadata(ent.path()).ok();
-            let unsupported = || CkptError::Unsupported {
+            let text = fs::read_to_string(format!("/proc/{host}/fdinfo/{fd}")).unwrap_or_default();
+            let info = files::FdInfo { text: &text };
+            let flags = info
+                .get("flags:")
+                .and_then(|v| u32::from_str_radix(v, 8).ok())
+                .unwrap_or(0);
+            let pos: u64 = info.get("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let md = fs::metadata(&path).ok();
+            let unsupported = |why: &str| CkptError::Unsupported {
                 pid,
-                what: format!("fd {fd} ({target_s})"),
+                what: format!("fd {fd} ({target_s}){why}"),
             };
-            if let Some(md) = &md {
-                if let Some((k, _, _)) = std_ids
+            let locks = files::lock::dump(&info).map_err(|w| unsupported(&format!(": {w}")))?;
+            // The very open file of one of the init's standard descriptors
+            // (the same one when several are, as stdin, stdout and stderr on
+            // one terminal or /dev/null).
+            let std = (0..3)
+                .filter(|k| sys::same_file(host, fd, self.root_host, *k))
+                .min_by_key(|k| (*k != fd, *k));
+            if let Some(k) = std {
+                // A file given by krgcr-run is reopened at its offset like any
+                // other; a terminal or a pipe is the restarter's.
+                let kind = match &md {
+                    Some(m) if m.is_file() && !target_s.ends_with(" (deleted)") => FdKind::Path {
+                        path: target.clone(),
+                        pos,
+                        size: m.len(),
+                        ftype: m.mode() & libc::S_IFMT,
+                        inherited: Some(k),
+                    },
+                    _ => FdKind::Inherited { std: k },
+                };
+                fds.push(Fd {
+                    fd,
+                    flags,
+                    kind,
+                    locks,
+                });
+                continue;
+            }
+            let is_pipe = target_s.starts_with("pipe:[");
+            if !is_pipe {
+                if let Some((of, _)) = seen
                     .iter()
-                    .find(|(_, d, i)| *d == md.dev() && *i == md.ino())
+                    .find(|(f, t)| *t == target_s && sys::same_file(host, *f, host, fd))
                 {
                     fds.push(Fd {
                         fd,
                         flags,
-                        kind: FdKind::Inherited { std: *k },
+                        kind: FdKind::Dup { of: *of },
+                        locks,
                     });
                     continue;
                 }
+                seen.push((fd, target_s.clone()));
             }
             let kind = if let Some(id) = target_s
                 .strip_prefix("pipe:[")
                 .and_then(|r| r.strip_suffix(']'))
             {
-                let id: u64 = id.parse().map_err(|_| unsupported())?;
+                let id: u64 = id.parse().map_err(|_| unsupported(""))?;
                 if !self.pipes.contains_key(&id) {
-                    let p = self.dump_pipe(&ent.path(), pid, id)?;
+                    let p = self.dump_pipe(&path, pid, id, "pipe")?;
                     self.pipes.insert(id, p);
                 }
                 FdKind::Pipe {
                     id,
                     write: flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32,
                 }
+            } else if let Some(anon) = target_s.strip_prefix("anon_inode:") {
+                // One object in two processes would become two after restart.
+                if let Some((other, _, _)) = self.anon_files.iter().find(|(h, f, t)| {
+                    *h != host && *t == target_s && sys::same_file(*h, *f, host, fd)
+                }) {
+                    let other = self.ns_pids.get(other).copied().unwrap_or(0);
+                    return Err(unsupported(&format!(", shared with process {other}")));
+                }
+                self.anon_files.push((host, fd, target_s.clone()));
+                let bad = || unsupported(": unreadable fdinfo");
+                match anon {
+                    "[eventfd]" => {
+                        let (count, semaphore) = files::eventfd::dump(&info).ok_or_else(bad)?;
+                        FdKind::EventFd { count, semaphore }
+                    }
+                    "[signalfd]" => FdKind::SignalFd {
+                        mask: files::signalfd::dump(&info).ok_or_else(bad)?,
+                    },
+                    "[timerfd]" => FdKind::TimerFd(files::timerfd::dump(&info).ok_or_else(bad)?),
+                    "[eventpoll]" => FdKind::Epoll {
+                        targets: files::epoll::dump(&info).ok_or_else(bad)?,
+                    },
+                    "inotify" => FdKind::Inotify {
+                        watches: files::inotify::dump(&info)
+                            .map_err(|w| unsupported(&format!(": {w}")))?,
+                    },
+                    _ => return Err(unsupported("")),
+                }
+            } else if target_s.starts_with('/')
+                && !target_s.ends_with(" (deleted)")
+                && md.as_ref().is_some_and(|m| m.file_type().is_fifo())
+            {
+                let id = md.as_ref().map_or(0, |m| m.ino());
+                if !self.fifos.contains_key(&id) {
+                    let pipe = self.dump_pipe(&path, pid, id, "fifo")?;
+                    self.fifos.insert(
+                        id,
+                        image::FifoImg {
+                            path: target.clone(),
+                            pipe,
+                        },
+                    );
+                }
+                FdKind::Fifo { path: target, id }
+            } else if target_s.ends_with(" (deleted)") && md.as_ref().is_some_and(|m| m.is_file()) {
+                let what = format!("fd {fd} ({target_s})");
+                FdKind::Ghost {
+                    id: self.ghost(&path.to_string_lossy(), &target_s, pid, &what)?,
+                    pos,
+                }
             } else if target_s.starts_with('/') && !target_s.ends_with(" (deleted)") {
-                let md = md.ok_or_else(unsupported)?;
+                let md = md.ok_or_else(|| unsupported(""))?;
                 let ft = md.file_type();
                 use std::os::unix::fs::FileTypeExt;
                 if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
-                    return Err(unsupported());
+                    return Err(unsupported(""));
                 }
-                FdKind::Path { path: target, pos }
+                FdKind::Path {
+                    path: target,
+                    pos,
+                    size: md.len(),
+                    ftype: md.mode() & libc::S_IFMT,
+                    inherited: None,
+                }
             } else {
-                return Err(unsupported());
+                return Err(unsupported(""));
             };
-            fds.push(Fd { fd, flags, kind });
+            fds.push(Fd {
+                fd,
+                flags,
+                kind,
+                locks,
+            });
         }
-        fds.sort_by_key(|f| f.fd);
+        // Every epoll target must be a descriptor of the process.
+        for f in &fds {
+            if let FdKind::Epoll { targets } = &f.kind {
+                if let Some((t, ..)) = targets
+                    .iter()
+                    .find(|(t, ..)| !fds.iter().any(|g| g.fd == *t))
+                {
+                    return Err(CkptError::Unsupported {
+                        pid,
+                        what: format!("fd {} (epoll) watching fd {t}, closed since", f.fd),
+                    });
+                }
+            }
+        }
         Ok(fds)
     }
 
     /// Copies the unread bytes of a pipe without consuming them (tee(2)).
-    fn dump_pipe(&mut self, fd_path: &Path, pid: i32, id: u64) -> Result<PipeImg> {
+    fn dump_pipe(&mut self, fd_path: &Path, pid: i32, id: u64, kind: &str) -> Result<PipeImg> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let src = fs::OpenOptions::new()
@@ -651,7 +994,7 @@ impl<'a> Dumper<'a> {
                     source: e,
                 })?;
         let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(cap as i32));
-        let mut out = BlobWriter::create(self.dir, format!("pipe-{id}.img"), id)?;
+        let mut out = BlobWriter::create(self.dir, format!("{kind}-{id}.img"), id)?;
         let n = match sys::tee(src.as_raw_fd(), w.as_raw_fd(), cap) {
             Ok(n) => n,
             Err(nix::Error::EAGAIN) => 0,

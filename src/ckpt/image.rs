@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &str = "xos-image";
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// A whole application image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,8 +30,40 @@ pub struct Image {
     pub owner_gid: u32,
     pub limits: crate::cgroup::Limits,
     pub processes: Vec<Proc>,
+    /// Children that had ended but were not reaped yet: created again and
+    /// ended the same way, for their parent's wait.
+    #[serde(default)]
+    pub zombies: Vec<Zombie>,
     pub shared: Vec<Blob>,
+    /// Unlinked files (deleted files, memfds): their content is the `shared`
+    /// blob with the same id.
+    #[serde(default)]
+    pub ghosts: Vec<Ghost>,
     pub pipes: Vec<PipeImg>,
+    /// Named pipes open in the application, with their unread bytes.
+    #[serde(default)]
+    pub fifos: Vec<FifoImg>,
+}
+
+/// A FIFO (named pipe): its path and, as for a pipe, its unread bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FifoImg {
+    pub path: PathBuf,
+    pub pipe: PipeImg,
+}
+
+/// An open or mapped file without a name (see `files::ghost`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ghost {
+    pub id: u64,
+    /// Where it was, without " (deleted)"; for a memfd, "/memfd:NAME".
+    pub path: PathBuf,
+    /// The name of a memfd.
+    pub memfd: Option<String>,
+    /// Permission bits.
+    pub mode: u32,
+    /// memfd seals (F_GET_SEALS).
+    pub seals: i32,
 }
 
 /// A data file of the image.
@@ -51,7 +83,7 @@ pub struct PipeImg {
     pub data: Blob,
 }
 
-/// One process (single-threaded).
+/// One process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Proc {
     /// pid, parent, group and session in the application's PID namespace; 0 for a
@@ -73,27 +105,81 @@ pub struct Proc {
     pub personality: u64,
     /// (resource, soft, hard).
     pub rlimits: Vec<(u32, u64, u64)>,
-    /// General registers in `user_regs_struct` order, fixed up so that an
-    /// interrupted system call is entered again.
-    pub regs: Vec<u64>,
-    /// The XSAVE area, hex.
-    pub xstate: String,
-    pub sigmask: u64,
-    /// Pending signals (private and shared sets merged).
-    pub sigpending: u64,
+    /// Every thread, the leader (tid == pid) first.
+    pub threads: Vec<Thread>,
+    /// Signals queued for the whole process, as 128-byte siginfos (hex), in order.
+    pub shared_pending: Vec<String>,
+    /// The signal that put the process in a job-control stop, if it was stopped.
+    pub stopped: Option<i32>,
     /// (signal, handler, flags, restorer, mask) for every signal not at default.
     pub sigactions: Vec<(i32, u64, u64, u64, u64)>,
     /// Interval timers (real, virtual, profiling): interval and value as
     /// (sec, usec, sec, usec).
-    #[serde(default)]
     pub itimers: Vec<[i64; 4]>,
-    /// Registered rseq area (address, size, signature), registered again on restart.
-    pub rseq: Option<(u64, u32, u32)>,
+    /// POSIX timers (timer_create(2)).
+    pub timers: Vec<PosixTimer>,
     pub mm: Mm,
     pub auxv: Vec<u64>,
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
     pub pages: Blob,
+}
+
+/// An ended process not yet reaped by its parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Zombie {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Its wait status, as waitpid(2) would give it.
+    pub status: i32,
+}
+
+/// One thread of a process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Thread {
+    /// Thread id in the application's PID namespace.
+    pub tid: i32,
+    /// General registers in `user_regs_struct` order (with `fs_base`, the TLS),
+    /// fixed up so that an interrupted system call is entered again.
+    pub regs: Vec<u64>,
+    /// The XSAVE area, hex.
+    pub xstate: String,
+    pub sigmask: u64,
+    /// Signals queued for this thread only, as 128-byte siginfos (hex), in order.
+    pub pending: Vec<String>,
+    /// sigaltstack(2): (sp, flags, size), or None when disabled.
+    pub altstack: Option<(u64, u32, u64)>,
+    /// Registered rseq area (address, size, signature).
+    pub rseq: Option<(u64, u32, u32)>,
+    /// set_robust_list(2): (head, length); (0, 0) when none.
+    pub robust_list: (u64, u64),
+    /// set_tid_address(2): the clear_child_tid word that pthread_join waits on.
+    pub clear_tid: u64,
+    pub comm: String,
+    /// Scheduling policy, real-time priority and nice value.
+    pub policy: i32,
+    pub rt_priority: i32,
+    pub nice: i32,
+    /// PR_SET_PDEATHSIG.
+    pub pdeathsig: i32,
+}
+
+/// A POSIX timer of a process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    /// sigev_notify (SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID…).
+    pub notify: i32,
+    pub signo: i32,
+    /// sigev_value.
+    pub value: u64,
+    /// Thread for SIGEV_THREAD_ID, in the application's PID namespace.
+    pub tid: i32,
+    /// it_interval and it_value (remaining) as (sec, nsec, sec, nsec).
+    pub spec: [i64; 4],
 }
 
 /// Capability sets, as bit masks (bit N = capability N).
@@ -161,6 +247,9 @@ pub enum Backing {
     },
     /// Shared anonymous memory: the `shared` blob with this id, from `offset`.
     SharedAnon { id: u64, offset: u64 },
+    /// A file without a name (the ghost with this id), privately (changed pages
+    /// saved) or shared.
+    Ghost { id: u64, offset: u64, shared: bool },
     /// The kernel's vDSO areas, moved to the saved addresses on restart.
     Special { name: String },
 }
@@ -184,17 +273,95 @@ pub struct Fd {
     /// open(2) flags as in fdinfo, O_CLOEXEC included.
     pub flags: u32,
     pub kind: FdKind,
+    /// Locks held through this descriptor.
+    #[serde(default)]
+    pub locks: Vec<FileLock>,
+}
+
+/// A file lock (see `files::lock`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileLock {
+    pub kind: LockKind,
+    pub write: bool,
+    pub start: u64,
+    /// Last byte, None for "to the end of the file".
+    pub end: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Flock,
+    Posix,
+    Ofd,
+}
+
+/// A timerfd: clock, expirations not read, time left and interval (sec, nsec).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimerFd {
+    pub clock: i32,
+    pub ticks: u64,
+    pub value: (i64, i64),
+    pub interval: (i64, i64),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FdKind {
-    /// A file reopened by path at this offset.
-    Path { path: PathBuf, pos: u64 },
+    /// A file reopened by path at this offset; its size and file type (S_IFMT
+    /// bits) then, checked again at restart.
+    Path {
+        path: PathBuf,
+        pos: u64,
+        #[serde(default)]
+        size: u64,
+        #[serde(default)]
+        ftype: u32,
+        /// The standard descriptor of the application's init this file was
+        /// (krgcr-run --stdin/--stdout/--stderr): `restart --stdout` and the
+        /// like send it elsewhere.
+        #[serde(default)]
+        inherited: Option<i32>,
+    },
+    /// A FIFO, opened again by its path (its content is the fifo with this id).
+    Fifo {
+        path: PathBuf,
+        id: u64,
+    },
+    /// A file without a name: the ghost with this id, reopened, at this offset.
+    Ghost {
+        id: u64,
+        pos: u64,
+    },
+    /// Another number for the open file of an earlier descriptor (dup(2)).
+    Dup {
+        of: i32,
+    },
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// The signals it reads, bit N-1 for signal N.
+    SignalFd {
+        mask: u64,
+    },
+    TimerFd(TimerFd),
+    /// (target fd, events, data) of every registration.
+    Epoll {
+        targets: Vec<(i32, u32, u64)>,
+    },
+    /// (watch descriptor, mask, path) of every watch.
+    Inotify {
+        watches: Vec<(i32, u32, PathBuf)>,
+    },
     /// One end of a pipe of the application.
-    Pipe { id: u64, write: bool },
+    Pipe {
+        id: u64,
+        write: bool,
+    },
     /// The standard descriptor `std` of the application's init (terminal or stdio
     /// inherited from krgcr-run): reconnected to the restarter's.
-    Inherited { std: i32 },
+    Inherited {
+        std: i32,
+    },
 }
 
 /// Directory of all versions of an application.
@@ -238,10 +405,10 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// XCR0 feature bits recorded in the software-reserved bytes of an XSAVE area.
+/// XCR0 feature bits recorded in the software-reserved bytes of an XSAVE area
+/// as PTRACE_GETREGSET gives it (their first word).
 pub fn xstate_features(x: &[u8]) -> u64 {
-    // fxsave bytes 464..512 hold struct _fpx_sw_bytes: magic1, extended_size, xfeatures.
-    x.get(472..480)
+    x.get(464..472)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         .unwrap_or(0)
 }

@@ -1,23 +1,33 @@
-//! The native checkpointer: checkpoint and restart of unmodified single-threaded
-//! process trees from user space (the role BLCR and the Kerrighed checkpointer had).
+//! The native checkpointer: checkpoint and restart of unmodified process trees,
+//! threads included, from user space (the role BLCR and the Kerrighed
+//! checkpointer had).
 //!
-//! Checkpoint freezes the application's cgroup, seizes every process with
-//! ptrace(2), thaws the cgroup (the tasks stop at once in the ptrace stop), saves
-//! each process ([`dump`]) and lets them go. Restart ([`restore`]) rebuilds the tree
-//! inside a new PID namespace with the same pids from the application's init.
+//! Checkpoint stops every task of the application under ptrace(2) ([`seize`]),
+//! saves each process and its threads ([`dump`], [`thread`], [`timer`]) and lets
+//! them go; nothing in a task is changed unless a safety frame ([`sigframe`])
+//! would put it back if the checkpointer died. Restart ([`restore`]) rebuilds the
+//! tree inside a new PID namespace with the same pids and tids from the
+//! application's init.
 
 pub mod dump;
+mod files;
 pub mod image;
 mod ptrace;
 pub mod restore;
+mod seize;
+mod sigframe;
 mod sys;
+mod thread;
+mod timer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::unistd::Pid;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
+use crate::applock::{AppLock, LockError};
 use crate::cgroup::{CgroupError, FreezerState};
 use crate::fsutil::{self, CheckedError, PathError};
 use crate::registry::{self, AppRecord};
@@ -54,6 +64,12 @@ pub enum CkptError {
         #[source]
         source: std::io::Error,
     },
+    #[error("process {pid} did not {what} in time (see --timeout)")]
+    Timeout { pid: i32, what: String },
+    #[error(
+        "interrupted by a signal; the application runs on unchanged and no version was written"
+    )]
+    Cancelled,
     #[error("process {pid} ended during the operation")]
     TraceeDied { pid: i32 },
     #[error("process {pid}: no syscall instruction found in its vDSO")]
@@ -66,6 +82,8 @@ pub enum CkptError {
     Empty(u64),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("image {}: {source}", path.display())]
     Image {
         path: PathBuf,
@@ -97,8 +115,15 @@ type Result<T> = std::result::Result<T, CkptError>;
 pub struct CheckpointOptions {
     /// Kill the application once the image is written (for migration).
     pub kill: bool,
-    /// How long to wait for the freezer.
+    /// How long to wait for the kernel (the freezer, every task's stop).
     pub timeout: Duration,
+    /// Wait for another operation on the application instead of failing.
+    pub wait: bool,
+    /// Largest deleted file or memfd whose content is saved with the image.
+    pub ghost_limit: u64,
+    /// Set (by a signal handler) to abort: the application is let go unchanged
+    /// and no version is written.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// What a checkpoint produced.
@@ -123,53 +148,25 @@ pub fn kernel_release() -> String {
 /// running (or stays frozen if it was), or is killed with `opts.kill`. On failure
 /// no version is left and the application runs on untouched.
 pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Result<Checkpointed> {
+    let _lock = AppLock::acquire(state, rec.id, "checkpoint", opts.wait)?;
     if !rec.alive() {
         return Err(CkptError::NotRunning(rec.id));
     }
     let group = &rec.cgroup;
     let was_frozen = group.freezer_state()? == FreezerState::Frozen;
     let start = std::time::Instant::now();
-    if !was_frozen {
-        group.freeze(opts.timeout)?;
-    }
-    let mut hosts: Vec<i32> = group
-        .pids()?
-        .into_iter()
-        .filter(|p| *p != rec.root_pid)
-        .collect();
-    hosts.sort_unstable();
-    let mut ns_pids = HashMap::new();
-    for &h in &hosts {
-        let status = std::fs::read_to_string(format!("/proc/{h}/status")).unwrap_or_default();
-        ns_pids.insert(h, dump::ns_value(&status, "NSpid"));
-    }
-    // Seize while frozen, so nothing runs or forks between the listing and the stop.
-    let mut tracees = Vec::new();
-    let mut seized = Ok(());
-    for &h in &hosts {
-        match ptrace::Tracee::seize(Pid::from_raw(h), ns_pids[&h], false) {
-            Ok(t) => tracees.push(t),
-            Err(e) => {
-                seized = Err(e);
-                break;
-            }
-        }
-    }
-    let thawed = group.thaw(opts.timeout);
-    let result = seized
-        .and(thawed.map_err(CkptError::from))
-        .and_then(|()| tracees.iter().try_for_each(|t| t.wait_stopped()))
-        .and_then(|()| {
-            if hosts.is_empty() {
-                return Err(CkptError::Empty(rec.id));
-            }
-            write_image(state, rec, &mut tracees, &hosts, ns_pids.clone())
-        });
+    let seizure = seize::seize_all(group, rec.root_pid, opts.timeout, opts.cancel.as_ref())?;
+    let mut procs = seizure.procs;
+    let result = if procs.is_empty() {
+        Err(CkptError::Empty(rec.id))
+    } else {
+        write_image(state, rec, &mut procs, &seizure.zombies, opts)
+    };
     if opts.kill && result.is_ok() {
         // Killed while still stopped: the application does not run one more
         // instruction past its image.
-        for t in &tracees {
-            t.kill_and_reap();
+        for p in &procs {
+            p.kill();
         }
         let stopped = start.elapsed();
         group.kill(opts.timeout)?;
@@ -177,8 +174,8 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         done.stopped = stopped;
         return Ok(done);
     }
-    for t in &tracees {
-        let _ = t.detach();
+    for p in &procs {
+        p.detach();
     }
     if was_frozen {
         let _ = group.freeze(opts.timeout);
@@ -200,25 +197,36 @@ struct Pending {
 fn write_image(
     state: &Path,
     rec: &AppRecord,
-    tracees: &mut [ptrace::Tracee],
-    hosts: &[i32],
-    ns_pids: HashMap<i32, i32>,
+    procs: &mut [seize::Seized],
+    zombies: &[i32],
+    opts: &CheckpointOptions,
 ) -> Result<Pending> {
     let version = crate::store::next_version(state, rec.id);
     let app_dir = image::app_dir(state, rec.id);
     fsutil::create_dir_all(&app_dir, 0o700)?;
+    // Under the lock, any temporary version is a leftover of a killed checkpoint.
+    for ent in std::fs::read_dir(&app_dir).into_iter().flatten().flatten() {
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = std::fs::remove_dir_all(ent.path());
+        }
+    }
     let tmp = app_dir.join(format!(".{version}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
     fsutil::create_dir_all(&tmp, 0o700)?;
+    let ns_pids: HashMap<i32, i32> = procs.iter().map(|p| (p.host, p.ns)).collect();
     let result = (|| {
         let mut d = dump::Dumper::new(&tmp, rec.root_pid, ns_pids);
-        let mut procs = Vec::new();
-        for (t, &h) in tracees.iter_mut().zip(hosts) {
-            procs.push(d.dump(t, h)?);
+        d.cancel = opts.cancel.clone();
+        d.ghost_limit = opts.ghost_limit;
+        let mut out = Vec::new();
+        for p in procs.iter_mut() {
+            out.push(d.dump(&mut p.threads, p.host, p.stopped)?);
         }
-        let xfeatures = procs
+        let xfeatures = out
             .iter()
-            .map(|p| image::xstate_features(&image::from_hex(&p.xstate).unwrap_or_default()))
+            .flat_map(|p| p.threads.iter())
+            .map(|t| image::xstate_features(&image::from_hex(&t.xstate).unwrap_or_default()))
             .fold(0, |a, b| a | b);
         Ok(image::Image {
             app: rec.id,
@@ -231,9 +239,15 @@ fn write_image(
             owner_uid: rec.owner_uid,
             owner_gid: rec.owner_gid,
             limits: rec.limits.clone(),
-            processes: procs,
+            processes: out,
+            zombies: zombies
+                .iter()
+                .map(|z| d.zombie(*z))
+                .collect::<Result<_>>()?,
             shared: d.shared.values().cloned().collect(),
+            ghosts: d.ghosts.values().cloned().collect(),
             pipes: d.pipes.values().cloned().collect(),
+            fifos: d.fifos.values().cloned().collect(),
         })
     })();
     match result {

@@ -1,16 +1,19 @@
 //! A stopped task under ptrace(2), made to run system calls for the tracer.
 //!
-//! The syscall instruction used is one inside the task's own vDSO, so nothing of
-//! the task's memory is changed to inject a call: registers are set (`rip` on the
-//! instruction, `rax` and the arguments), the task is resumed with PTRACE_SYSCALL
-//! to its syscall-entry and then syscall-exit stop, and `rax` holds the result.
+//! The syscall instruction used is one inside the task's own vDSO, so no code is
+//! written into the task to inject a call: registers are set (`rip` on the
+//! instruction, `rax` and the arguments), the task single-steps over it, and
+//! `rax` holds the result. With a safety frame armed (see [`super::sigframe`]),
+//! the stack pointer of every injected call points at a signal frame of the
+//! task's own state, so that a tracer killed at any moment leaves a task that
+//! returns, through rt_sigreturn(2), exactly to where it was.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
 
+use super::sys::Waited;
 use nix::sys::ptrace::{self, Options};
-use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::sys;
@@ -26,6 +29,20 @@ pub struct Tracee {
     mem: File,
     /// Address of a `syscall` instruction in the task.
     pub gadget: u64,
+    /// Stack pointer for injected calls: the slot of an armed safety frame.
+    pub safe_rsp: Option<u64>,
+    /// Injected calls single-step (one stop each) rather than stop at entry and
+    /// exit: for tasks killed with their tracer (PTRACE_O_EXITKILL).
+    single_step: bool,
+}
+
+/// How a seized task stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The stop PTRACE_INTERRUPT asked for.
+    Interrupted,
+    /// The task is in a job-control stop (its process was stopped by this signal).
+    Group(i32),
 }
 
 impl Tracee {
@@ -57,27 +74,81 @@ impl Tracee {
                 what: "open memory",
                 source: e,
             })?;
-        let t = Tracee {
-            pid,
-            label,
-            mem,
-            gadget: 0,
-        };
+        let mut t = Tracee::attached(pid, label, mem);
+        t.single_step = exit_kill;
         ptrace::interrupt(pid).map_err(t.err("interrupt"))?;
         Ok(t)
     }
 
+    /// A task already traced by this process (a thread created by an injected
+    /// clone), sharing the memory handle `mem` of its process.
+    pub fn attached(pid: Pid, label: i32, mem: File) -> Tracee {
+        Tracee {
+            pid,
+            label,
+            mem,
+            gadget: 0,
+            safe_rsp: None,
+            // Threads are only attached this way at restart, under EXITKILL.
+            single_step: true,
+        }
+    }
+
+    /// A second handle on this task's memory (threads share it).
+    pub fn mem_handle(&self) -> Result<File> {
+        self.mem.try_clone().map_err(|e| CkptError::Proc {
+            pid: self.label,
+            what: "open memory",
+            source: e,
+        })
+    }
+
+    /// Also traces the threads this task creates (they start stopped).
+    pub fn trace_clones(&self) -> Result<()> {
+        ptrace::setoptions(
+            self.pid,
+            Options::PTRACE_O_TRACESYSGOOD
+                | Options::PTRACE_O_EXITKILL
+                | Options::PTRACE_O_TRACECLONE,
+        )
+        .map_err(self.err("set ptrace options"))
+    }
+
     /// Waits for the stop that PTRACE_INTERRUPT asked for. A signal that arrives
     /// first is delivered normally (the task just runs its handler before stopping).
-    pub fn wait_stopped(&self) -> Result<()> {
+    pub fn wait_stopped(&self) -> Result<Stop> {
+        self.wait_stop_until(None)
+    }
+
+    /// Like [`wait_stopped`](Self::wait_stopped), giving up at `deadline` with a
+    /// timeout error that names the task.
+    pub fn wait_stop_until(&self, deadline: Option<Instant>) -> Result<Stop> {
+        let mut nap = Duration::from_micros(20);
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
-                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => return Ok(()),
-                WaitStatus::Stopped(_, sig) => {
-                    ptrace::cont(self.pid, Some(sig)).map_err(self.err("resume"))?;
+            match sys::wait_task(self.pid, deadline.is_some()).map_err(self.err("wait"))? {
+                Waited::Stopped { sig, event } if event == libc::PTRACE_EVENT_STOP => {
+                    // The kernel reports the stop signal instead of SIGTRAP
+                    // while the task's process is in a job-control stop.
+                    return Ok(match sig {
+                        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
+                            Stop::Group(sig)
+                        }
+                        _ => Stop::Interrupted,
+                    });
                 }
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
-                    return Err(CkptError::TraceeDied { pid: self.label })
+                Waited::Stopped { sig, event: 0 } => {
+                    sys::resume(libc::PTRACE_CONT, self.pid, sig).map_err(self.err("resume"))?;
+                }
+                Waited::Ended => return Err(CkptError::TraceeDied { pid: self.label }),
+                Waited::StillAlive => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(CkptError::Timeout {
+                            pid: self.label,
+                            what: "stop under ptrace".into(),
+                        });
+                    }
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(Duration::from_millis(5));
                 }
                 _ => {}
             }
@@ -157,18 +228,32 @@ impl Tracee {
         r.r8 = args[4];
         r.r9 = args[5];
         r.rip = self.gadget;
+        if let Some(sp) = self.safe_rsp {
+            r.rsp = sp;
+        }
         self.set_regs(r)?;
-        // One step over the `syscall` instruction: a single stop once the call
-        // has returned (two with PTRACE_SYSCALL, at entry and exit).
+        if self.single_step {
+            self.run_stepping(nr)?;
+        } else {
+            self.run_to_syscall_exit(nr)?;
+        }
+        Ok(self.regs()?.rax as i64)
+    }
+
+    /// One step over the `syscall` instruction: a single stop once the call has
+    /// returned. A tracer that dies meanwhile leaves the trap flag set and the
+    /// task gets SIGTRAP: only for tasks that die with their tracer anyway.
+    fn run_stepping(&self, nr: i64) -> Result<()> {
         ptrace::step(self.pid, None).map_err(self.err("run a system call"))?;
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::__WALL)).map_err(self.err("wait"))? {
-                WaitStatus::Stopped(_, Signal::SIGTRAP) => break,
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
-                    return Err(CkptError::TraceeDied { pid: self.label })
-                }
+            match sys::wait_task(self.pid, false).map_err(self.err("wait"))? {
+                Waited::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => return Ok(()),
+                Waited::Ended => return Err(CkptError::TraceeDied { pid: self.label }),
                 // Signals are blocked while calls are injected; anything else
-                // (a stop request) is passed over.
+                // (a stop request, a clone event) is passed over.
                 other => {
                     log::debug!(
                         "process {}: unexpected stop {other:?} while running syscall {nr}",
@@ -178,7 +263,30 @@ impl Tracee {
                 }
             }
         }
-        Ok(self.regs()?.rax as i64)
+    }
+
+    /// PTRACE_SYSCALL to the syscall-entry and then the syscall-exit stop: the
+    /// kernel clears that tracing when the tracer dies, so the task just runs on.
+    fn run_to_syscall_exit(&self, nr: i64) -> Result<()> {
+        let mut entered = false;
+        ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+        loop {
+            match sys::wait_task(self.pid, false).map_err(self.err("wait"))? {
+                // PTRACE_O_TRACESYSGOOD marks syscall stops with bit 7.
+                Waited::Stopped { sig, event: 0 } if sig == libc::SIGTRAP | 0x80 => {
+                    if entered {
+                        return Ok(());
+                    }
+                    entered = true;
+                }
+                Waited::Ended => return Err(CkptError::TraceeDied { pid: self.label }),
+                other => log::debug!(
+                    "process {}: unexpected stop {other:?} while running syscall {nr}",
+                    self.label
+                ),
+            }
+            ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+        }
     }
 
     /// Like [`syscall`](Self::syscall) but turns a negative result into an error.
@@ -203,9 +311,14 @@ impl Tracee {
     /// Kills the stopped task and collects the tracer's notification of its end.
     pub fn kill_and_reap(&self) {
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        self.reap();
+    }
+
+    /// Collects the tracer's notification of the task's end.
+    pub fn reap(&self) {
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::__WALL)) {
-                Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => break,
+            match sys::wait_task(self.pid, false) {
+                Ok(Waited::Ended) | Err(_) => break,
                 Ok(_) => {}
             }
         }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -23,9 +23,9 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::{ForkResult, Pid};
 
 use super::dump::parse_maps;
-use super::image::{self, Backing, Blob, FdKind, Image, Proc};
+use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{sys, CkptError};
+use super::{files, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -59,6 +59,9 @@ fn rerr(pid: i32, reason: impl std::fmt::Display) -> CkptError {
 struct Shared {
     pipes: HashMap<u64, (RawFd, RawFd)>,
     shm: HashMap<u64, RawFd>,
+    /// FIFO id -> a descriptor opened for reading and writing, so that the
+    /// processes' own opens by path do not block.
+    fifos: HashMap<u64, RawFd>,
     /// First descriptor number above everything the image uses.
     base: RawFd,
 }
@@ -100,6 +103,14 @@ pub fn verify(dir: &Path, img: &Image) -> Result<()> {
         }
     }
     let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
+    for z in &img.zombies {
+        if z.ppid != 1 && !pids.contains(&z.ppid) {
+            return Err(rerr(
+                z.pid,
+                format!("its parent {} is not in the image", z.ppid),
+            ));
+        }
+    }
     for p in &img.processes {
         if p.ppid != 1 && !pids.contains(&p.ppid) {
             return Err(rerr(
@@ -117,6 +128,7 @@ fn blobs(img: &Image) -> impl Iterator<Item = &Blob> {
         .map(|p| &p.pages)
         .chain(img.shared.iter())
         .chain(img.pipes.iter().map(|p| &p.data))
+        .chain(img.fifos.iter().map(|f| &f.pipe.data))
 }
 
 fn high_fd(fd: OwnedFd, base: RawFd) -> Result<RawFd> {
@@ -135,6 +147,7 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
     let mut s = Shared {
         pipes: HashMap::new(),
         shm: HashMap::new(),
+        fifos: HashMap::new(),
         base,
     };
     for p in &img.pipes {
@@ -149,9 +162,36 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
             .map_err(|e| rerr(1, format!("refill pipe {}: {e}", p.id)))?;
         s.pipes.insert(p.id, (high_fd(r, base)?, high_fd(w, base)?));
     }
+    for f in &img.fifos {
+        let data = read_blob(dir, &f.pipe.data)?;
+        let what = |e: &dyn std::fmt::Display| rerr(1, format!("FIFO {}: {e}", f.path.display()));
+        let fd = nix::fcntl::open(&f.path, OFlag::O_RDWR, nix::sys::stat::Mode::empty())
+            .map_err(|e| what(&e))?;
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| what(&e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return Err(what(&"no longer a FIFO"));
+        }
+        let _ = fcntl(
+            &fd,
+            FcntlArg::F_SETPIPE_SZ(f.pipe.capacity.max(data.len() as u64) as i32),
+        );
+        File::from(fd.try_clone().map_err(|e| what(&e))?)
+            .write_all(&data)
+            .map_err(|e| what(&e))?;
+        s.fifos.insert(f.pipe.id, high_fd(fd, base)?);
+    }
     for b in &img.shared {
         let data = read_blob(dir, b)?;
-        let fd = sys::memfd(c"xos-shared").map_err(|e| rerr(1, format!("memfd_create: {e}")))?;
+        let ghost = img.ghosts.iter().find(|g| g.id == b.id);
+        let fd = match ghost {
+            Some(g) => files::ghost::create(g).map_err(|e| {
+                rerr(
+                    1,
+                    format!("cannot create deleted file {}: {e}", g.path.display()),
+                )
+            })?,
+            None => sys::memfd(c"xos-shared").map_err(|e| rerr(1, format!("memfd_create: {e}")))?,
+        };
         let f = File::from(fd);
         let size = u64::from_le_bytes(
             data.get(..8)
@@ -171,6 +211,14 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
             f.write_all_at(chunk, off).map_err(|e| rerr(1, e))?;
             pos += len;
         }
+        if let Some(g) = ghost {
+            files::ghost::seal(&f, g).map_err(|e| {
+                rerr(
+                    1,
+                    format!("deleted file {}: mode and seals: {e}", g.path.display()),
+                )
+            })?;
+        }
         s.shm.insert(b.id, high_fd(OwnedFd::from(f), base)?);
     }
     Ok(s)
@@ -186,12 +234,31 @@ struct Tree<'a> {
     orphans: BTreeMap<i32, Vec<&'a Proc>>,
     /// pid for the short-lived helpers, above every saved pid.
     helper_pid: i32,
+    /// parent -> its ended, unreaped children.
+    zombies: BTreeMap<i32, Vec<&'a Zombie>>,
+    allow_changed_files: bool,
+    redirected: [bool; 3],
+}
+
+/// Choices of a restart.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Reopen files that changed since the checkpoint (see `check_unchanged`).
+    pub allow_changed_files: bool,
+    /// Standard descriptors the restarter was told to send elsewhere: files
+    /// that were the application's stdin, stdout or stderr become the init's.
+    pub redirected: [bool; 3],
 }
 
 /// Rebuilds the tree; called in the application's init. Returns the pids of the
 /// restored processes, running.
 /// `before_detach` runs once every process is rebuilt, right before they are let go.
-pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) -> Result<Vec<i32>> {
+pub fn restore_tree(
+    dir: &Path,
+    img: &Image,
+    opts: &RestoreOptions,
+    before_detach: &mut dyn FnMut(),
+) -> Result<Vec<i32>> {
     // The helper descriptors sit above the image's; every process sets its own
     // saved limits once they are in place.
     if let Ok((_, hard)) = sys::get_rlimit(0, libc::RLIMIT_NOFILE) {
@@ -202,7 +269,17 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
     let mut tree = Tree {
         children: BTreeMap::new(),
         orphans: BTreeMap::new(),
-        helper_pid: pids.iter().max().copied().unwrap_or(1) + 1,
+        zombies: BTreeMap::new(),
+        allow_changed_files: opts.allow_changed_files,
+        redirected: opts.redirected,
+        helper_pid: img
+            .processes
+            .iter()
+            .flat_map(|p| p.threads.iter().map(|t| t.tid).chain([p.pid]))
+            .chain(img.zombies.iter().map(|z| z.pid))
+            .max()
+            .unwrap_or(1)
+            + 1,
     };
     for p in &img.processes {
         let led_elsewhere = p.ppid == 1 && p.sid > 1 && p.sid != p.pid && pids.contains(&p.sid);
@@ -212,9 +289,16 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
             tree.children.entry(p.ppid).or_default().push(p);
         }
     }
+    for z in &img.zombies {
+        // The init reaps its own children at once: nothing to rebuild there.
+        if z.ppid != 1 {
+            tree.zombies.entry(z.ppid).or_default().push(z);
+        }
+    }
     let tree = &tree;
     let by_pid: HashMap<i32, &Proc> = img.processes.iter().map(|p| (p.pid, p)).collect();
     let mut created = Vec::new();
+    let mut tracees: Vec<Tracee> = Vec::new();
     let result = (|| {
         for p in tree.children.get(&1).cloned().unwrap_or_default() {
             spawn(p, tree, &shared, &mut created)?;
@@ -225,38 +309,48 @@ pub fn restore_tree(dir: &Path, img: &Image, before_detach: &mut dyn FnMut()) ->
         // the namespace.
         let pages: Vec<Blob> = img.processes.iter().map(|p| p.pages.clone()).collect();
         let pages_dir = dir.to_path_buf();
+        // The checker thread takes a pid of the namespace: one above every
+        // saved pid and tid, which the threads created below need.
+        std::fs::write(
+            "/proc/sys/kernel/ns_last_pid",
+            (tree.helper_pid + 1).to_string(),
+        )
+        .map_err(|e| rerr(1, format!("cannot set ns_last_pid: {e}")))?;
         let checker = std::thread::spawn(move || check_blobs(&pages_dir, &pages));
-        let mut tracees = Vec::new();
+        let mut leaders = Vec::new();
         for &pid in &created {
             let t = Tracee::seize(Pid::from_raw(pid), pid, true)?;
             t.wait_stopped()?;
-            tracees.push(t);
+            leaders.push(t);
         }
-        for t in tracees.iter_mut() {
-            rebuild(t, by_pid[&t.label], dir, &shared)?;
+        for t in leaders.iter_mut() {
+            let threads = rebuild(t, by_pid[&t.label], dir, &shared)?;
+            tracees.extend(threads);
         }
         checker
             .join()
             .unwrap_or_else(|_| Err(rerr(1, "the check of the image failed")))?;
-        for t in &tracees {
-            let p = by_pid[&t.label];
-            for sig in 1..=64 {
-                if p.sigpending & (1u64 << (sig - 1)) != 0 {
-                    let _ = nix::sys::signal::kill(t.pid, Signal::try_from(sig).ok());
-                }
+        // A process that was in a job-control stop stops again as soon as it
+        // is let go (its parent sees it stopped, as before).
+        for t in &leaders {
+            if let Some(sig) = by_pid[&t.label].stopped {
+                let _ = nix::sys::signal::kill(t.pid, Signal::try_from(sig).ok());
             }
         }
+        tracees.extend(leaders);
         before_detach();
         for t in &tracees {
             t.detach()?;
         }
         Ok(())
     })();
+    drop(tracees);
     for fd in shared
         .pipes
         .values()
         .flat_map(|(r, w)| [*r, *w])
         .chain(shared.shm.values().copied())
+        .chain(shared.fifos.values().copied())
     {
         let _ = nix::unistd::close(fd);
     }
@@ -362,6 +456,51 @@ fn spawn_orphan(o: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) 
     }
 }
 
+/// Creates the ended child `z` again: forked with its pid, it ends at once the
+/// way it ended, and stays a zombie until its parent waits for it. The
+/// SIGCHLD this sends (blocked here) is taken back; a saved one is queued again
+/// with the parent's other pending signals.
+fn spawn_zombie(z: &Zombie) -> Result<()> {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (z.pid - 1).to_string())
+        .map_err(|e| rerr(z.pid, format!("cannot set ns_last_pid: {e}")))?;
+    match sys_fork().map_err(|e| rerr(z.pid, format!("fork: {e}")))? {
+        ForkResult::Child => {
+            if z.pgid == z.pid {
+                let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            }
+            let sig = z.status & 0x7f;
+            if sig != 0 {
+                // Killed by a signal: die by it (without a core file).
+                let _ = sys::set_rlimit(libc::RLIMIT_CORE, 0, 0);
+                let _ = sys::set_sigaction(sig, &sys::KSigaction::default());
+                if let Ok(s) = Signal::try_from(sig) {
+                    let mut set = SigSet::empty();
+                    set.add(s);
+                    let _ = set.thread_unblock();
+                    let _ = nix::sys::signal::raise(s);
+                }
+            }
+            std::process::exit((z.status >> 8) & 0xff)
+        }
+        ForkResult::Parent { child } => {
+            if child.as_raw() != z.pid {
+                return Err(rerr(z.pid, format!("the pid is taken (got {child})")));
+            }
+            nix::sys::wait::waitid(
+                nix::sys::wait::Id::Pid(child),
+                nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
+            )
+            .map_err(|e| rerr(z.pid, format!("wait: {e}")))?;
+            let mut chld = SigSet::empty();
+            chld.add(Signal::SIGCHLD);
+            if SigSet::thread_get_mask().is_ok_and(|m| m.contains(Signal::SIGCHLD)) {
+                let _ = chld.wait();
+            }
+            Ok(())
+        }
+    }
+}
+
 fn sys_fork() -> nix::Result<ForkResult> {
     crate::sys::fork()
 }
@@ -412,7 +551,16 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     for o in tree.orphans.get(&me).cloned().unwrap_or_default() {
         spawn_orphan(o, tree, shared, &mut subtree)?;
     }
-    setup_fds(p, shared, keep_fd)?;
+    for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
+        spawn_zombie(z)?;
+    }
+    setup_fds(
+        p,
+        shared,
+        keep_fd,
+        tree.allow_changed_files,
+        tree.redirected,
+    )?;
     nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(p.umask));
     let _ = nix::sys::prctl::set_name(&CString::new(p.comm.clone()).unwrap_or_default());
@@ -450,8 +598,16 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     // Last, as a real-time timer runs from here on (its signal stays blocked
     // until the saved mask is loaded).
     for (which, v) in p.itimers.iter().enumerate() {
+        let mut v = *v;
+        if v[2] == 0 && v[3] == 0 {
+            // Fired with its signal still queued: the kernel would re-arm it
+            // when the signal is taken; setitimer with no time left would
+            // disarm it for good. Next expiry: one interval from now.
+            v[2] = v[0];
+            v[3] = v[1];
+        }
         if v.iter().any(|x| *x != 0) {
-            sys::set_itimer(which as i32, *v).map_err(e("setitimer"))?;
+            sys::set_itimer(which as i32, v).map_err(e("setitimer"))?;
         }
     }
     Ok(subtree)
@@ -565,15 +721,38 @@ fn check_blobs(dir: &Path, blobs: &[Blob]) -> Result<()> {
 
 /// Puts every saved descriptor at its number; keeps only the shared memory
 /// objects this process maps (closed later by the restorer).
-fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
+fn setup_fds(
+    p: &Proc,
+    shared: &Shared,
+    keep: RawFd,
+    allow_changed: bool,
+    redirected: [bool; 3],
+) -> Result<()> {
     let me = p.pid;
     let stage_base = shared.base + STAGE_OFF;
-    let mut staged = Vec::new();
+    let mut staged: Vec<(&image::Fd, RawFd)> = Vec::new();
+    let fd_err = |f: &image::Fd, what: &str, err: nix::Error| {
+        rerr(me, format!("fd {}: {what}: {err}", f.fd))
+    };
     for f in &p.fds {
+        // Created here and owned until staged; None: borrowed from the init.
+        let made: Option<OwnedFd>;
         let src: RawFd = match &f.kind {
-            FdKind::Path { path, pos } => {
-                let flags = OFlag::from_bits_truncate(f.flags as i32)
-                    & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC | OFlag::O_NOCTTY);
+            FdKind::Path {
+                inherited: Some(std),
+                ..
+            } if redirected[*std as usize % 3] => {
+                made = None;
+                *std
+            }
+            FdKind::Path {
+                path,
+                pos,
+                size,
+                ftype,
+                ..
+            } => {
+                let flags = reopen_flags(f.flags);
                 let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(
                     |err| {
                         rerr(
@@ -582,31 +761,106 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
                         )
                     },
                 )?;
+                if !allow_changed {
+                    check_unchanged(&fd, f, path, *pos, *size, *ftype)
+                        .map_err(|why| rerr(me, why))?;
+                }
                 if *pos > 0 {
                     nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
                         .map_err(|err| rerr(me, format!("fd {}: seek: {err}", f.fd)))?;
                 }
-                fd.into_raw_fd()
+                made = Some(fd);
+                -1
+            }
+            FdKind::Fifo { path, .. } => {
+                // Does not block: the init holds the FIFO open for both ends.
+                let fd =
+                    nix::fcntl::open(path, reopen_flags(f.flags), nix::sys::stat::Mode::empty())
+                        .map_err(|e| fd_err(f, &format!("open FIFO {}", path.display()), e))?;
+                made = Some(fd);
+                -1
+            }
+            FdKind::Ghost { id, pos } => {
+                let src = shared
+                    .shm
+                    .get(id)
+                    .ok_or_else(|| rerr(me, format!("fd {}: unknown deleted file {id}", f.fd)))?;
+                // Through the /proc magic link, which O_NOFOLLOW would refuse.
+                let flags = reopen_flags(f.flags) & !OFlag::O_NOFOLLOW;
+                // A new open file of the same (nameless) inode, with its own flags.
+                let fd = nix::fcntl::open(
+                    format!("/proc/self/fd/{src}").as_str(),
+                    flags,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| fd_err(f, "reopen a deleted file", e))?;
+                if *pos > 0 {
+                    nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
+                        .map_err(|e| fd_err(f, "seek", e))?;
+                }
+                made = Some(fd);
+                -1
+            }
+            FdKind::Dup { of } => {
+                let (_, n) = staged.iter().find(|(g, _)| g.fd == *of).ok_or_else(|| {
+                    rerr(
+                        me,
+                        format!("fd {}: a copy of fd {of}, which is missing", f.fd),
+                    )
+                })?;
+                made = None;
+                *n
+            }
+            FdKind::EventFd { count, semaphore } => {
+                made = Some(
+                    files::eventfd::restore(*count, *semaphore)
+                        .map_err(|e| fd_err(f, "eventfd", e))?,
+                );
+                -1
+            }
+            FdKind::SignalFd { mask } => {
+                made = Some(files::signalfd::restore(*mask).map_err(|e| fd_err(f, "signalfd", e))?);
+                -1
+            }
+            FdKind::TimerFd(t) => {
+                made = Some(files::timerfd::restore(t).map_err(|e| fd_err(f, "timerfd", e))?);
+                -1
+            }
+            FdKind::Inotify { watches } => {
+                let nonblock = f.flags & libc::O_NONBLOCK as u32 != 0;
+                made = Some(
+                    files::inotify::restore(nonblock, watches)
+                        .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?,
+                );
+                -1
+            }
+            FdKind::Epoll { .. } => {
+                made = Some(files::epoll::create().map_err(|e| fd_err(f, "epoll_create", e))?);
+                -1
             }
             FdKind::Pipe { id, write } => {
                 let (r, w) = shared
                     .pipes
                     .get(id)
                     .ok_or_else(|| rerr(me, format!("fd {}: unknown pipe {id}", f.fd)))?;
+                made = None;
                 if *write {
                     *w
                 } else {
                     *r
                 }
             }
-            FdKind::Inherited { std } => *std,
+            FdKind::Inherited { std } => {
+                made = None;
+                *std
+            }
         };
-        let borrowed = unsafe_borrow(src);
-        let n = fcntl(borrowed, FcntlArg::F_DUPFD(stage_base))
-            .map_err(|err| rerr(me, format!("fd {}: dup: {err}", f.fd)))?;
-        if matches!(f.kind, FdKind::Path { .. }) {
-            let _ = nix::unistd::close(src);
+        let n = match &made {
+            Some(fd) => fcntl(fd, FcntlArg::F_DUPFD(stage_base)),
+            None => fcntl(unsafe_borrow(src), FcntlArg::F_DUPFD(stage_base)),
         }
+        .map_err(|err| rerr(me, format!("fd {}: dup: {err}", f.fd)))?;
+        drop(made);
         staged.push((f, n));
     }
     // Close everything below the shared descriptors and the report pipes of the
@@ -628,17 +882,45 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
                 FdFlag::empty()
             }),
         );
-        if matches!(f.kind, FdKind::Pipe { .. }) {
-            let keep =
-                OFlag::from_bits_truncate(f.flags as i32) & (OFlag::O_NONBLOCK | OFlag::O_APPEND);
-            let _ = fcntl(unsafe_borrow(f.fd), FcntlArg::F_SETFL(keep));
+        if !matches!(f.kind, FdKind::Path { .. } | FdKind::Inherited { .. }) {
+            // Status flags of the open file (a pipe read until EAGAIN must stay
+            // non-blocking); files opened by path got them from open(2).
+            let keep = OFlag::from_bits_truncate(f.flags as i32)
+                & (OFlag::O_NONBLOCK | OFlag::O_APPEND | OFlag::O_DIRECT | OFlag::O_NOATIME);
+            fcntl(unsafe_borrow(f.fd), FcntlArg::F_SETFL(keep))
+                .map_err(|err| rerr(me, format!("fd {}: set its flags: {err}", f.fd)))?;
+        }
+    }
+    // Registrations and locks name descriptors: only now are they in place.
+    for f in &p.fds {
+        if let FdKind::Epoll { targets } = &f.kind {
+            files::epoll::register(f.fd, targets).map_err(|(t, err)| {
+                rerr(me, format!("fd {}: register fd {t} in epoll: {err}", f.fd))
+            })?;
+        }
+        for l in &f.locks {
+            files::lock::restore(unsafe_borrow(f.fd), l).map_err(|err| {
+                let what = match &f.kind {
+                    FdKind::Path { path, .. } => path.display().to_string(),
+                    _ => "the file".into(),
+                };
+                let why = if matches!(err, nix::Error::EAGAIN | nix::Error::EACCES) {
+                    "another process holds a conflicting lock".to_string()
+                } else {
+                    err.to_string()
+                };
+                rerr(
+                    me,
+                    format!("fd {}: cannot take its lock on {what} again: {why}", f.fd),
+                )
+            })?;
         }
     }
     let used: Vec<u64> = p
         .vmas
         .iter()
         .filter_map(|v| match v.backing {
-            Backing::SharedAnon { id, .. } => Some(id),
+            Backing::SharedAnon { id, .. } | Backing::Ghost { id, .. } => Some(id),
             _ => None,
         })
         .collect();
@@ -646,10 +928,65 @@ fn setup_fds(p: &Proc, shared: &Shared, keep: RawFd) -> Result<()> {
         let _ = nix::unistd::close(*r);
         let _ = nix::unistd::close(*w);
     }
+    for fd in shared.fifos.values() {
+        let _ = nix::unistd::close(*fd);
+    }
     for (id, fd) in &shared.shm {
         if !used.contains(id) {
             let _ = nix::unistd::close(*fd);
         }
+    }
+    Ok(())
+}
+
+/// open(2) flags to open a saved file again: without those that create or
+/// truncate, and without O_TMPFILE (a file made that way and linked later is
+/// opened by its name; one never linked is a ghost).
+fn reopen_flags(saved: u32) -> OFlag {
+    const O_TMPFILE_BITS: i32 = 0o20000000 | libc::O_DIRECTORY;
+    let mut bits = saved as i32;
+    if bits & O_TMPFILE_BITS == O_TMPFILE_BITS {
+        bits &= !O_TMPFILE_BITS;
+    }
+    OFlag::from_bits_truncate(bits)
+        & !(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC | OFlag::O_NOCTTY)
+}
+
+/// Refuses a file that changed since the checkpoint in a way that would make
+/// the process read or write the wrong bytes: another file type, shorter than
+/// the saved offset, or another size for a file open for writing.
+fn check_unchanged(
+    fd: &OwnedFd,
+    f: &image::Fd,
+    path: &Path,
+    pos: u64,
+    size: u64,
+    ftype: u32,
+) -> std::result::Result<(), String> {
+    let st = nix::sys::stat::fstat(fd)
+        .map_err(|e| format!("fd {}: stat {}: {e}", f.fd, path.display()))?;
+    let now_type = st.st_mode & libc::S_IFMT;
+    let changed = |what: String| {
+        format!(
+            "{} changed since the checkpoint ({what}); restart with --allow-changed-files to go on anyway",
+            path.display()
+        )
+    };
+    if ftype != 0 && now_type != ftype {
+        return Err(changed("it is another kind of file".into()));
+    }
+    if now_type != libc::S_IFREG {
+        return Ok(());
+    }
+    let now = st.st_size as u64;
+    if now < pos {
+        return Err(changed(format!(
+            "{now} bytes, shorter than the saved offset {pos}"
+        )));
+    }
+    let writing = f.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
+    if writing && now != size {
+        return Err(changed(format!("{now} bytes instead of {size}")));
     }
     Ok(())
 }
@@ -674,8 +1011,9 @@ fn free_range(a: &[(u64, u64)], b: &[(u64, u64)], len: u64) -> u64 {
     }
 }
 
-/// Replaces the address space and registers of a seized new process by the saved ones.
-fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> {
+/// Replaces the address space and registers of a seized new process by the
+/// saved ones and creates its other threads; returns them, stopped.
+fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<Tracee>> {
     let pid = t.label;
     let now = parse_maps(
         &std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| rerr(pid, e))?,
@@ -853,6 +1191,34 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
                 t.syscall(&base, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
                 r?;
             }
+            Backing::Ghost {
+                id,
+                offset,
+                shared: is_shared,
+            } => {
+                let fd = shared
+                    .shm
+                    .get(id)
+                    .ok_or_else(|| rerr(pid, format!("unknown deleted file {id}")))?;
+                let kind = if *is_shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                };
+                t.syscall_ok(
+                    &base,
+                    "mmap a deleted file",
+                    libc::SYS_mmap,
+                    [
+                        v.start,
+                        len,
+                        prot,
+                        (kind | libc::MAP_FIXED) as u64,
+                        *fd as u64,
+                        *offset,
+                    ],
+                )?;
+            }
             Backing::SharedAnon { id, offset } => {
                 let fd = shared
                     .shm
@@ -921,7 +1287,7 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
     for (id, fd) in &shared.shm {
         if p.vmas
             .iter()
-            .any(|v| matches!(v.backing, Backing::SharedAnon { id: i, .. } if i == *id))
+            .any(|v| matches!(v.backing, Backing::SharedAnon { id: i, .. } | Backing::Ghost { id: i, .. } if i == *id))
         {
             t.syscall(&base, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
         }
@@ -965,30 +1331,41 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<()> 
         t.syscall(&base, libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
     }
     r?;
-    if let Some((addr, size, sig)) = p.rseq {
-        t.syscall_ok(
-            &base,
-            "rseq",
-            libc::SYS_rseq,
-            [addr, size as u64, 0, sig as u64, 0, 0],
-        )?;
+    // The other threads, created by the leader while it still has the
+    // restorer's privileges (clone3 with set_tid needs them).
+    t.trace_clones()?;
+    let mut threads = Vec::new();
+    for th in p.threads.iter().skip(1) {
+        let mut n = thread::create(t, &base, scratch, th.tid)?;
+        n.gadget = t.gadget;
+        threads.push(n);
     }
-    set_credentials(t, &base, p, scratch)?;
+    for (i, th) in p.threads.iter().enumerate() {
+        let tt: &Tracee = if i == 0 { t } else { &threads[i - 1] };
+        let own = tt.regs()?;
+        thread::restore(tt, &own, scratch, th)?;
+        set_credentials(tt, &own, p, scratch)?;
+        thread::queue_signals(tt, &own, scratch, p.pid, &th.pending, false)?;
+    }
+    timer::restore(t, &base, scratch, &p.timers)?;
+    thread::queue_signals(t, &base, scratch, p.pid, &p.shared_pending, true)?;
     t.syscall_ok(
         &base,
         "munmap scratch",
         libc::SYS_munmap,
         [scratch, SCRATCH_LEN, 0, 0, 0, 0],
     )?;
-
-    let words: [u64; sys::REGS_WORDS] = p
-        .regs
-        .as_slice()
-        .try_into()
-        .map_err(|_| rerr(pid, "bad register block"))?;
-    t.set_regs(sys::words_to_regs(&words))?;
-    let xs = image::from_hex(&p.xstate).ok_or_else(|| rerr(pid, "bad FPU state"))?;
-    t.set_xstate(&xs)?;
-    t.set_sigmask(p.sigmask)?;
-    Ok(())
+    for (i, th) in p.threads.iter().enumerate() {
+        let tt: &Tracee = if i == 0 { t } else { &threads[i - 1] };
+        let words: [u64; sys::REGS_WORDS] = th
+            .regs
+            .as_slice()
+            .try_into()
+            .map_err(|_| rerr(th.tid, "bad register block"))?;
+        tt.set_regs(sys::words_to_regs(&words))?;
+        let xs = image::from_hex(&th.xstate).ok_or_else(|| rerr(th.tid, "bad FPU state"))?;
+        tt.set_xstate(&xs)?;
+        tt.set_sigmask(th.sigmask)?;
+    }
+    Ok(threads)
 }

@@ -245,3 +245,288 @@ pub fn set_itimer(which: i32, v: [i64; 4]) -> nix::Result<()> {
     }
     Ok(())
 }
+
+/// `PTRACE_PEEKSIGINFO`: the queued signals of a stopped tracee, each as the
+/// kernel's 128-byte siginfo; `shared` reads the process-wide queue, else the
+/// thread's own.
+pub fn peek_siginfo(pid: Pid, shared: bool) -> nix::Result<Vec<[u8; 128]>> {
+    const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![[0u8; 128]; 32];
+    loop {
+        let args = Args {
+            off: out.len() as u64,
+            flags: shared as u32,
+            nr: buf.len() as i32,
+        };
+        // SAFETY: the kernel writes at most `nr` siginfos of 128 bytes into `buf`.
+        let n = check(unsafe {
+            libc::ptrace(
+                PTRACE_PEEKSIGINFO,
+                pid.as_raw(),
+                &args as *const Args,
+                buf.as_mut_ptr(),
+            )
+        })? as usize;
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// get_robust_list(2) of thread `tid`: (head, length).
+pub fn get_robust_list(tid: Pid) -> nix::Result<(u64, u64)> {
+    let mut head = 0u64;
+    let mut len = 0usize;
+    // SAFETY: the kernel writes one pointer and one size_t into the two locals.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid.as_raw(),
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    })?;
+    Ok((head, len as u64))
+}
+
+/// sched_setscheduler(2) of thread `tid` with a static priority.
+pub fn set_scheduler(tid: i32, policy: i32, rt_priority: i32) -> nix::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: rt_priority,
+    };
+    // SAFETY: `p` is a valid sched_param for the call.
+    check(unsafe { libc::sched_setscheduler(tid, policy, &p) } as libc::c_long).map(drop)
+}
+
+/// setpriority(PRIO_PROCESS, tid, nice): the nice value of one thread.
+pub fn set_nice(tid: i32, nice: i32) -> nix::Result<()> {
+    // SAFETY: plain integers.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } as libc::c_long)
+        .map(drop)
+}
+
+/// Whether processes `a` and `b` share one address space (kcmp(2) KCMP_VM).
+pub fn same_mm(a: i32, b: i32) -> bool {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp takes plain integers.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0 }
+}
+
+/// Takes ownership of a descriptor a raw call just returned.
+pub fn owned_fd(fd: libc::c_int) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass a fresh descriptor that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// eventfd(2).
+pub fn eventfd(init: u32, flags: libc::c_int) -> libc::c_int {
+    // SAFETY: plain integers.
+    unsafe { libc::eventfd(init, flags) }
+}
+
+/// signalfd(2) reading the signals of `mask` (bit N-1 = signal N).
+pub fn signalfd(mask: u64) -> libc::c_int {
+    // SAFETY: the kernel reads 8 bytes (the size passed) of `mask`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &mask as *const u64,
+            8usize,
+            libc::SFD_CLOEXEC,
+        ) as libc::c_int
+    }
+}
+
+/// timerfd_create(2) on `clock`.
+pub fn timerfd_create(clock: i32) -> libc::c_int {
+    // SAFETY: plain integers.
+    unsafe { libc::timerfd_create(clock, libc::TFD_CLOEXEC) }
+}
+
+/// timerfd_settime(2), relative: `value` left, then every `interval` (sec, nsec).
+pub fn timerfd_settime(
+    fd: &std::os::fd::OwnedFd,
+    value: (i64, i64),
+    interval: (i64, i64),
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: interval.0,
+            tv_nsec: interval.1,
+        },
+        it_value: libc::timespec {
+            tv_sec: value.0,
+            tv_nsec: value.1,
+        },
+    };
+    // SAFETY: `spec` is a valid itimerspec; the old value is not requested.
+    let r = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// TFD_IOC_SET_TICKS: expirations not read yet.
+pub fn timerfd_set_ticks(fd: &std::os::fd::OwnedFd, ticks: u64) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+    // SAFETY: the kernel reads one u64 from `ticks`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// epoll_create1(EPOLL_CLOEXEC).
+pub fn epoll_create() -> libc::c_int {
+    // SAFETY: plain integer.
+    unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }
+}
+
+/// epoll_ctl(EPOLL_CTL_ADD) of `fd` with `events` and `data`.
+pub fn epoll_add(ep: i32, fd: i32, events: u32, data: u64) -> nix::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a valid epoll_event for the call.
+    let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// flock(2).
+pub fn flock(fd: std::os::fd::BorrowedFd, op: libc::c_int) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers on a borrowed descriptor.
+    let r = unsafe { libc::flock(fd.as_raw_fd(), op) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// An all-zero `struct flock`.
+pub fn zeroed_flock() -> libc::flock {
+    // SAFETY: struct flock is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// kcmp(2) KCMP_FILE: whether descriptor `fa` of `a` and `fb` of `b` are one
+/// open file description.
+pub fn same_file(a: i32, fa: i32, b: i32, fb: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes plain integers.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILE, fa, fb) == 0 }
+}
+
+/// What waitpid(2) reported, decoded without nix's `Signal`, which has no
+/// real-time signals (a tracee stopping with SIGRTMIN must not be an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    StillAlive,
+    Ended,
+    /// A ptrace stop: the signal and the event (status >> 16).
+    Stopped {
+        sig: i32,
+        event: i32,
+    },
+    Other,
+}
+
+/// waitpid(2) on one task with `__WALL` (and `WNOHANG` when `nohang`).
+pub fn wait_task(pid: Pid, nohang: bool) -> nix::Result<Waited> {
+    let mut status = 0;
+    let mut flags = libc::__WALL;
+    if nohang {
+        flags |= libc::WNOHANG;
+    }
+    loop {
+        // SAFETY: the kernel writes the status into the local.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, flags) };
+        if r < 0 {
+            let e = nix::Error::last();
+            if e == nix::Error::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(Waited::StillAlive);
+        }
+        return Ok(if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            Waited::Ended
+        } else if libc::WIFSTOPPED(status) {
+            Waited::Stopped {
+                sig: libc::WSTOPSIG(status),
+                event: status >> 16,
+            }
+        } else {
+            Waited::Other
+        });
+    }
+}
+
+/// Resumes a tracee with `req` (PTRACE_CONT, PTRACE_SYSCALL…) delivering
+/// signal `sig` (0 for none), any signal number.
+pub fn resume(req: libc::c_uint, pid: Pid, sig: i32) -> nix::Result<()> {
+    // SAFETY: plain integers; no memory is passed.
+    check(unsafe { libc::ptrace(req, pid.as_raw(), 0usize, sig as usize) }).map(drop)
+}
+
+/// open_by_handle_at(2) with O_PATH: the inode a file handle names, on the
+/// filesystem of `mount`.
+pub fn open_by_handle(
+    mount: &std::os::fd::OwnedFd,
+    htype: i32,
+    handle: &[u8],
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // struct file_handle: handle_bytes, handle_type, then the bytes.
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&htype.to_ne_bytes());
+    buf.extend_from_slice(handle);
+    // SAFETY: `buf` is a complete struct file_handle for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            buf.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    check(r).map(|fd| owned_fd(fd as libc::c_int))
+}
+
+/// inotify_init1(2).
+pub fn inotify_init(nonblock: bool) -> libc::c_int {
+    let mut flags = libc::IN_CLOEXEC;
+    if nonblock {
+        flags |= libc::IN_NONBLOCK;
+    }
+    // SAFETY: plain integers.
+    unsafe { libc::inotify_init1(flags) }
+}
+
+/// inotify_add_watch(2) with watch descriptor `wd` asked for first
+/// (INOTIFY_IOC_SETNEXTWD); returns the descriptor given.
+pub fn inotify_watch(
+    fd: &std::os::fd::OwnedFd,
+    wd: i32,
+    path: &std::path::Path,
+    mask: u32,
+) -> nix::Result<i32> {
+    use std::os::fd::AsRawFd;
+    const INOTIFY_IOC_SETNEXTWD: libc::c_ulong = 0x4004_4900;
+    // SAFETY: the ioctl takes the descriptor number as a plain integer.
+    check(
+        unsafe { libc::ioctl(fd.as_raw_fd(), INOTIFY_IOC_SETNEXTWD, wd as libc::c_long) }
+            as libc::c_long,
+    )?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::Error::EINVAL)?;
+    // SAFETY: `c` is a valid C string for the call.
+    check(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } as libc::c_long)
+        .map(|w| w as i32)
+}

@@ -704,3 +704,47 @@ fn checkpoint_and_restart_show_progress_on_a_terminal_only() {
         show(&o)
     );
 }
+
+#[test]
+fn a_detached_job_restarted_from_an_older_version_appends_to_its_log() {
+    let env = Env::new();
+    let job = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done";
+    let id = ok(env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "bash", "-c", job])
+        .output()
+        .unwrap());
+    let id = id.trim().to_string();
+    let log = env.state.path().join(format!("logs/{id}.out"));
+    let lines = || -> Vec<u64> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    assert!(wait_until(T, || lines().len() >= 3));
+    ok(env.cmd("checkpoint").args(["-c", &id]).output().unwrap());
+    // It goes on writing after the checkpoint, then ends.
+    let at = lines().len();
+    assert!(wait_until(T, || lines().len() >= at + 10));
+    let rec = env.registry().load(id.parse().unwrap()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.root_pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(T, || env
+        .registry()
+        .load(id.parse().unwrap())
+        .is_err()));
+    let before = lines();
+    // Restarted from the checkpoint: the log is kept whole and goes on at its end.
+    ok(env
+        .cmd("restart")
+        .args(["--detach", &id, "1"])
+        .output()
+        .unwrap());
+    assert!(wait_until(T, || lines().len() >= before.len() + 5));
+    let after = lines();
+    assert_eq!(after[..before.len()], before[..]);
+    let resumed = &after[before.len()..];
+    assert!(resumed[0] < *before.last().unwrap(), "{resumed:?}");
+    assert!(resumed.windows(2).all(|w| w[1] == w[0] + 1), "{resumed:?}");
+}

@@ -55,9 +55,10 @@ pub struct LaunchSpec {
     pub stderr: Option<PathBuf>,
     /// Start the application in a session of its own (detached from the terminal).
     pub new_session: bool,
-    /// Send the output of a stream without a file above to the application's log
-    /// (`STATE/logs/ID.out`, `ID.err`), appending, so the log of an application
-    /// goes on across checkpoint and restart.
+    /// Detached: streams without a file above are /dev/null (stdin) and the
+    /// application's logs (`STATE/logs/ID.out`, `ID.err`, appended, so that a log
+    /// goes on across checkpoint and restart). They are the init's, not files
+    /// given: a restored process gets them only where it had its caller's stream.
     pub logs: bool,
     /// Called while the application is being set up, for a progress display.
     pub while_starting: Option<Ticker>,
@@ -268,8 +269,11 @@ fn open_stdio(spec: &LaunchSpec) -> Result<[Option<File>; 3]> {
     ])
 }
 
-/// Opens the application's logs for the output streams `stdio` leaves unset.
+/// Opens /dev/null and the application's logs for the streams `stdio` leaves unset.
 fn open_logs(registry: &Registry, id: u64, stdio: &mut [Option<File>; 3]) -> Result<()> {
+    if stdio[0].is_none() {
+        stdio[0] = Some(open_stream("stdin", Path::new("/dev/null"), Mode::Read)?);
+    }
     let paths = registry.log_paths(id);
     if let Some(dir) = paths[0].parent() {
         crate::fsutil::create_dir_all(dir, 0o750).map_err(RegistryError::from)?;

@@ -61,13 +61,19 @@ struct Args {
     #[arg(long, value_name = "N", requires = "app")]
     keep: Option<usize>,
 
-    /// Delete the images and logs of every application that is not running
+    /// Delete the images and logs of every application that is not running, the records of
+    /// applications that are gone and the cgroups that ended or killed applications of this
+    /// state directory left behind
     #[arg(long, conflicts_with = "app")]
     prune: bool,
 
     /// List the applications in the registry with their state
     #[arg(short, long, conflicts_with = "app")]
     list: bool,
+
+    /// cgroup parent the applications' groups are under (for --prune)
+    #[arg(long, value_name = "NAME", env = xos::app::CGROUP_PARENT_ENV, default_value = xos::app::DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: String,
 
     /// How long to wait for the kernel (freezing, thawing, every task stopping), in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
@@ -111,7 +117,7 @@ Examples:
   checkpoint --list
   checkpoint --delete 6 2  # delete version 2 of application 6
   checkpoint --keep 3 6    # keep only its three newest versions
-  checkpoint --prune       # images and logs of applications that ended
+  checkpoint --prune       # images, logs, records and cgroups of applications that ended
   checkpoint --wait 6      # wait until application 6 ends; exit with its status
 
 Saved for every process of APP: memory (private pages that were ever touched,
@@ -311,6 +317,10 @@ struct Listed {
     init_pid: i32,
     /// Seconds since the epoch.
     started: u64,
+    /// The grid job it belongs to (krgcr-run --job).
+    job: Option<String>,
+    /// native or criu.
+    checkpointer: String,
     command: Vec<String>,
     cwd: std::path::PathBuf,
 }
@@ -330,6 +340,8 @@ fn list(reg: &Registry, json: bool) -> i32 {
                 pid: rec.command_pid(),
                 init_pid: rec.root_pid,
                 started: rec.started,
+                job: rec.job.clone(),
+                checkpointer: rec.checkpointer.clone(),
                 command: rec.command,
                 cwd: rec.cwd,
             }),
@@ -354,11 +366,13 @@ fn list(reg: &Registry, json: bool) -> i32 {
                 a.state.clone(),
                 a.pid.map_or("-".to_string(), |p| p.to_string()),
                 common::fmt_time(a.started),
+                a.job.clone().unwrap_or_else(|| "-".into()),
+                a.checkpointer.clone(),
                 common::printable(&a.command.join(" ")),
             ]
         })
         .collect();
-    let header = ["ID", "STATE", "PID", "STARTED", "COMMAND"];
+    let header = ["ID", "STATE", "PID", "STARTED", "JOB", "CKPT", "COMMAND"];
     for line in common::table(&header, &rows, &[2]) {
         println!("{line}");
     }
@@ -430,6 +444,17 @@ fn app_id(reg: &Registry, spec: &str) -> Result<u64, i32> {
 /// --delete, --keep and --prune.
 fn delete(a: &Args, reg: &Registry) -> i32 {
     if a.prune {
+        match xos::app::prune(reg, &a.cgroup_parent) {
+            Ok(p) => {
+                for id in &p.records {
+                    println!("removed the record of application {id}");
+                }
+                for g in &p.groups {
+                    println!("removed cgroup {g}");
+                }
+            }
+            Err(e) => return common::fail("checkpoint", e),
+        }
         return match xos::store::prune(&a.state_dir, reg) {
             Ok(ids) => {
                 for id in ids {

@@ -40,9 +40,17 @@ struct Args {
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 
-    /// cgroup under which the application's group (NAME/app-ID) is created
+    /// cgroup under which the application's group (NAME/app-ID-TOKEN, TOKEN naming the state directory) is created
     #[arg(long, value_name = "NAME", env = app::CGROUP_PARENT_ENV, default_value = app::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
+
+    /// Grid job this application is a unit of (xcheckpoint JOB checkpoints every unit of it)
+    #[arg(long, value_name = "JOB")]
+    job: Option<String>,
+
+    /// Kernel checkpointer the application is started for: native, or criu (then the host's mount namespace is kept, as CRIU needs)
+    #[arg(long, value_name = "NAME", default_value = app::NATIVE, value_parser = [app::NATIVE, app::CRIU])]
+    checkpointer: String,
 
     /// Memory limit, e.g. 512M or 2G
     #[arg(short, long, value_name = "SIZE", value_parser = common::parse_size)]
@@ -95,6 +103,7 @@ Examples:
   krgcr-run ./myapp 2> error.log
   krgcr-run --detach --print-id --stdout app.log ./server
   krgcr-run --memory 1G --cpus 1.5 --pids 100 ./solver input.dat
+  krgcr-run --detach --job job-42 --checkpointer criu ./worker
 
 Exit status: CMD's status; 125 if the application could not be set up, 126 if CMD
 cannot be executed, 127 if it is not found. With --detach: 0 once it runs.";
@@ -115,7 +124,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
         },
         None => None,
     };
+    if let Some(job) = &a.job {
+        if let Err(e) = xos::gcp::meta::check_job(job) {
+            common::fail("krgcr-run", e);
+            return 125;
+        }
+    }
     let mut spec = LaunchSpec::new(a.command);
+    spec.job = a.job;
+    spec.checkpointer = a.checkpointer;
     spec.limits = Limits {
         memory_max: a.memory,
         cpu_weight: a.cpu_weight,

@@ -12,7 +12,9 @@ mod pam_app_aem;
 mod progress;
 mod restart;
 mod stub;
+mod xcheckpoint;
 mod xos_cert;
+mod xrestart;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -56,13 +58,13 @@ pub const APPLETS: &[Applet] = &[
     },
     Applet {
         name: "xcheckpoint",
-        command: stub::xcheckpoint,
-        run: stub::xcheckpoint_main,
+        command: xcheckpoint::command,
+        run: xcheckpoint::main,
     },
     Applet {
         name: "xrestart",
-        command: stub::xrestart,
-        run: stub::xrestart_main,
+        command: xrestart::command,
+        run: xrestart::main,
     },
     Applet {
         name: "xos-amsd",

@@ -212,6 +212,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
             );
         }
     }
+    // A second copy (--new-id) writes its own output, not into the files of
+    // the application it was copied from.
+    spec.redirected = [
+        a.stdin.is_some(),
+        a.stdout.is_some() || a.new_id,
+        a.stderr.is_some() || a.new_id,
+    ];
     spec.stdin = a.stdin;
     spec.stdout = a.stdout;
     spec.stderr = a.stderr;
@@ -231,7 +238,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
             Err(e) => return common::fail("restart", e),
         }
     }
-    follow_logs(&reg, &img, a.app, spec.app_id.unwrap_or(a.app), &mut spec);
     // On a terminal: how much of the saved memory the rebuilt processes hold.
     let saved = img.processes.iter().map(|p| p.pages.len).sum::<u64>()
         + img.shared.iter().map(|b| b.len).sum::<u64>();
@@ -246,26 +252,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
             std::mem::forget(lock);
         }
     })
-}
-
-/// Output streams that were the application's own logs (krgcr-run --detach) go on
-/// into the logs of the id it restarts under, appended, instead of being reopened
-/// at their saved offsets: a log grows after a checkpoint, and a copy under a new
-/// id has logs of its own.
-fn follow_logs(reg: &Registry, img: &image::Image, from: u64, to: u64, spec: &mut LaunchSpec) {
-    let old = reg.log_paths(from);
-    let new = reg.log_paths(to);
-    for (i, slot) in [&mut spec.stdout, &mut spec.stderr].into_iter().enumerate() {
-        let std = i as i32 + 1;
-        let log = std::fs::canonicalize(&old[i]).unwrap_or_else(|_| old[i].clone());
-        let was_log = img.processes.iter().flat_map(|p| &p.fds).any(|f| {
-            matches!(&f.kind, image::FdKind::Path { path, inherited: Some(s), .. }
-                if *s == std && *path == log)
-        });
-        if slot.is_none() && was_log {
-            *slot = Some(new[i].clone());
-        }
-    }
 }
 
 /// One version in a listing: the stored summary and the application's state.

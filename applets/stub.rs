@@ -44,12 +44,6 @@ macro_rules! stubs {
 }
 
 stubs! {
-    xcheckpoint, xcheckpoint_main, "xcheckpoint",
-        "Grid-level checkpoint of a job by job id, through the common kernel checkpointer API",
-        "xcheckpoint JOB";
-    xrestart, xrestart_main, "xrestart",
-        "Grid-level restart of a job from a checkpoint version",
-        "xrestart JOB VERSION";
     loader, loader_main, "xos-loader",
         "Start a job unit inside a container and report its end over a socket",
         "xos-loader [OPTIONS] CMD [ARGS]...";

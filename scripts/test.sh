@@ -24,6 +24,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# CRIU 4.x for the criu backend's tests (Debian 12's 3.17 does not work on 6.x
+# kernels): criu on PATH, else the build beside the repository, whose install
+# script apt-gets its libraries. The tests find it through XOS_CRIU.
+if [ -z "${XOS_CRIU:-}" ]; then
+    if command -v criu >/dev/null && criu --version | grep -q '^Version: [4-9]'; then
+        XOS_CRIU=$(command -v criu)
+    elif [ -x ../shared/peers/criu/install.sh ]; then
+        XOS_CRIU=$(../shared/peers/criu/install.sh)
+    else
+        echo "scripts/test.sh: CRIU 4.0 or newer is needed (criu on PATH, XOS_CRIU, or ../shared/peers/criu)" >&2
+        exit 1
+    fi
+fi
+export XOS_CRIU
+"$XOS_CRIU" check >/dev/null 2>&1 || { echo "scripts/test.sh: $XOS_CRIU check fails" >&2; exit 1; }
 if ! command -v cargo >/dev/null; then
     echo "scripts/test.sh: cargo (Rust 1.85 or newer) is needed" >&2
     exit 1

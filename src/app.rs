@@ -35,6 +35,11 @@ pub const DEFAULT_CGROUP_PARENT: &str = "xos";
 /// Environment variable overriding the cgroup parent.
 pub const CGROUP_PARENT_ENV: &str = "XOS_CGROUP_PARENT";
 
+/// The built-in checkpointer's name.
+pub const NATIVE: &str = "native";
+/// CRIU's name as a checkpointer.
+pub const CRIU: &str = "criu";
+
 /// How long cleanup waits for a group to empty.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,9 +77,17 @@ pub struct LaunchSpec {
     pub stay_frozen: bool,
     /// With `restore`: reopen files that changed since the checkpoint.
     pub allow_changed_files: bool,
+    /// With `restore`: the standard streams the user sent elsewhere (restart
+    /// --stdin/--stdout/--stderr); files the application had as those are then
+    /// replaced by the init's, others are reopened where they were.
+    pub redirected: [bool; 3],
     /// Descriptors of the caller that no process of the application, nor a
     /// background supervisor, may keep (the application lock).
     pub close_fds: Vec<RawFd>,
+    /// Grid job the application is a unit of.
+    pub job: Option<String>,
+    /// Kernel checkpointer the application is started for (`native`, `criu`).
+    pub checkpointer: String,
 }
 
 impl LaunchSpec {
@@ -95,6 +108,9 @@ impl LaunchSpec {
             stay_frozen: false,
             close_fds: Vec::new(),
             allow_changed_files: false,
+            redirected: [false; 3],
+            job: None,
+            checkpointer: NATIVE.to_string(),
         }
     }
 }
@@ -140,6 +156,10 @@ pub enum LaunchError {
     Exec { program: String, errno: i32 },
     #[error("application setup failed: {0}")]
     Setup(String),
+    #[error(
+        "cgroup {group} already holds {count} process(es) of something else; refusing to share it"
+    )]
+    GroupBusy { group: String, count: usize },
     #[error("the detached supervisor failed: {0}")]
     Detached(String),
 }
@@ -304,22 +324,178 @@ fn launch_closing(
         return Err(LaunchError::NoCommand);
     }
     let mut stdio = open_stdio(spec)?;
-    let layout = Layout::detect()?;
-    let id = match spec.app_id {
-        Some(id) => id,
-        None => registry.allocate_id()?,
-    };
+    let (id, group) = prepare_group(registry, spec)?;
     if spec.logs {
-        open_logs(registry, id, &mut stdio)?;
+        if let Err(e) = open_logs(registry, id, &mut stdio) {
+            let _ = group.destroy(CLEANUP_TIMEOUT);
+            return Err(e);
+        }
     }
-    let controllers: Vec<&str> = spec.controllers.iter().map(String::as_str).collect();
-    let group = layout.group_with(&format!("{}/app-{id}", spec.cgroup_parent), &controllers)?;
-    group.create()?;
     let started = start_in_group(registry, spec, id, &group, stdio, close_in_child);
     if started.is_err() {
         let _ = group.destroy(CLEANUP_TIMEOUT);
     }
     started
+}
+
+/// Allocates the application id (unless given) and creates its group, after
+/// removing what ended applications left.
+fn prepare_group(registry: &Registry, spec: &LaunchSpec) -> Result<(u64, Group)> {
+    let layout = Layout::detect()?;
+    let id = match spec.app_id {
+        Some(id) => id,
+        None => registry.allocate_id()?,
+    };
+    // Leftovers of ended or killed applications of this state directory go first.
+    if let Err(e) = prune(registry, &spec.cgroup_parent) {
+        log::warn!("cannot remove leftover groups: {e}");
+    }
+    let group = app_group(registry, &layout, spec, id)?;
+    // A group with tasks belongs to something else; never mix two applications.
+    let busy = group.pids()?.len();
+    if busy > 0 {
+        return Err(LaunchError::GroupBusy {
+            group: group.name().to_string(),
+            count: busy,
+        });
+    }
+    group.create()?;
+    Ok((id, group))
+}
+
+/// The registry record of an application whose root process is `root`.
+fn new_record(spec: &LaunchSpec, id: u64, group: &Group, root: Pid) -> Result<AppRecord> {
+    let root_starttime = process::stat(root.as_raw())
+        .map_err(|e| LaunchError::Setup(e.to_string()))?
+        .starttime;
+    Ok(AppRecord {
+        id,
+        root_pid: root.as_raw(),
+        root_starttime,
+        supervisor_pid: Some(std::process::id() as i32),
+        cgroup: group.clone(),
+        namespaces: Namespaces::of(root.as_raw()).unwrap_or_default(),
+        owner_uid: nix::unistd::getuid().as_raw(),
+        owner_gid: nix::unistd::getgid().as_raw(),
+        command: spec
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        cwd: std::env::current_dir().unwrap_or_default(),
+        started: registry::now(),
+        checkpointer: spec.checkpointer.clone(),
+        limits: spec.limits.clone(),
+        job: spec.job.clone(),
+    })
+}
+
+/// The cgroup of application `id`: `PARENT/app-ID-TOKEN`. Ids are counted per
+/// state directory while the cgroup parent is shared by the machine, so the
+/// state directory's token keeps two state directories' application 1 apart.
+fn app_group(registry: &Registry, layout: &Layout, spec: &LaunchSpec, id: u64) -> Result<Group> {
+    let token = registry.token()?;
+    let controllers: Vec<&str> = spec.controllers.iter().map(String::as_str).collect();
+    Ok(layout.group_with(
+        &format!("{}/{}", spec.cgroup_parent, group_leaf(id, &token)),
+        &controllers,
+    )?)
+}
+
+fn group_leaf(id: u64, token: &str) -> String {
+    format!("app-{id}-{token}")
+}
+
+/// What [`prune`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// Records of applications whose processes are gone.
+    pub records: Vec<u64>,
+    /// Cgroups (names) of applications that ended or were killed.
+    pub groups: Vec<String>,
+}
+
+/// A group younger than this may belong to a launch that has not saved its
+/// record yet, so prune leaves it alone.
+const PRUNE_MIN_AGE: Duration = Duration::from_secs(30);
+
+/// Removes what ended or killed applications of this state directory left:
+/// records whose processes are gone, and their empty groups under
+/// `cgroup_parent` (only groups carrying this state directory's token, so other
+/// state directories are never touched). An application being restarted or
+/// checkpointed (its lock held) is skipped.
+pub fn prune(registry: &Registry, cgroup_parent: &str) -> Result<Pruned> {
+    let mut out = Pruned::default();
+    let token = registry.token()?;
+    let layout = Layout::detect()?;
+    let mut live = std::collections::HashSet::new();
+    for rec in registry.list()?.into_iter().flatten() {
+        if rec.alive() {
+            live.insert(rec.id);
+            continue;
+        }
+        let Ok(_lock) = crate::applock::AppLock::acquire(registry.root(), rec.id, "prune", false)
+        else {
+            live.insert(rec.id);
+            continue;
+        };
+        // The root process is gone, so is its PID namespace and every process
+        // in it: whatever the group still holds is being torn down.
+        let had_group = rec.cgroup.paths().iter().any(|p| p.is_dir());
+        if let Err(e) = rec.cgroup.destroy(CLEANUP_TIMEOUT) {
+            log::warn!("application {}: {e}", rec.id);
+            continue;
+        }
+        if had_group {
+            out.groups.push(rec.cgroup.name().to_string());
+        }
+        registry.remove(rec.id)?;
+        out.records.push(rec.id);
+    }
+    let parent = layout.group(cgroup_parent)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for dir in parent.paths() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_prefix("app-")
+                .and_then(|r| r.strip_suffix(&format!("-{token}")))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let young = ent
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < PRUNE_MIN_AGE);
+            if live.contains(&id) || young {
+                continue;
+            }
+            seen.insert((id, name));
+        }
+    }
+    for (id, name) in seen {
+        let Ok(_lock) = crate::applock::AppLock::acquire(registry.root(), id, "prune", false)
+        else {
+            continue;
+        };
+        if registry.load(id).map(|r| r.alive()).unwrap_or(false) {
+            continue;
+        }
+        let group = layout.group(&format!("{cgroup_parent}/{name}"))?;
+        // Only empty groups: tasks in a group without a record are not ours to kill.
+        if group.pids()?.is_empty() && group.remove().is_ok() {
+            out.groups.push(group.name().to_string());
+        }
+    }
+    out.groups.sort();
+    out.groups.dedup();
+    Ok(out)
 }
 
 fn start_in_group(
@@ -386,7 +562,7 @@ fn start_in_group(
     }
     // The init reports a setup or exec failure on this pipe; end-of-file with
     // nothing written means the command was executed.
-    let msg = read_report(File::from(err_r), group, spec.while_starting.as_ref());
+    let msg = read_init_report(File::from(err_r), group, spec.while_starting.as_ref());
     if !msg.is_empty() {
         return fail(decode_child_error(&msg, &spec.argv[0]));
     }
@@ -403,28 +579,9 @@ fn start_in_group(
         }
     }
     drop(go_w);
-    let root_starttime = match process::stat(child.as_raw()) {
-        Ok(s) => s.starttime,
-        Err(e) => return fail(LaunchError::Setup(e.to_string())),
-    };
-    let record = AppRecord {
-        id,
-        root_pid: child.as_raw(),
-        root_starttime,
-        supervisor_pid: Some(std::process::id() as i32),
-        cgroup: group.clone(),
-        namespaces: Namespaces::of(child.as_raw()).unwrap_or_default(),
-        owner_uid: nix::unistd::getuid().as_raw(),
-        owner_gid: nix::unistd::getgid().as_raw(),
-        command: spec
-            .argv
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        cwd: std::env::current_dir().unwrap_or_default(),
-        started: registry::now(),
-        checkpointer: "native".to_string(),
-        limits: spec.limits.clone(),
+    let record = match new_record(spec, id, group, child) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
     };
     if let Err(e) = registry.save(&record) {
         return fail(e.into());
@@ -438,7 +595,7 @@ fn start_in_group(
 }
 
 /// Reads the init's report until end-of-file, calling `ticker` meanwhile.
-fn read_report(mut report: File, group: &Group, ticker: Option<&Ticker>) -> String {
+fn read_init_report(mut report: File, group: &Group, ticker: Option<&Ticker>) -> String {
     let mut msg = Vec::new();
     let Some(Ticker(tick)) = ticker else {
         let _ = report.read_to_end(&mut msg);
@@ -510,11 +667,7 @@ fn init_main(
     let restored = spec.restore.as_ref().map(|(dir, img)| {
         let opts = crate::ckpt::restore::RestoreOptions {
             allow_changed_files: spec.allow_changed_files,
-            redirected: [
-                spec.stdin.is_some(),
-                spec.stdout.is_some(),
-                spec.stderr.is_some(),
-            ],
+            redirected: spec.redirected,
         };
         crate::ckpt::restore::restore_tree(dir, img, &opts, &mut before_detach).map(|p| (p, img))
     });
@@ -603,8 +756,15 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
 
 /// Namespaces, /proc, session and stdio of the init; an error is reported as text.
 fn init_setup(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Result<(), String> {
-    nix::sched::unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("cannot create IPC and mount namespaces: {e}"))?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWIPC)
+        .map_err(|e| format!("cannot create an IPC namespace: {e}"))?;
+    if spec.checkpointer == CRIU {
+        // CRIU would have to dump a mount namespace made of every mount of
+        // the host; a unit for it keeps the host's (and the host's /proc).
+        return init_stdio(stdio, spec);
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot create a mount namespace: {e}"))?;
     // Mounts made inside stay inside; the host's still propagate in.
     nix::mount::mount(
         None::<&str>,
@@ -622,7 +782,13 @@ fn init_setup(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Resul
         None::<&str>,
     )
     .map_err(|e| format!("cannot mount /proc: {e}"))?;
-    if spec.new_session {
+    init_stdio(stdio, spec)
+}
+
+/// Session and stdio of the init.
+fn init_stdio(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Result<(), String> {
+    // CRIU refuses a tree whose session leader is outside its PID namespace.
+    if spec.new_session || spec.checkpointer == CRIU {
         nix::unistd::setsid().map_err(|e| format!("cannot start a session: {e}"))?;
     }
     let [i, o, e] = stdio;
@@ -689,23 +855,7 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
     match sys::fork().map_err(sys_err("fork"))? {
         ForkResult::Parent { child } => {
             drop(wr);
-            let mut report = String::new();
-            let _ = File::from(rd).read_to_string(&mut report);
-            match report
-                .strip_prefix("ok ")
-                .and_then(|s| s.trim().parse().ok())
-            {
-                Some(id) => Ok(Detached::Started(id)),
-                None => {
-                    let _ = waitpid(child, None);
-                    let m = report.strip_prefix("err ").unwrap_or(&report).trim();
-                    Err(LaunchError::Detached(if m.is_empty() {
-                        "it ended without a report".to_string()
-                    } else {
-                        m.to_string()
-                    }))
-                }
-            }
+            read_report(rd, child)
         }
         ForkResult::Child => {
             drop(rd);
@@ -736,6 +886,101 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
                     Ok(Detached::ChildExit(1))
                 }
             }
+        }
+    }
+}
+
+/// How an external restorer (CRIU) rebuilds an application for
+/// [`adopt_detached`]: given the application's group (already created) and the
+/// signal mask its children must get back, it starts the processes inside the
+/// group and returns the root process, a child of the calling process.
+pub type ExternalStart<'a> = &'a dyn Fn(&Group, &SigSet) -> std::result::Result<Pid, String>;
+
+/// Like [`launch_detached`], but the processes are made by `start` (an external
+/// restorer) instead of being started or rebuilt by xos. The background
+/// supervisor creates the group, registers the application once `start`
+/// returns, and waits for the root process like krgcr-run.
+pub fn adopt_detached(
+    registry: &Registry,
+    spec: &LaunchSpec,
+    start: ExternalStart<'_>,
+) -> Result<Detached> {
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create a pipe"))?;
+    match sys::fork().map_err(sys_err("fork"))? {
+        ForkResult::Parent { child } => {
+            drop(wr);
+            read_report(rd, child)
+        }
+        ForkResult::Child => {
+            drop(rd);
+            for fd in &spec.close_fds {
+                let _ = nix::unistd::close(*fd);
+            }
+            let mut wr = File::from(wr);
+            let _ = nix::unistd::setsid();
+            match adopt(registry, spec, start) {
+                Ok(running) => {
+                    let _ = writeln!(wr, "ok {}", running.id());
+                    drop(wr);
+                    detach_stdio();
+                    Ok(Detached::ChildExit(running.wait().map(|_| 0).unwrap_or(1)))
+                }
+                Err(e) => {
+                    let _ = write!(wr, "err {e}");
+                    Ok(Detached::ChildExit(1))
+                }
+            }
+        }
+    }
+}
+
+fn adopt(registry: &Registry, spec: &LaunchSpec, start: ExternalStart<'_>) -> Result<Running> {
+    let (id, group) = prepare_group(registry, spec)?;
+    sys::default_disposition(Signal::SIGCHLD).map_err(sys_err("reset SIGCHLD"))?;
+    let mut old_mask = SigSet::empty();
+    signal::sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&handled_signals()),
+        Some(&mut old_mask),
+    )
+    .map_err(sys_err("block signals"))?;
+    let result = start(&group, &old_mask)
+        .map_err(LaunchError::Setup)
+        .and_then(|root| {
+            let record = new_record(spec, id, &group, root)?;
+            registry.save(&record)?;
+            Ok(Running {
+                record,
+                registry: registry.clone(),
+                init: root,
+                old_mask,
+            })
+        });
+    if result.is_err() {
+        let _ = group.destroy(CLEANUP_TIMEOUT);
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    }
+    result
+}
+
+/// Reads the background supervisor's report: its application id, or its error.
+fn read_report(rd: OwnedFd, child: Pid) -> Result<Detached> {
+    let mut report = String::new();
+    let _ = File::from(rd).read_to_string(&mut report);
+    match report
+        .strip_prefix("ok ")
+        .and_then(|s| s.trim().parse().ok())
+    {
+        Some(id) => Ok(Detached::Started(id)),
+        None => {
+            let _ = waitpid(child, None);
+            let m = report.strip_prefix("err ").unwrap_or(&report).trim();
+            Err(LaunchError::Detached(if m.is_empty() {
+                "it ended without a report".to_string()
+            } else {
+                m.to_string()
+            }))
         }
     }
 }

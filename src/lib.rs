@@ -8,6 +8,7 @@ pub mod applock;
 pub mod cgroup;
 pub mod ckpt;
 pub mod fsutil;
+pub mod gcp;
 pub mod ns;
 pub mod process;
 pub mod registry;

@@ -2,7 +2,8 @@
 //!
 //! Layout under the state directory (default `/var/lib/xos`, or `$XOS_STATE_DIR`):
 //! `next-id` (the next application id, under `lock`), `apps/<ID>.rec` (one checked
-//! record per running application, see [`crate::fsutil`]). Ids are never reused, so
+//! record per running application, see [`crate::fsutil`]), `token` (a random name
+//! of this state directory, see [`Registry::token`]). Ids are never reused, so
 //! images and logs named after an id cannot be mistaken for a later application's.
 
 use std::fs::{self, OpenOptions};
@@ -24,6 +25,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/xos";
 
 const MAGIC: &str = "xos-app";
 const FORMAT: u32 = 1;
+/// Hex digits of a state directory's token.
+const TOKEN_LEN: usize = 8;
 
 /// The state directory: the option if given, else `$XOS_STATE_DIR`, else the default.
 pub fn state_dir(option: Option<&Path>) -> PathBuf {
@@ -54,9 +57,12 @@ pub struct AppRecord {
     pub cwd: PathBuf,
     /// Start time, seconds since the Unix epoch.
     pub started: u64,
-    /// Kernel checkpointer that handles this application (`native`, …).
+    /// Kernel checkpointer that handles this application (`native`, `criu`).
     pub checkpointer: String,
     pub limits: Limits,
+    /// Grid job this application is a unit of (`krgcr-run --job`).
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// The state of an application, derived from the kernel, never stored.
@@ -183,8 +189,7 @@ impl Registry {
         self.root.join("apps").join(format!("{id}.rec"))
     }
 
-    /// Hands out a fresh application id; concurrent callers never get the same one.
-    pub fn allocate_id(&self) -> Result<u64> {
+    fn lock(&self) -> Result<Flock<fs::File>> {
         let lock_path = self.root.join("lock");
         let f = OpenOptions::new()
             .create(true)
@@ -192,11 +197,41 @@ impl Registry {
             .write(true)
             .open(&lock_path)
             .map_err(|e| PathError::new("open", &lock_path, e))?;
-        let _lock =
-            Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| RegistryError::Lock {
-                path: lock_path.clone(),
-                source: e,
-            })?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| RegistryError::Lock {
+            path: lock_path.clone(),
+            source: e,
+        })
+    }
+
+    /// A random token naming this state directory, made on first use and kept in
+    /// `token`. Application ids are only unique within one state directory; the
+    /// token makes names shared by the whole machine (job cgroups) unique too.
+    pub fn token(&self) -> Result<String> {
+        let path = self.root.join("token");
+        let valid = |s: &str| s.len() == TOKEN_LEN && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if let Ok(s) = fs::read_to_string(&path) {
+            if valid(s.trim()) {
+                return Ok(s.trim().to_string());
+            }
+        }
+        let _lock = self.lock()?;
+        match fs::read_to_string(&path) {
+            Ok(s) if valid(s.trim()) => return Ok(s.trim().to_string()),
+            _ => {}
+        }
+        let mut raw = [0u8; TOKEN_LEN / 2];
+        let urandom = Path::new("/dev/urandom");
+        fs::File::open(urandom)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+            .map_err(|e| PathError::new("read", urandom, e))?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        fsutil::write_atomic(&path, format!("{token}\n").as_bytes(), 0o644)?;
+        Ok(token)
+    }
+
+    /// Hands out a fresh application id; concurrent callers never get the same one.
+    pub fn allocate_id(&self) -> Result<u64> {
+        let _lock = self.lock()?;
         let next_path = self.root.join("next-id");
         let next: u64 = match fs::read_to_string(&next_path) {
             Ok(s) => s.trim().parse().unwrap_or(1).max(1),
@@ -342,6 +377,7 @@ mod tests {
             started: now(),
             checkpointer: "native".into(),
             limits: Limits::default(),
+            job: None,
         }
     }
 
@@ -363,6 +399,22 @@ mod tests {
         assert_eq!(r.allocate_id().unwrap(), 3);
         assert_eq!(r.resolve("2").unwrap().id, 2);
         assert!(matches!(r.resolve("abc"), Err(RegistryError::BadSpec(_))));
+    }
+
+    #[test]
+    fn token_is_kept_and_differs_between_state_dirs() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let ra = Registry::open(a.path()).unwrap();
+        let t = ra.token().unwrap();
+        assert_eq!(t.len(), TOKEN_LEN);
+        assert_eq!(ra.token().unwrap(), t, "the token is stable");
+        assert_eq!(Registry::open(a.path()).unwrap().token().unwrap(), t);
+        assert_ne!(Registry::open(b.path()).unwrap().token().unwrap(), t);
+        // A damaged token file is replaced, not used.
+        fs::write(a.path().join("token"), "x/y\n").unwrap();
+        let t2 = ra.token().unwrap();
+        assert!(t2.len() == TOKEN_LEN && t2.bytes().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

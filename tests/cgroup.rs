@@ -283,3 +283,33 @@ fn hybrid_host_uses_both() {
     assert!(g.dirs().iter().any(|d| d.version == Version::V2));
     lifecycle(&host, &parent);
 }
+
+#[test]
+fn killing_a_parent_kills_a_frozen_sub_group() {
+    let host = Layout::detect().unwrap();
+    let parent = unique("xos-test-kf");
+    let top = host.group(&parent).unwrap();
+    let _c = Cleanup(top.clone());
+    let job = host.group(&format!("{parent}/job")).unwrap();
+    job.create().unwrap();
+    // Holding none of the test's pipes, so a failure cannot hang the harness.
+    let mut child = Command::new("sleep")
+        .arg("1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    job.attach(child.id() as i32).unwrap();
+    job.freeze(T).unwrap();
+    // Within the timeout, not after it: the frozen task must be let die.
+    let start = std::time::Instant::now();
+    top.kill(Duration::from_secs(5)).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(job.pids().unwrap().is_empty());
+    let st = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+}

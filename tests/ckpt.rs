@@ -715,6 +715,9 @@ fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
         nix::sys::signal::Signal::SIGTERM,
     ];
     let mut usr1 = 0;
+    // A checkpoint may end before the signal reaches it: then its version is
+    // complete and stays.
+    let mut finished = 0;
     for (i, ms) in moments.iter().enumerate() {
         let mut c = env.cmd("checkpoint");
         let child = c
@@ -726,7 +729,9 @@ fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
         std::thread::sleep(Duration::from_millis(*ms));
         let sig = signals[i % 3];
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
-        let _ = child.wait_with_output();
+        if child.wait_with_output().unwrap().status.success() {
+            finished += 1;
+        }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(host),
             nix::sys::signal::Signal::SIGUSR1,
@@ -753,18 +758,20 @@ fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
     )
     .expect("the application survives a checkpointer killed while injecting");
     assert!(wait_until(T, || alive(&out) == (usr1 + 1, 0)));
-    assert!(
-        xos::ckpt::image::versions(env.state.path(), id).is_empty(),
-        "a version was left"
+    assert_eq!(
+        xos::ckpt::image::versions(env.state.path(), id).len(),
+        finished,
+        "a version was left by an interrupted checkpoint"
     );
     // The next checkpoint works and removes what the killed ones left.
-    assert_eq!(checkpoint(&env, id, false), 1);
+    checkpoint(&env, id, false);
     let left: Vec<String> = std::fs::read_dir(xos::ckpt::image::app_dir(env.state.path(), id))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<u64>().is_err())
         .collect();
-    assert_eq!(left, ["1"]);
+    assert!(left.is_empty(), "left in the images directory: {left:?}");
 }
 
 #[test]

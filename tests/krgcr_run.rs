@@ -302,3 +302,156 @@ fn corrupt_record_is_reported_by_list() {
     rec.cgroup.kill(T).unwrap();
     assert!(wait_until(T, || env.registry().load(id).is_err()));
 }
+
+/// Sets a directory's modification time one hour back (an old leftover).
+fn age(path: &std::path::Path) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(path)
+        .and_then(|f| f.set_modified(t))
+        .unwrap_or_else(|e| panic!("age {}: {e}", path.display()));
+}
+
+#[test]
+fn two_state_directories_never_share_a_cgroup() {
+    let a = Env::new();
+    let b = a.sibling();
+    let ia = a.detach(&["sleep", "1000"]);
+    let ib = b.detach(&["sleep", "1000"]);
+    assert_eq!((ia, ib), (1, 1), "ids are counted per state directory");
+    let ra = a.registry().load(ia).unwrap();
+    let rb = b.registry().load(ib).unwrap();
+    assert_ne!(ra.cgroup.name(), rb.cgroup.name());
+    let pids_b = rb.cgroup.pids().unwrap();
+    assert!(!pids_b.is_empty());
+    for p in ra.cgroup.pids().unwrap() {
+        assert!(!pids_b.contains(&p), "pid {p} is in both groups");
+    }
+
+    // Freezing one leaves the other running.
+    let o = a
+        .cmd("checkpoint")
+        .args(["--freeze", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(ra.cgroup.freezer_state().unwrap(), FreezerState::Frozen);
+    assert_eq!(rb.cgroup.freezer_state().unwrap(), FreezerState::Thawed);
+    for p in &pids_b {
+        assert_ne!(
+            proc_state(*p),
+            'D',
+            "pid {p} of the other state dir is frozen"
+        );
+    }
+    let o = a
+        .cmd("checkpoint")
+        .args(["--unfreeze", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+
+    // Checkpointing and killing one leaves the other untouched.
+    let o = a
+        .cmd("checkpoint")
+        .args(["-c", "--kill", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(wait_until(T, || !ra.alive()));
+    assert!(rb.alive(), "the other application was killed");
+    assert_eq!(rb.cgroup.pids().unwrap(), pids_b);
+    let img = xos::ckpt::load_image(a.state.path(), 1, 1).unwrap().1;
+    assert_eq!(img.processes.len(), 1, "only its own sleep is saved");
+    rb.cgroup.kill(T).unwrap();
+}
+
+#[test]
+fn a_group_with_tasks_is_refused_and_leftovers_are_pruned() {
+    let a = Env::new();
+    let b = a.sibling();
+    let layout = xos::cgroup::Layout::detect().unwrap();
+    let ta = a.registry().token().unwrap();
+    let tb = b.registry().token().unwrap();
+    assert_ne!(ta, tb);
+
+    // Something else already runs in the group application 1 would get.
+    let squatter = layout.group(&format!("{}/app-1-{ta}", a.parent)).unwrap();
+    squatter.create().unwrap();
+    let mut sleeper = Command::new("sleep").arg("1000").spawn().unwrap();
+    squatter.attach(sleeper.id() as i32).unwrap();
+    let o = a.cmd("krgcr-run").args(["true"]).output().unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines().count() == 1
+            && err.contains(&format!("app-1-{ta}"))
+            && err.contains("already holds"),
+        "{err}"
+    );
+    assert!(squatter.exists(), "the refused group is not removed");
+
+    // Leftovers: an old empty group of this state dir, one of the other state
+    // dir, a fresh one (a launch in progress), and a record of an application
+    // that is gone with its group.
+    let old = layout.group(&format!("{}/app-77-{ta}", a.parent)).unwrap();
+    let other = layout.group(&format!("{}/app-78-{tb}", a.parent)).unwrap();
+    let fresh = layout.group(&format!("{}/app-79-{ta}", a.parent)).unwrap();
+    let dead = layout.group(&format!("{}/app-80-{ta}", a.parent)).unwrap();
+    for g in [&old, &other, &fresh, &dead] {
+        g.create().unwrap();
+    }
+    for g in [&old, &other, &dead] {
+        for p in g.paths() {
+            age(&p);
+        }
+    }
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id() as i32;
+    let starttime = xos::process::stat(gone_pid).unwrap().starttime;
+    gone.wait().unwrap();
+    let rec = xos::registry::AppRecord {
+        id: 80,
+        root_pid: gone_pid,
+        root_starttime: starttime,
+        supervisor_pid: None,
+        cgroup: dead.clone(),
+        namespaces: Default::default(),
+        owner_uid: 0,
+        owner_gid: 0,
+        command: vec!["gone".into()],
+        cwd: "/".into(),
+        started: 0,
+        checkpointer: "native".into(),
+        limits: Default::default(),
+        job: None,
+    };
+    a.registry().save(&rec).unwrap();
+    let o = a.cmd("checkpoint").arg("--prune").output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("application 80"), "{out}");
+    assert!(!old.exists() && !dead.exists(), "{out}");
+    assert!(
+        other.exists(),
+        "another state directory's group was removed"
+    );
+    assert!(fresh.exists(), "a group that may be starting was removed");
+    assert!(
+        squatter.exists(),
+        "the old squatter group is not ours to remove yet"
+    );
+    assert!(a.registry().list().unwrap().is_empty());
+
+    // The next start removes an old empty leftover too, and then runs.
+    for p in squatter.paths() {
+        age(&p);
+    }
+    let o = a.cmd("krgcr-run").args(["true"]).output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        !squatter.exists(),
+        "the empty leftover was not removed at start"
+    );
+}

@@ -666,6 +666,12 @@ impl Group {
                 Err(e) if gone(&e) => return Ok(()),
                 Err(e) => return Err(self.io(e)),
             }
+            // On a hybrid host a task frozen by the v1 freezer (in this group
+            // or a sub-group) dies only once thawed; with SIGKILL pending it
+            // runs no more user code.
+            if let Some(dir) = self.v1_dir("freezer") {
+                self.thaw_v1_tree(&dir)?;
+            }
         } else {
             let frozen = self.freezer().is_some() && self.freeze(timeout).is_ok();
             let r = self.signal_all(nix::sys::signal::Signal::SIGKILL);
@@ -675,6 +681,21 @@ impl Group {
             r?;
         }
         self.wait_for("emptying", timeout, |g| Ok(g.pids()?.is_empty()))
+    }
+
+    /// Thaws `dir` and every v1 freezer group below it, top down.
+    fn thaw_v1_tree(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(v1::FREEZER_STATE);
+        match fsutil::read_string(&path) {
+            Ok(s) if s.trim() != "THAWED" => self.write(&path, "THAWED")?,
+            Ok(_) => {}
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(self.io(e)),
+        }
+        for sub in subdirs(dir).unwrap_or_default() {
+            self.thaw_v1_tree(&sub)?;
+        }
+        Ok(())
     }
 
     /// Sends `sig` to every process of the group.

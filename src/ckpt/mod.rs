@@ -299,11 +299,18 @@ pub fn load_image(state: &Path, app: u64, version: u64) -> Result<(PathBuf, imag
     if !dir.is_dir() {
         return Err(CkptError::NoVersion { app, version });
     }
+    let img = load_image_at(&dir)?;
+    Ok((dir, img))
+}
+
+/// [`load_image`] of an image in any directory (a grid checkpoint version).
+pub fn load_image_at(dir: &Path) -> Result<image::Image> {
     let body = fsutil::read_checked(&dir.join("image.json"), image::MAGIC, image::FORMAT)?;
     let img: image::Image = serde_json::from_slice(&body).map_err(|e| CkptError::BadImage {
         path: dir.join("image.json"),
         reason: e.to_string(),
     })?;
+    let (app, version) = (img.app, img.version);
     let kernel = kernel_release();
     if img.kernel != kernel {
         return Err(CkptError::Incompatible {
@@ -323,5 +330,5 @@ pub fn load_image(state: &Path, app: u64, version: u64) -> Result<(PathBuf, imag
             ),
         });
     }
-    Ok((dir, img))
+    Ok(img)
 }

@@ -599,10 +599,10 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     // until the saved mask is loaded).
     for (which, v) in p.itimers.iter().enumerate() {
         let mut v = *v;
-        if v[2] == 0 && v[3] == 0 {
-            // Fired with its signal still queued: the kernel would re-arm it
-            // when the signal is taken; setitimer with no time left would
-            // disarm it for good. Next expiry: one interval from now.
+        if v[2..] == [0, 0] && v[..2] != [0, 0] {
+            // Expired with its signal still pending: the kernel re-arms such a
+            // timer only when that signal is taken, and setitimer with a zero
+            // value would disarm it. Armed one interval on, as the kernel would.
             v[2] = v[0];
             v[3] = v[1];
         }
@@ -985,7 +985,9 @@ fn check_unchanged(
         )));
     }
     let writing = f.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32;
-    if writing && now != size {
+    // Appending writers (logs) only ever add at the end: growth is harmless.
+    let appending = f.flags & libc::O_APPEND as u32 != 0;
+    if writing && now != size && !(appending && now > size) {
         return Err(changed(format!("{now} bytes instead of {size}")));
     }
     Ok(())

@@ -53,6 +53,14 @@ impl Env {
         }
     }
 
+    /// A second state directory on the same machine with the same cgroup parent:
+    /// another xos instance, or another simulated node.
+    pub fn sibling(&self) -> Env {
+        let mut e = Env::new();
+        e.parent = self.parent.clone();
+        e
+    }
+
     /// A command for `applet` (through its symlink) with this env's state and parent.
     pub fn cmd(&self, applet: &str) -> Command {
         let mut c = Command::new(self.bin.path().join(applet));

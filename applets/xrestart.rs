@@ -1,0 +1,206 @@
+//! xrestart: grid-level restart of a job's units from a checkpoint version
+//! (XtreemGCP, D2.1.7 §3.3); also lists and deletes versions.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgGroup, CommandFactory, Parser};
+use xos::gcp::criu::{Criu, CRIU_ENV};
+use xos::gcp::job::{self, JobRestart, JobRestarted};
+use xos::gcp::{meta, Backends};
+use xos::registry::{self, Registry};
+
+use crate::common;
+
+/// Restart every unit of grid job JOB from checkpoint version VERSION on this node.
+///
+/// Each unit is rebuilt by the kernel checkpointer that wrote it, as a new
+/// application of this node's registry (with its own cgroup and namespaces, so
+/// its old pids are no conflict with the processes of this node), and runs under a
+/// background supervisor; xrestart returns once every unit runs and prints one
+/// line per unit with its new application id. The version may have been written
+/// on another node that shares the checkpoint directory (migration); the
+/// restart is recorded in its meta.json. Everything is checked before anything
+/// starts: a corrupt meta.json, a missing unit image or a checkpointer that is
+/// not available here is refused with one line and nothing started.
+#[derive(Debug, Parser)]
+#[command(name = "xrestart", version = common::version(), after_help = AFTER)]
+#[command(group(ArgGroup::new("mode").args(["list", "delete", "keep"])))]
+struct Args {
+    /// List the versions of JOB: date, node, units, checkpointers, size, state
+    #[arg(short, long)]
+    list: bool,
+
+    /// Delete version VERSION of JOB
+    #[arg(long, requires = "number")]
+    delete: bool,
+
+    /// Keep the N newest versions of JOB, delete the others
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+
+    /// Leave the restarted units frozen (resume them with checkpoint --unfreeze)
+    #[arg(long)]
+    frozen: bool,
+
+    /// Connect the units' inherited stdout to FILE (default /dev/null)
+    #[arg(long, value_name = "FILE")]
+    stdout: Option<PathBuf>,
+
+    /// Connect the units' inherited stderr to FILE (default /dev/null)
+    #[arg(long, value_name = "FILE")]
+    stderr: Option<PathBuf>,
+
+    /// State directory holding the registry
+    #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// Directory of the jobs' checkpoint versions (may be a shared filesystem)
+    #[arg(long, value_name = "DIR", env = meta::CHECKPOINT_DIR_ENV, default_value = meta::DEFAULT_CHECKPOINT_DIR)]
+    checkpoint_dir: PathBuf,
+
+    /// cgroup under which the units' groups are created
+    #[arg(long, value_name = "NAME", env = xos::app::CGROUP_PARENT_ENV, default_value = xos::app::DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: String,
+
+    /// The criu binary (default: criu on PATH)
+    #[arg(long, value_name = "PATH", env = CRIU_ENV)]
+    criu: Option<PathBuf>,
+
+    /// Job id
+    #[arg(value_name = "JOB")]
+    job: String,
+
+    /// Checkpoint version (1, 2, ...)
+    #[arg(value_name = "VERSION", required_unless_present_any = ["list", "keep"])]
+    number: Option<u64>,
+}
+
+const AFTER: &str = "\
+Examples:
+  xrestart job-42 3                # every unit of version 3 of job-42
+  xrestart --list job-42
+  xrestart --delete job-42 1
+  xrestart --keep 2 job-42
+
+Exit status: 0 once every unit runs; 1 if anything was refused or failed (then
+no unit of the version is left running).";
+
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+pub fn main(args: Vec<OsString>) -> i32 {
+    let a: Args = common::parse_args(args);
+    let backends = Backends {
+        criu: Criu {
+            binary: a.criu.clone(),
+        },
+        ..Backends::default()
+    };
+    let job = a.job.as_str();
+    let fail = |e: xos::gcp::GcpError| {
+        common::fail(
+            "xrestart",
+            anyhow::anyhow!("job {job}: {}", common::one_line(&e)),
+        )
+    };
+    if let Err(e) = meta::check_job(job) {
+        return common::fail("xrestart", e);
+    }
+    if a.list {
+        return list(&a);
+    }
+    if let Some(n) = a.keep {
+        return match job::keep(&backends, &a.checkpoint_dir, job, n) {
+            Ok(gone) => {
+                for v in gone {
+                    println!("job {job}: version {v} deleted");
+                }
+                0
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let version = a.number.unwrap_or_default();
+    if a.delete {
+        return match job::delete(&backends, &a.checkpoint_dir, job, version) {
+            Ok(()) => {
+                println!("job {job}: version {version} deleted");
+                0
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let reg = match Registry::open(&a.state_dir) {
+        Ok(r) => r,
+        Err(e) => return common::fail("xrestart", e),
+    };
+    let opts = JobRestart {
+        frozen: a.frozen,
+        cgroup_parent: a.cgroup_parent.clone(),
+        stdout: a.stdout.clone(),
+        stderr: a.stderr.clone(),
+    };
+    match job::restart(&backends, &reg, &a.checkpoint_dir, job, version, &opts) {
+        Ok(JobRestarted::Started(units)) => {
+            for (old, new, backend) in units {
+                println!("job {job}: unit {old} ({backend}) restarted as application {new}");
+            }
+            0
+        }
+        Ok(JobRestarted::ChildExit(c)) => c,
+        Err(e) => fail(e),
+    }
+}
+
+fn list(a: &Args) -> i32 {
+    let job = a.job.as_str();
+    let versions = meta::versions(&a.checkpoint_dir, job);
+    if versions.is_empty() {
+        return common::fail(
+            "xrestart",
+            xos::gcp::GcpError::NoCheckpoints {
+                job: job.to_string(),
+                dir: a.checkpoint_dir.clone(),
+            },
+        );
+    }
+    println!(
+        "{:<8} {:<20} {:<16} {:>5} {:<12} {:>10} STATE",
+        "VERSION", "DATE", "NODE", "UNITS", "BACKENDS", "SIZE"
+    );
+    let mut status = 0;
+    for v in versions {
+        match meta::read(&a.checkpoint_dir, job, v) {
+            Ok(m) => {
+                let mut backends: Vec<&str> = m.units.iter().map(|u| u.backend.as_str()).collect();
+                backends.sort_unstable();
+                backends.dedup();
+                println!(
+                    "{:<8} {:<20} {:<16} {:>5} {:<12} {:>9.1}M {}{}",
+                    v,
+                    common::fmt_time(m.created),
+                    m.node,
+                    m.units.len(),
+                    backends.join(","),
+                    m.bytes() as f64 / (1u64 << 20) as f64,
+                    if m.coordinated {
+                        "coordinated"
+                    } else {
+                        "uncoordinated"
+                    },
+                    match m.restarts.last() {
+                        Some((node, _)) => format!(", restarted on {node}"),
+                        None => String::new(),
+                    }
+                );
+            }
+            Err(e) => {
+                status = 1;
+                println!("{v:<8} corrupt: {}", common::one_line(&e));
+            }
+        }
+    }
+    status
+}

@@ -1,0 +1,32 @@
+//! The grid checkpointing layer (XtreemGCP): jobs made of units on this node,
+//! checkpointed and restarted through the common kernel checkpointer API
+//! ([`api`]) by one translation backend per kernel checkpointer, with versions
+//! and their metadata in a checkpoint directory that may be shared by nodes
+//! ([`meta`]). [`job`] holds the job-level operations `xcheckpoint` and
+//! `xrestart` call.
+
+pub mod api;
+pub mod criu;
+pub mod job;
+pub mod meta;
+pub mod native;
+
+pub use api::{Checkpointer, GcpError};
+
+/// The backends of this node; `criu` says where CRIU is when not on PATH.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    pub native: native::Native,
+    pub criu: criu::Criu,
+}
+
+impl Backends {
+    /// The backend called `name` (as recorded in the registry and metadata).
+    pub fn get(&self, name: &str) -> api::Result<&dyn Checkpointer> {
+        match name {
+            crate::app::NATIVE => Ok(&self.native),
+            crate::app::CRIU => Ok(&self.criu),
+            other => Err(GcpError::UnknownBackend(other.to_string())),
+        }
+    }
+}

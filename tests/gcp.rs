@@ -1,0 +1,547 @@
+//! xcheckpoint / xrestart on the real kernel: jobs of several units (native and
+//! CRIU), coordinated checkpoints, failures that leave no version, migration
+//! between two state directories playing two nodes that share a checkpoint
+//! directory, and restarts that must be refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{show, wait_until, Env};
+use xos::registry::AppRecord;
+
+const T: Duration = Duration::from_secs(20);
+
+/// The criu binary the tests use: `$XOS_CRIU`, else criu on PATH, else the
+/// CRIU 4.2 build beside the repository (scripts/test.sh installs its libraries).
+fn criu() -> PathBuf {
+    if let Some(p) = std::env::var_os("XOS_CRIU").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(p) = std::env::split_paths(&path)
+        .map(|d| d.join("criu"))
+        .find(|p| p.is_file())
+    {
+        return p;
+    }
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/criu/criu");
+    assert!(
+        peer.is_file(),
+        "no criu found: set XOS_CRIU or run scripts/test.sh, which installs it"
+    );
+    peer
+}
+
+/// A node: a state directory (sharing the cgroup parent with the other nodes
+/// of the test) and the shared checkpoint directory.
+struct Node<'a> {
+    env: Env,
+    ckdir: &'a Path,
+}
+
+impl Node<'_> {
+    fn cmd(&self, applet: &str) -> Command {
+        let mut c = self.env.cmd(applet);
+        c.env("XOS_CHECKPOINT_DIR", self.ckdir)
+            .env("XOS_CRIU", criu());
+        c
+    }
+
+    fn run(&self, applet: &str, args: &[&str]) -> Output {
+        self.cmd(applet).args(args).output().unwrap()
+    }
+
+    fn ok(&self, applet: &str, args: &[&str]) -> String {
+        let o = self.run(applet, args);
+        assert!(o.status.success(), "{applet} {args:?}: {}", show(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Starts a unit of `job` that appends 1, 2, 3, … to `file`.
+    fn counter(&self, job: &str, backend: &str, file: &Path, extra: &str) -> u64 {
+        let script = format!(
+            "{extra} i=0; while :; do i=$((i+1)); echo $i >> {}; sleep 0.05; done",
+            file.display()
+        );
+        self.env
+            .detach(&["--job", job, "--checkpointer", backend, "sh", "-c", &script])
+    }
+
+    fn record(&self, id: u64) -> AppRecord {
+        self.env.registry().load(id).unwrap()
+    }
+
+    fn job_records(&self, job: &str) -> Vec<AppRecord> {
+        self.env
+            .registry()
+            .list()
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .filter(|r| r.job.as_deref() == Some(job))
+            .collect()
+    }
+}
+
+fn numbers(p: &Path) -> Vec<u64> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The file holds 1, 2, 3, … (nothing repeated, nothing lost); returns the last.
+fn consecutive(p: &Path) -> u64 {
+    let v = numbers(p);
+    for (i, n) in v.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1, "line {} of {}", i + 1, p.display());
+    }
+    v.last().copied().unwrap_or(0)
+}
+
+fn grows(p: &Path) -> bool {
+    let a = consecutive(p);
+    wait_until(T, || consecutive(p) > a + 2)
+}
+
+/// The new application ids printed by xrestart.
+fn restarted_ids(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.rsplit_once("restarted as application "))
+        .map(|(_, id)| id.trim().parse().unwrap())
+        .collect()
+}
+
+fn one_line_error(o: &Output, want: &str) {
+    assert_eq!(o.status.code(), Some(1), "{}", show(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines().count() == 1 && err.contains(want),
+        "expected one line with '{want}': {err}"
+    );
+}
+
+#[test]
+fn native_job_coordinated_checkpoint_kill_and_migration() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let n2 = Node {
+        env: n1.env.sibling(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let (fa, fb, fc) = (
+        out.path().join("a"),
+        out.path().join("b"),
+        out.path().join("c"),
+    );
+    let a = n1.counter("job-1", "native", &fa, "");
+    let b = n1.counter("job-1", "native", &fb, "");
+    let c = n1.counter("other", "native", &fc, "");
+    assert!(grows(&fa) && grows(&fb));
+
+    let list = n1.ok("checkpoint", &["--list"]);
+    assert!(
+        list.lines().any(|l| l.starts_with(&format!("{a} "))
+            && l.contains(" job-1 ")
+            && l.contains("native")),
+        "{list}"
+    );
+
+    // Version 1: a coordinated checkpoint; the units run on.
+    let o = n1.ok("xcheckpoint", &["job-1"]);
+    assert!(
+        o.contains("job job-1: version 1 written") && o.contains("(2 units, "),
+        "{o}"
+    );
+    assert!(o.contains("coordinated"), "{o}");
+    assert!(grows(&fa) && grows(&fb));
+    let m = xos::gcp::meta::read(ck.path(), "job-1", 1).unwrap();
+    assert!(m.coordinated);
+    assert_eq!(
+        m.units.iter().map(|u| u.app).collect::<Vec<_>>(),
+        vec![a, b]
+    );
+    assert!(m
+        .units
+        .iter()
+        .all(|u| u.backend == "native" && u.processes >= 1));
+
+    // Version 2, then the units are stopped (migration); the other job runs on.
+    let (ra, rb) = (n1.record(a), n1.record(b));
+    let o = n1.ok("xcheckpoint", &["--kill", "job-1"]);
+    assert!(o.contains("version 2 written"), "{o}");
+    assert!(wait_until(T, || !ra.alive() && !rb.alive()));
+    let (la, lb) = (consecutive(&fa), consecutive(&fb));
+    assert!(n1.record(c).alive() && grows(&fc));
+
+    let l = n1.ok("xrestart", &["--list", "job-1"]);
+    assert_eq!(l.lines().count(), 3, "{l}");
+    assert!(l.lines().nth(2).unwrap().starts_with("2 "), "{l}");
+
+    // Node 2 (its own state directory and, in its own UTS namespace, its own
+    // host name) restarts version 2: both counters go on from where they were.
+    let xrestart = n2.env.bin.path().join("xrestart");
+    let o = Command::new("unshare")
+        .env("XOS_STATE_DIR", n2.env.state.path())
+        .env("XOS_CGROUP_PARENT", &n2.env.parent)
+        .env("XOS_CHECKPOINT_DIR", ck.path())
+        .env_remove("RUST_LOG")
+        .args(["--uts", "sh", "-c"])
+        .arg(format!(
+            "hostname node-two && exec {} job-1 2",
+            xrestart.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let ids = restarted_ids(&text);
+    assert_eq!(ids.len(), 2, "{text}");
+    assert!(text.contains(&format!("unit {a} (native)")), "{text}");
+    assert!(grows(&fa) && grows(&fb));
+    assert!(consecutive(&fa) > la && consecutive(&fb) > lb);
+    let recs = n2.job_records("job-1");
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r.alive() && r.checkpointer == "native"));
+    let m = xos::gcp::meta::read(ck.path(), "job-1", 2).unwrap();
+    assert_eq!(m.restarts.last().unwrap().0, "node-two");
+    assert!(n2
+        .ok("xrestart", &["--list", "job-1"])
+        .contains("restarted on node-two"));
+
+    // Node 2 checkpoints the migrated job in turn: version 3.
+    let o = n2.ok("xcheckpoint", &["job-1"]);
+    assert!(o.contains("version 3 written"), "{o}");
+
+    // Old versions go: --keep, --delete.
+    let o = n2.ok("xrestart", &["--keep", "2", "job-1"]);
+    assert!(o.contains("version 1 deleted"), "{o}");
+    n2.ok("xrestart", &["--delete", "job-1", "2"]);
+    assert_eq!(xos::gcp::meta::versions(ck.path(), "job-1"), vec![3]);
+    let o = n2.run("xrestart", &["job-1", "2"]);
+    one_line_error(&o, "job job-1 has no checkpoint version 2");
+}
+
+#[test]
+fn a_unit_that_cannot_be_checkpointed_leaves_no_version() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let fa = out.path().join("a");
+    n1.counter("job-2", "native", &fa, "");
+    // The native checkpointer refuses sockets.
+    let ready = out.path().join("ready");
+    let s = n1.env.detach(&[
+        "--job",
+        "job-2",
+        "python3",
+        "-c",
+        &format!(
+            "import socket, time\ns = socket.socket(socket.AF_UNIX)\nopen('{}', 'w').close()\ntime.sleep(1000)",
+            ready.display()
+        ),
+    ]);
+    assert!(wait_until(T, || ready.exists()));
+    assert!(grows(&fa));
+    let o = n1.run("xcheckpoint", &["job-2"]);
+    one_line_error(&o, &format!("job job-2: unit {s}: "));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("socket"));
+    // Nothing of the version stays, every unit is thawed and runs on.
+    let left: Vec<_> = std::fs::read_dir(ck.path().join("job-2"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    for r in n1.job_records("job-2") {
+        assert!(r.alive());
+        assert_eq!(
+            r.cgroup.freezer_state().unwrap(),
+            xos::cgroup::FreezerState::Thawed
+        );
+    }
+    assert!(grows(&fa));
+
+    // With --kill the counter is stopped as soon as its image is written; when
+    // the next unit fails, it is restarted from that image and goes on.
+    let first = n1
+        .job_records("job-2")
+        .into_iter()
+        .find(|r| r.id != s)
+        .unwrap();
+    let o = n1.run("xcheckpoint", &["--kill", "job-2"]);
+    one_line_error(&o, &format!("job job-2: unit {s}: "));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("run again: unit {} as application ", first.id)),
+        "{err}"
+    );
+    assert!(!first.alive());
+    assert!(grows(&fa));
+    let recs = n1.job_records("job-2");
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r.alive()));
+    assert!(xos::gcp::meta::versions(ck.path(), "job-2").is_empty());
+
+    // Without the refused unit, the same job checkpoints.
+    let mut args = vec!["--unit".to_string()];
+    args.push(
+        n1.job_records("job-2")
+            .iter()
+            .find(|r| r.id != s)
+            .unwrap()
+            .id
+            .to_string(),
+    );
+    args.push("job-2".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(n1.ok("xcheckpoint", &args).contains("(1 units"));
+
+    // Unknown jobs and units are refused with one line.
+    one_line_error(
+        &n1.run("xcheckpoint", &["nope"]),
+        "job nope has no running unit",
+    );
+    one_line_error(
+        &n1.run("xcheckpoint", &["--unit", "999", "job-2"]),
+        "unit 999 is not part of it",
+    );
+    one_line_error(&n1.run("xcheckpoint", &["a/b"]), "invalid job id");
+}
+
+#[test]
+fn refused_restarts_start_nothing() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let n2 = Node {
+        env: n1.env.sibling(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    n1.counter("job-3", "native", &out.path().join("a"), "");
+    n1.counter("job-3", "native", &out.path().join("b"), "");
+    n1.ok("xcheckpoint", &["job-3"]);
+    n1.ok("xcheckpoint", &["job-3"]);
+    n1.ok("xcheckpoint", &["job-3"]);
+    let v = |n| xos::gcp::meta::version_dir(ck.path(), "job-3", n);
+
+    // 1: corrupt meta.json.
+    let p = v(1).join("meta.json");
+    let mut data = std::fs::read(&p).unwrap();
+    let n = data.len();
+    data[n - 10] ^= 1;
+    std::fs::write(&p, data).unwrap();
+    one_line_error(&n2.run("xrestart", &["job-3", "1"]), "corrupt meta.json");
+    let l = n2.run("xrestart", &["--list", "job-3"]);
+    assert!(
+        String::from_utf8_lossy(&l.stdout).contains("1        corrupt:"),
+        "{}",
+        show(&l)
+    );
+
+    // 2: the second unit's image is gone (the first one must not start either).
+    let m = xos::gcp::meta::read(ck.path(), "job-3", 2).unwrap();
+    std::fs::remove_dir_all(v(2).join(&m.units[1].dir)).unwrap();
+    one_line_error(
+        &n2.run("xrestart", &["job-3", "2"]),
+        &format!("unit {}", m.units[1].app),
+    );
+
+    // 3: a checkpointer that is not available on the restarting node.
+    let mut m = xos::gcp::meta::read(ck.path(), "job-3", 3).unwrap();
+    m.units[1].backend = "criu".into();
+    xos::gcp::meta::write(&v(3), &m).unwrap();
+    let o = n2
+        .cmd("xrestart")
+        .env("XOS_CRIU", "/nonexistent/criu")
+        .args(["job-3", "3"])
+        .output()
+        .unwrap();
+    one_line_error(&o, "checkpointer criu is not available on this node");
+
+    assert!(
+        n2.env.registry().list().unwrap().is_empty(),
+        "something started"
+    );
+}
+
+#[test]
+fn criu_and_native_units_with_sysv_ipc_migrate_together() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let n2 = Node {
+        env: n1.env.sibling(),
+        ckdir: ck.path(),
+    };
+    let o = n1.ok("xcheckpoint", &["--backends"]);
+    assert!(o.lines().any(|l| l.starts_with("criu    4.")), "{o}");
+    let out = tempfile::tempdir().unwrap();
+    let (fa, fb) = (out.path().join("a"), out.path().join("b"));
+    // The CRIU unit holds a SysV message queue.
+    let a = n1.counter("job-4", "criu", &fa, "ipcmk -Q >/dev/null;");
+    let b = n1.counter("job-4", "native", &fb, "");
+    assert!(grows(&fa) && grows(&fb));
+    let ra = n1.record(a);
+    assert_eq!(ra.checkpointer, "criu");
+    let queues = |pid: i32| {
+        let o = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "--ipc", "ipcs", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("0x"))
+            .count()
+    };
+    assert_eq!(queues(ra.root_pid), 1);
+
+    let rb = n1.record(b);
+    let o = n1.ok("xcheckpoint", &["--kill", "job-4"]);
+    assert!(o.contains("(2 units"), "{o}");
+    let m = xos::gcp::meta::read(ck.path(), "job-4", 1).unwrap();
+    let u = m.units.iter().find(|u| u.app == a).unwrap();
+    assert_eq!(u.backend, "criu");
+    assert!(u.backend_version.starts_with('4'), "{u:?}");
+    let vdir = xos::gcp::meta::version_dir(ck.path(), "job-4", 1).join(&u.dir);
+    assert!(vdir.join("inventory.img").is_file() && vdir.join("dump.log").is_file());
+    assert!(wait_until(T, || !ra.alive() && !rb.alive()));
+    let (la, lb) = (consecutive(&fa), consecutive(&fb));
+
+    let text = n2.ok("xrestart", &["job-4", "1"]);
+    let ids = restarted_ids(&text);
+    assert_eq!(ids.len(), 2, "{text}");
+    assert!(text.contains(&format!("unit {a} (criu)")), "{text}");
+    assert!(grows(&fa) && grows(&fb));
+    assert!(consecutive(&fa) > la && consecutive(&fb) > lb);
+    let recs = n2.job_records("job-4");
+    let rc = recs.iter().find(|r| r.checkpointer == "criu").unwrap();
+    assert_eq!(queues(rc.root_pid), 1, "the queue came back with the unit");
+    // The restored unit is in node 2's group for it, which holds all of it.
+    assert!(rc
+        .cgroup
+        .name()
+        .ends_with(&n2.env.registry().token().unwrap()));
+    assert!(rc.cgroup.pids().unwrap().contains(&rc.root_pid));
+    assert_eq!(
+        xos::process::stat(rc.root_pid).unwrap().ppid,
+        rc.supervisor_pid.unwrap(),
+        "the supervisor waits for the restored unit"
+    );
+
+    // And again from node 2, this time uncoordinated.
+    let o = n2.ok("xcheckpoint", &["--uncoordinated", "job-4"]);
+    assert!(
+        o.contains("version 2 written") && o.contains("uncoordinated"),
+        "{o}"
+    );
+    assert!(grows(&fa) && grows(&fb));
+}
+
+#[test]
+fn a_criu_failure_is_one_line_with_its_log() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    // CRIU refuses a process with a UTS namespace of its own below the root.
+    let a = n1.env.detach(&[
+        "--job",
+        "job-5",
+        "--checkpointer",
+        "criu",
+        "unshare",
+        "--uts",
+        "sleep",
+        "1000",
+    ]);
+    let o = n1.run("xcheckpoint", &["job-5"]);
+    one_line_error(&o, &format!("job job-5: unit {a}: criu dump failed: "));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("(log: ") && err.contains("dump.log)"), "{err}");
+    assert!(n1.record(a).alive());
+    assert_eq!(
+        n1.record(a).cgroup.freezer_state().unwrap(),
+        xos::cgroup::FreezerState::Thawed
+    );
+    assert!(xos::gcp::meta::versions(ck.path(), "job-5").is_empty());
+}
+
+#[test]
+fn two_phase_prepare_abort_and_commit() {
+    use xos::cgroup::FreezerState::{Frozen, Thawed};
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let (fa, fb, fc) = (
+        out.path().join("a"),
+        out.path().join("b"),
+        out.path().join("c"),
+    );
+    let a = n1.counter("job-6", "native", &fa, "");
+    let b = n1.counter("job-6", "native", &fb, "");
+    // A unit its owner froze before stays frozen whatever the phases do.
+    let c = n1.counter("job-6", "native", &fc, "");
+    assert!(grows(&fa) && grows(&fb) && grows(&fc));
+    n1.ok("checkpoint", &["--freeze", &c.to_string()]);
+    let state = |id| n1.record(id).cgroup.freezer_state().unwrap();
+
+    one_line_error(
+        &n1.run("xcheckpoint", &["--phase", "commit", "job-6"]),
+        "job job-6 is not prepared",
+    );
+    let o = n1.ok("xcheckpoint", &["--phase", "prepare", "job-6"]);
+    assert!(o.contains("prepared (3 units frozen)"), "{o}");
+    assert_eq!((state(a), state(b), state(c)), (Frozen, Frozen, Frozen));
+    let at = consecutive(&fa);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(consecutive(&fa), at, "ran while prepared");
+    one_line_error(
+        &n1.run("xcheckpoint", &["--phase", "prepare", "job-6"]),
+        "job job-6 is already prepared",
+    );
+    let o = n1.ok("xcheckpoint", &["--phase", "abort", "job-6"]);
+    assert!(o.contains("aborted (2 units thawed)"), "{o}");
+    assert_eq!((state(a), state(b), state(c)), (Thawed, Thawed, Frozen));
+    assert!(grows(&fa) && grows(&fb));
+    assert!(xos::gcp::meta::versions(ck.path(), "job-6").is_empty());
+    one_line_error(
+        &n1.run("xcheckpoint", &["--phase", "abort", "job-6"]),
+        "job job-6 is not prepared",
+    );
+
+    n1.ok("xcheckpoint", &["--phase", "prepare", "job-6"]);
+    let o = n1.ok("xcheckpoint", &["--phase", "commit", "job-6"]);
+    assert!(
+        o.contains("version 1 written") && o.contains("(3 units"),
+        "{o}"
+    );
+    assert_eq!((state(a), state(b), state(c)), (Thawed, Thawed, Frozen));
+    assert!(grows(&fa) && grows(&fb));
+    assert!(
+        xos::gcp::meta::read(ck.path(), "job-6", 1)
+            .unwrap()
+            .coordinated
+    );
+}

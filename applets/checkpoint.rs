@@ -124,8 +124,10 @@ Saved for every process of APP: memory (private pages that were ever touched,
 shared anonymous memory, file mappings by reference, mm fields, vDSO), every
 thread (registers, TLS and FPU state, signal mask and queued signals, alternate
 signal stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
-priority and nice value, parent-death signal), regular files, devices, pipes with
-unread bytes and inherited stdio, signal handlers and process-wide queued
+priority and nice value, parent-death signal), regular files, devices, pipes and
+FIFOs with unread bytes, eventfd, signalfd, timerfd, epoll, inotify, deleted files
+and memfds (content up to --ghost-limit), file locks, inherited stdio, zombies,
+signal handlers and process-wide queued
 signals, interval timers, POSIX timers, a job-control stop, pid, parent, process
 group and session, uids, gids, groups, capability sets, rlimits, umask, working
 directory, personality and no_new_privs.

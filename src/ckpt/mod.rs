@@ -168,6 +168,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         for p in &procs {
             p.kill();
         }
+        seize::reap_all(opts.timeout);
         let stopped = start.elapsed();
         group.kill(opts.timeout)?;
         let mut done = finish_image(state, result?)?;

@@ -308,22 +308,6 @@ impl Tracee {
         Ok(r as u64)
     }
 
-    /// Kills the stopped task and collects the tracer's notification of its end.
-    pub fn kill_and_reap(&self) {
-        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-        self.reap();
-    }
-
-    /// Collects the tracer's notification of the task's end.
-    pub fn reap(&self) {
-        loop {
-            match sys::wait_task(self.pid, false) {
-                Ok(Waited::Ended) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
-
     /// Lets the task go.
     pub fn detach(&self) -> Result<()> {
         ptrace::detach(self.pid, None).map_err(self.err("detach"))

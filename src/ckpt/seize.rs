@@ -53,11 +53,27 @@ impl Seized {
         }
     }
 
-    /// Kills the process while it is stopped and collects every thread's end.
+    /// Kills the process while it is stopped (see [`reap_all`]).
     pub fn kill(&self) {
         let _ = nix::sys::signal::kill(Pid::from_raw(self.host), nix::sys::signal::Signal::SIGKILL);
-        for t in self.threads.iter().rev() {
-            t.reap();
+    }
+}
+
+/// Collects the end of every task this process traces, those seized as they
+/// were exiting included (a thread group leader is only reaped after all its
+/// threads), giving up after `timeout`.
+pub fn reap_all(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match super::sys::wait_task(Pid::from_raw(-1), true) {
+            Ok(super::sys::Waited::StillAlive) => {
+                if Instant::now() >= deadline {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(_) => {}
+            Err(_) => return,
         }
     }
 }

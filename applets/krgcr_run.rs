@@ -218,7 +218,6 @@ pub fn supervise_then(
 /// `$(krgcr-run --detach ...)` capture would wait for it to end): streams without a
 /// file go to /dev/null (stdin) and to the application's logs.
 pub fn detached_stdio(spec: &mut LaunchSpec) {
-    spec.stdin.get_or_insert_with(|| PathBuf::from("/dev/null"));
     spec.logs = true;
 }
 

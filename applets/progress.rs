@@ -126,3 +126,35 @@ pub fn checkpoint(app: u64, tmp: PathBuf, estimate: u64) -> Option<Progress> {
         )
     })
 }
+
+/// The progress of a restart of application `app` whose image holds `total` bytes
+/// of memory: what its rebuilt processes hold so far. None when stderr is not a
+/// terminal.
+pub fn restart(app: u64, total: u64) -> Option<xos::app::Ticker> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let began = Instant::now();
+    let most = std::sync::atomic::AtomicU64::new(0);
+    Some(xos::app::Ticker(Arc::new(move |group, done| {
+        let now = memory_estimate(&group.pids().unwrap_or_default());
+        let shown = most.fetch_max(now, Ordering::Relaxed).max(now).min(total);
+        // Once everything is in memory, the last checks and the release remain.
+        let rate = match began.elapsed().as_secs_f64() {
+            _ if shown >= total => ", finishing".to_string(),
+            t if t < 0.2 => String::new(),
+            t => format!(", {:.0} MiB/s", mib(shown) / t),
+        };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\rrestart: application {app}: {:.1} of {:.1} MiB ({}%){rate}\x1b[K",
+            mib(shown),
+            mib(total),
+            shown * 100 / total.max(1)
+        );
+        if done {
+            let _ = write!(err, "\r\x1b[K");
+        }
+    })))
+}

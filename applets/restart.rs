@@ -119,6 +119,9 @@ Examples:
   restart --info 6 2              # what version 2 holds, its data files checked
   ID=$(restart --detach --new-id 6 2)   # a second copy of application 6
 
+On a terminal, restart shows on stderr how much of the saved memory the rebuilt
+processes hold while it works, and clears the line when done.
+
 --info shows the processes of the version (pid, parent, group, session, command,
 uid, memory mapped and saved, open descriptors), its memory by kind of mapping, the
 kernel and CPU features it needs, and the state of every data file (length and
@@ -235,6 +238,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
             Err(e) => return common::fail("restart", e),
         }
     }
+    // On a terminal: how much of the saved memory the rebuilt processes hold.
+    let saved = img.processes.iter().map(|p| p.pages.len).sum::<u64>()
+        + img.shared.iter().map(|b| b.len).sum::<u64>();
+    spec.while_starting = crate::progress::restart(spec.app_id.unwrap_or(a.app), saved);
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
     spec.allow_changed_files = a.allow_changed_files;

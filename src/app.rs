@@ -60,10 +60,13 @@ pub struct LaunchSpec {
     pub stderr: Option<PathBuf>,
     /// Start the application in a session of its own (detached from the terminal).
     pub new_session: bool,
-    /// Send the output of a stream without a file above to the application's log
-    /// (`STATE/logs/ID.out`, `ID.err`), appending, so the log of an application
-    /// goes on across checkpoint and restart.
+    /// Detached: streams without a file above are /dev/null (stdin) and the
+    /// application's logs (`STATE/logs/ID.out`, `ID.err`, appended, so that a log
+    /// goes on across checkpoint and restart). They are the init's, not files
+    /// given: a restored process gets them only where it had its caller's stream.
     pub logs: bool,
+    /// Called while the application is being set up, for a progress display.
+    pub while_starting: Option<Ticker>,
     /// Reuse this application id instead of allocating one (restart).
     pub app_id: Option<u64>,
     /// Rebuild the processes of this image (directory, image) instead of running
@@ -99,6 +102,7 @@ impl LaunchSpec {
             stderr: None,
             new_session: false,
             logs: false,
+            while_starting: None,
             app_id: None,
             restore: None,
             stay_frozen: false,
@@ -108,6 +112,21 @@ impl LaunchSpec {
             job: None,
             checkpointer: NATIVE.to_string(),
         }
+    }
+}
+
+/// Called in the supervisor about every 50 ms while the application is being set
+/// up (for restart: while its processes are rebuilt) with the application's group
+/// and `false`, then once with `true` when that is over, whether it worked or not.
+#[derive(Clone)]
+pub struct Ticker(pub std::sync::Arc<TickFn>);
+
+/// The function of a [`Ticker`].
+pub type TickFn = dyn Fn(&Group, bool) + Send + Sync;
+
+impl std::fmt::Debug for Ticker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticker")
     }
 }
 
@@ -270,8 +289,11 @@ fn open_stdio(spec: &LaunchSpec) -> Result<[Option<File>; 3]> {
     ])
 }
 
-/// Opens the application's logs for the output streams `stdio` leaves unset.
+/// Opens /dev/null and the application's logs for the streams `stdio` leaves unset.
 fn open_logs(registry: &Registry, id: u64, stdio: &mut [Option<File>; 3]) -> Result<()> {
+    if stdio[0].is_none() {
+        stdio[0] = Some(open_stream("stdin", Path::new("/dev/null"), Mode::Read)?);
+    }
     let paths = registry.log_paths(id);
     if let Some(dir) = paths[0].parent() {
         crate::fsutil::create_dir_all(dir, 0o750).map_err(RegistryError::from)?;
@@ -540,8 +562,7 @@ fn start_in_group(
     }
     // The init reports a setup or exec failure on this pipe; end-of-file with
     // nothing written means the command was executed.
-    let mut msg = String::new();
-    let _ = File::from(err_r).read_to_string(&mut msg);
+    let msg = read_init_report(File::from(err_r), group, spec.while_starting.as_ref());
     if !msg.is_empty() {
         return fail(decode_child_error(&msg, &spec.argv[0]));
     }
@@ -571,6 +592,34 @@ fn start_in_group(
         init: child,
         old_mask,
     })))
+}
+
+/// Reads the init's report until end-of-file, calling `ticker` meanwhile.
+fn read_init_report(mut report: File, group: &Group, ticker: Option<&Ticker>) -> String {
+    let mut msg = Vec::new();
+    let Some(Ticker(tick)) = ticker else {
+        let _ = report.read_to_end(&mut msg);
+        return String::from_utf8_lossy(&msg).into_owned();
+    };
+    let nonblocking = nix::fcntl::fcntl(
+        &report,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut buf = [0u8; 1024];
+    loop {
+        match report.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => msg.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && nonblocking.is_ok() => {
+                tick(group, false);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    tick(group, true);
+    String::from_utf8_lossy(&msg).into_owned()
 }
 
 fn decode_child_error(msg: &str, program: &OsString) -> LaunchError {

@@ -614,7 +614,7 @@ fn wait_returns_the_exit_status_of_a_detached_application() {
 }
 
 #[test]
-fn checkpoint_shows_progress_on_a_terminal_only() {
+fn checkpoint_and_restart_show_progress_on_a_terminal_only() {
     let env = Env::new();
     let job = "import time\nb = bytearray(64 << 20)\nb[::4096] = b'x' * (len(b) // 4096)\n\
                print('ready', flush=True)\ntime.sleep(1000)";
@@ -650,7 +650,101 @@ fn checkpoint_shows_progress_on_a_terminal_only() {
         "not cleared before the summary: {shown:?}"
     );
     // Not on a terminal: the summary alone.
-    let o = env.cmd("checkpoint").args(["-c", &id]).output().unwrap();
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", &id])
+        .output()
+        .unwrap();
     assert!(o.status.success() && o.stderr.is_empty(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("application {id}: version 2")));
+    assert!(wait_until(T, || env
+        .registry()
+        .load(id.parse().unwrap())
+        .is_err()));
+
+    // A restart on a terminal: how much of the saved memory is back, then cleared.
+    let o = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{} --detach {id} 2",
+            env.bin.path().join("restart").display()
+        ))
+        .arg("/dev/null")
+        .env("XOS_STATE_DIR", env.state.path())
+        .env("XOS_CGROUP_PARENT", &env.parent)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        shown.contains(&format!("\rrestart: application {id}: ")),
+        "{shown:?}"
+    );
+    assert!(shown.ends_with("\r\x1b[K"), "not cleared: {shown:?}");
+    assert!(env.registry().load(id.parse().unwrap()).unwrap().alive());
+    // Not on a terminal: nothing.
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", "--quiet", &id])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(wait_until(T, || env
+        .registry()
+        .load(id.parse().unwrap())
+        .is_err()));
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id, "3"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty() && o.stdout.is_empty(),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn a_detached_job_restarted_from_an_older_version_appends_to_its_log() {
+    let env = Env::new();
+    let job = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done";
+    let id = ok(env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "bash", "-c", job])
+        .output()
+        .unwrap());
+    let id = id.trim().to_string();
+    let log = env.state.path().join(format!("logs/{id}.out"));
+    let lines = || -> Vec<u64> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    assert!(wait_until(T, || lines().len() >= 3));
+    ok(env.cmd("checkpoint").args(["-c", &id]).output().unwrap());
+    // It goes on writing after the checkpoint, then ends.
+    let at = lines().len();
+    assert!(wait_until(T, || lines().len() >= at + 10));
+    let rec = env.registry().load(id.parse().unwrap()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.root_pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(T, || env
+        .registry()
+        .load(id.parse().unwrap())
+        .is_err()));
+    let before = lines();
+    // Restarted from the checkpoint: the log is kept whole and goes on at its end.
+    ok(env
+        .cmd("restart")
+        .args(["--detach", &id, "1"])
+        .output()
+        .unwrap());
+    assert!(wait_until(T, || lines().len() >= before.len() + 5));
+    let after = lines();
+    assert_eq!(after[..before.len()], before[..]);
+    let resumed = &after[before.len()..];
+    assert!(resumed[0] < *before.last().unwrap(), "{resumed:?}");
+    assert!(resumed.windows(2).all(|w| w[1] == w[0] + 1), "{resumed:?}");
 }

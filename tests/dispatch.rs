@@ -152,10 +152,12 @@ fn install_creates_links_and_refuses_foreign_files() {
         exe
     );
 
-    // Into the binary's own directory: the binary itself stays as it is.
-    let f = tempfile::tempdir().unwrap();
+    // Into the binary's own directory: the binary itself stays as it is. A hard
+    // link, not a copy: a copy's descriptor, inherited by a command another test
+    // spawns meanwhile, would make executing it fail with ETXTBSY.
+    let f = tempfile::tempdir_in(xos().parent().unwrap()).unwrap();
     let own = f.path().join("xos");
-    std::fs::copy(xos(), &own).unwrap();
+    std::fs::hard_link(xos(), &own).unwrap();
     let o = Command::new(&own)
         .arg("--install")
         .arg(f.path())

@@ -545,3 +545,111 @@ fn two_phase_prepare_abort_and_commit() {
             .coordinated
     );
 }
+
+/// Starts a unit of `job` that counts into `file` for about `secs` seconds, then ends.
+fn short_job(n: &Node, job: &str, file: &Path, secs: u32) -> u64 {
+    let script = format!(
+        "end=$(( $(date +%s) + {secs} )); i=0; while [ $(date +%s) -lt $end ]; do \
+         i=$((i+1)); echo $i >> {}; sleep 0.1; done",
+        file.display()
+    );
+    n.env.detach(&["--job", job, "sh", "-c", &script])
+}
+
+/// Runs xcheckpoint ARGS of a node under timeout(1), so a loop that does not
+/// end fails the test instead of hanging it.
+fn xcheckpoint_bounded(n: &Node, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("120")
+        .arg(n.env.bin.path().join("xcheckpoint"))
+        .args(args)
+        .env("XOS_STATE_DIR", n.env.state.path())
+        .env("XOS_CGROUP_PARENT", &n.env.parent)
+        .env("XOS_CHECKPOINT_DIR", n.ckdir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn periodic_checkpoints_keep_the_newest_versions() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    short_job(&n1, "job-7", &out.path().join("a"), 9);
+    let o = xcheckpoint_bounded(&n1, &["--every", "2s", "--keep", "2", "job-7"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let written = text.lines().filter(|l| l.contains(" written to ")).count() as u64;
+    assert!(written >= 3, "{text}");
+    assert!(text.contains("job job-7: version 1 deleted"), "{text}");
+    assert!(text.contains("next checkpoint in 2000 ms"), "{text}");
+    assert!(
+        text.trim_end().ends_with("periodic checkpointing ends"),
+        "{text}"
+    );
+    // Only the two newest remain, each complete.
+    assert_eq!(
+        xos::gcp::meta::versions(ck.path(), "job-7"),
+        vec![written - 1, written]
+    );
+    for v in [written - 1, written] {
+        assert_eq!(
+            xos::gcp::meta::read(ck.path(), "job-7", v)
+                .unwrap()
+                .units
+                .len(),
+            1
+        );
+    }
+}
+
+#[test]
+fn adaptive_intervals_follow_youngs_formula() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    short_job(&n1, "job-8", &out.path().join("a"), 6);
+    let o = xcheckpoint_bounded(
+        &n1,
+        &[
+            "--every",
+            "1s",
+            "--adaptive",
+            "--mtbf",
+            "20s",
+            "--min",
+            "300ms",
+            "--max",
+            "900ms",
+            "job-8",
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut decisions = 0;
+    for l in text.lines().filter(|l| l.contains("(adaptive: ")) {
+        // next checkpoint in X ms (adaptive: cost C ms, MTBF M ms, sqrt(2*C*M) = Y ms, within A..B ms)
+        let nums: Vec<f64> = l
+            .split(|c: char| !(c.is_ascii_digit()))
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // The job id's own digit comes first.
+        let [_, x, c, m, _two, y, lo, hi] = nums[..] else {
+            panic!("{l}");
+        };
+        assert_eq!(m, 20_000.0, "{l}");
+        let want = (2.0 * c * m).sqrt();
+        assert!((y - want).abs() <= want * 0.01 + 2.0, "{l}: want {want}");
+        assert_eq!(x, y.clamp(lo, hi), "{l}");
+        decisions += 1;
+    }
+    assert!(decisions >= 3, "{text}");
+}

@@ -10,6 +10,7 @@ pub mod criu;
 pub mod job;
 pub mod meta;
 pub mod native;
+pub mod schedule;
 
 pub use api::{Checkpointer, GcpError};
 

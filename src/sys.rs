@@ -41,3 +41,11 @@ pub(crate) fn file_from_raw(fd: std::os::fd::RawFd) -> std::fs::File {
     // SAFETY: callers pass a fresh descriptor (from F_DUPFD) that nothing else owns.
     unsafe { std::fs::File::from_raw_fd(fd) }
 }
+
+/// Ends a child forked by the library for one task (entering a namespace,
+/// executing a tool) without returning into the caller's code: _exit(2) runs no
+/// atexit handler and flushes none of the stdio buffers copied from the parent.
+pub(crate) fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it never returns.
+    unsafe { libc::_exit(code) }
+}

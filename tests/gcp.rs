@@ -142,10 +142,37 @@ fn native_job_coordinated_checkpoint_kill_and_migration() {
         out.path().join("b"),
         out.path().join("c"),
     );
-    let a = n1.counter("job-1", "native", &fa, "");
+    // Unit a holds a SysV message queue and semaphore array, and counts only
+    // while its queue exists: they must be back before its processes run.
+    let a = n1.env.detach(&[
+        "--job",
+        "job-1",
+        "sh",
+        "-c",
+        &format!(
+            "ipcmk -Q >/dev/null; ipcmk -S 2 >/dev/null; i=0; \
+             while ipcs -q | grep -q '^0x'; do i=$((i+1)); echo $i >> {}; sleep 0.05; done",
+            fa.display()
+        ),
+    ]);
     let b = n1.counter("job-1", "native", &fb, "");
     let c = n1.counter("other", "native", &fc, "");
     assert!(grows(&fa) && grows(&fb));
+    let ipc_of = |pid: i32| {
+        let o = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "--ipc", "ipcs", "-q", "-s"])
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("0x"))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        v.sort();
+        v
+    };
+    let ipc_before = ipc_of(n1.record(a).root_pid);
+    assert_eq!(ipc_before.len(), 2, "{ipc_before:?}");
 
     let list = n1.ok("checkpoint", &["--list"]);
     assert!(
@@ -211,6 +238,9 @@ fn native_job_coordinated_checkpoint_kill_and_migration() {
     let recs = n2.job_records("job-1");
     assert_eq!(recs.len(), 2);
     assert!(recs.iter().all(|r| r.alive() && r.checkpointer == "native"));
+    // Same keys and ids, in the restarted unit's own IPC namespace.
+    let ra2 = recs.iter().find(|r| r.id == ids[0]).unwrap();
+    assert_eq!(ipc_of(ra2.root_pid), ipc_before);
     let m = xos::gcp::meta::read(ck.path(), "job-1", 2).unwrap();
     assert_eq!(m.restarts.last().unwrap().0, "node-two");
     assert!(n2

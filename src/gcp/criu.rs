@@ -361,7 +361,7 @@ fn run_in_group(
                 }
                 Err(_) => 126,
             };
-            std::process::exit(code);
+            crate::sys::exit_child(code);
         }
         ForkResult::Parent { child } => loop {
             match waitpid(child, None) {

@@ -71,6 +71,14 @@ struct Args {
     #[arg(long, value_name = "N", requires = "every", value_parser = clap::value_parser!(u64).range(1..))]
     keep: Option<u64>,
 
+    /// Write the version even if a pre-checkpoint callback fails or times out
+    #[arg(long)]
+    force: bool,
+
+    /// Time limit of each unit's callback, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    callback_timeout: f64,
+
     /// How long to wait for the kernel (freezing, every task stopping), in seconds
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
@@ -136,12 +144,14 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         return 0;
     }
-    if !(a.timeout.is_finite() && a.timeout > 0.0) {
-        eprintln!(
-            "xcheckpoint: invalid --timeout '{}': must be a positive number of seconds",
-            a.timeout
-        );
-        return 2;
+    for (name, v) in [
+        ("--timeout", a.timeout),
+        ("--callback-timeout", a.callback_timeout),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            eprintln!("xcheckpoint: invalid {name} '{v}': must be a positive number of seconds");
+            return 2;
+        }
     }
     let job = a.job.unwrap_or_default();
     let reg = match Registry::open(&a.state_dir) {
@@ -161,9 +171,20 @@ pub fn main(args: Vec<OsString>) -> i32 {
             anyhow::anyhow!("job {job}: {}", common::one_line(&e)),
         )
     };
+    let opts = JobCheckpoint {
+        coordinated: !a.uncoordinated,
+        kill: a.kill,
+        units: a.unit,
+        timeout,
+        wait: a.wait,
+        cancel: Some(cancel),
+        commit: a.phase.as_deref() == Some("commit"),
+        force: a.force,
+        callback_timeout: Duration::from_secs_f64(a.callback_timeout),
+    };
     match a.phase.as_deref() {
         Some("prepare") => {
-            return match job::prepare(&backends, &reg, &a.checkpoint_dir, &job, &a.unit, timeout) {
+            return match job::prepare(&backends, &reg, &a.checkpoint_dir, &job, &opts) {
                 Ok(units) => {
                     println!("job {job}: prepared ({} units frozen)", units.len());
                     0
@@ -182,15 +203,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         _ => {}
     }
-    let opts = JobCheckpoint {
-        coordinated: !a.uncoordinated,
-        kill: a.kill,
-        units: a.unit,
-        timeout,
-        wait: a.wait,
-        cancel: Some(cancel),
-        commit: a.phase.as_deref() == Some("commit"),
-    };
     if let Some(every) = a.every {
         let sched = Schedule {
             every,

@@ -76,6 +76,8 @@ pub struct LaunchSpec {
     pub ipc_restore: Option<PathBuf>,
     /// Grid job the application is a unit of.
     pub job: Option<String>,
+    /// Program called at the application's checkpoints and restarts.
+    pub callback: Option<PathBuf>,
     /// Kernel checkpointer the application is started for (`native`, `criu`).
     pub checkpointer: String,
 }
@@ -97,6 +99,7 @@ impl LaunchSpec {
             close_fds: Vec::new(),
             ipc_restore: None,
             job: None,
+            callback: None,
             checkpointer: NATIVE.to_string(),
         }
     }
@@ -319,6 +322,7 @@ fn new_record(spec: &LaunchSpec, id: u64, group: &Group, root: Pid) -> Result<Ap
         checkpointer: spec.checkpointer.clone(),
         limits: spec.limits.clone(),
         job: spec.job.clone(),
+        callback: spec.callback.clone(),
     })
 }
 

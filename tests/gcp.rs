@@ -684,3 +684,126 @@ fn adaptive_intervals_follow_youngs_formula() {
     }
     assert!(decisions >= 3, "{text}");
 }
+
+#[test]
+fn callbacks_run_inside_the_unit_and_can_refuse_a_checkpoint() {
+    use std::os::unix::fs::PermissionsExt;
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let d = tempfile::tempdir().unwrap();
+    let (log, fail, slow) = (
+        d.path().join("log"),
+        d.path().join("fail"),
+        d.path().join("slow"),
+    );
+    let cb = d.path().join("cb.sh");
+    std::fs::write(
+        &cb,
+        format!(
+            "#!/bin/sh\n\
+             echo \"$XOS_EVENT $XOS_JOB $XOS_VERSION $XOS_UNIT $(readlink /proc/self/ns/ipc) $(readlink /proc/self/ns/pid) $(id -u)\" >> {log}\n\
+             if [ \"$XOS_EVENT\" = pre-checkpoint ]; then\n\
+               [ -e {slow} ] && sleep 30\n\
+               [ -e {fail} ] && {{ echo 'queue not drained' >&2; exit 3; }}\n\
+             fi\n\
+             exit 0\n",
+            log = log.display(),
+            fail = fail.display(),
+            slow = slow.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cb, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fa = d.path().join("a");
+    let script = format!(
+        "i=0; while :; do i=$((i+1)); echo $i >> {}; sleep 0.05; done",
+        fa.display()
+    );
+    let a = n1.env.detach(&[
+        "--job",
+        "job-9",
+        "--callback",
+        cb.to_str().unwrap(),
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(grows(&fa));
+    let ns = |pid: i32, kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let root = n1.record(a).root_pid;
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+
+    n1.ok("xcheckpoint", &["job-9"]);
+    let inside = format!("{} {} 0", ns(root, "ipc"), ns(root, "pid"));
+    assert_eq!(
+        lines(),
+        vec![
+            format!("pre-checkpoint job-9 1 {a} {inside}"),
+            format!("post-checkpoint job-9 1 {a} {inside}"),
+        ]
+    );
+    let m = xos::gcp::meta::read(ck.path(), "job-9", 1).unwrap();
+    assert_eq!(
+        m.units[0].callbacks,
+        vec![("pre-checkpoint".to_string(), "ok".to_string())]
+    );
+
+    // A failing pre-checkpoint callback refuses the checkpoint with its message.
+    std::fs::write(&fail, "").unwrap();
+    let o = n1.run("xcheckpoint", &["job-9"]);
+    one_line_error(
+        &o,
+        &format!(
+            "job job-9: unit {a}: pre-checkpoint callback {} failed (status 3): queue not drained",
+            cb.display()
+        ),
+    );
+    assert_eq!(xos::gcp::meta::versions(ck.path(), "job-9"), vec![1]);
+    assert!(grows(&fa));
+    // --force writes it anyway, and records the failure.
+    n1.ok("xcheckpoint", &["--force", "job-9"]);
+    let m = xos::gcp::meta::read(ck.path(), "job-9", 2).unwrap();
+    assert!(
+        m.units[0].callbacks[0].1.contains("queue not drained"),
+        "{m:?}"
+    );
+    std::fs::remove_file(&fail).unwrap();
+
+    // One that passes its time limit refuses it too.
+    std::fs::write(&slow, "").unwrap();
+    let start = std::time::Instant::now();
+    let o = n1.run("xcheckpoint", &["--callback-timeout", "1", "job-9"]);
+    one_line_error(&o, "did not finish within 1 s");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    std::fs::remove_file(&slow).unwrap();
+
+    // Migration: after the restart the callback runs in the new unit.
+    n1.ok("xcheckpoint", &["--kill", "job-9"]);
+    let ids = restarted_ids(&n1.ok("xrestart", &["job-9", "3"]));
+    let b = ids[0];
+    let root = n1.record(b).root_pid;
+    let last = lines().last().cloned().unwrap();
+    assert_eq!(
+        last,
+        format!(
+            "post-restart job-9 3 {b} {} {} 0",
+            ns(root, "ipc"),
+            ns(root, "pid")
+        )
+    );
+    assert!(grows(&fa));
+}

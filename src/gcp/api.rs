@@ -94,6 +94,8 @@ pub struct RestartOptions {
     pub job: Option<String>,
     /// The command the unit was started with (its name in the registry).
     pub command: Vec<String>,
+    /// The unit's callback program.
+    pub callback: Option<PathBuf>,
     /// Where the unit's inherited stdio goes (/dev/null when not given).
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
@@ -176,6 +178,8 @@ pub enum GcpError {
         restarted: Vec<(u64, u64)>,
         lost: Vec<u64>,
     },
+    #[error("unit {unit}: {message}")]
+    Callback { unit: u64, message: String },
     #[error("job {job} {what}")]
     Phase { job: String, what: &'static str },
     #[error("interrupted by a signal; every unit runs on and no version was written")]

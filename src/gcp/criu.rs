@@ -289,6 +289,7 @@ impl Checkpointer for Criu {
         }
         spec.cgroup_parent = opts.cgroup_parent.clone();
         spec.job = opts.job.clone();
+        spec.callback = opts.callback.clone();
         spec.checkpointer = app::CRIU.to_string();
         let state = registry.root().to_path_buf();
         let frozen = opts.frozen;

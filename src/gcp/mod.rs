@@ -6,6 +6,7 @@
 //! `xrestart` call.
 
 pub mod api;
+pub mod callback;
 pub mod criu;
 pub mod job;
 pub mod meta;

@@ -93,6 +93,7 @@ impl Checkpointer for Native {
         spec.restore = Some((dir.to_path_buf(), img));
         spec.stay_frozen = opts.frozen;
         spec.job = opts.job.clone();
+        spec.callback = opts.callback.clone();
         Ok(match app::launch_detached(registry, &spec)? {
             Detached::Started(id) => Restarted::Started(id),
             Detached::ChildExit(c) => Restarted::ChildExit(c),

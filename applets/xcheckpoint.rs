@@ -133,7 +133,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         ..Backends::default()
     };
     if a.backends {
-        let list: [&dyn Checkpointer; 2] = [&backends.native, &backends.criu];
+        let list: [&dyn Checkpointer; 3] = [&backends.native, &backends.criu, &backends.container];
         for b in list {
             let p = b.probe();
             let features: Vec<String> = p.features.iter().map(|f| f.to_string()).collect();

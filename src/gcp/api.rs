@@ -114,7 +114,7 @@ pub enum Restarted {
 /// Errors of the grid checkpointing layer; each names the job, unit or file.
 #[derive(Debug, thiserror::Error)]
 pub enum GcpError {
-    #[error("unknown checkpointer '{0}' (known: native, criu)")]
+    #[error("unknown checkpointer '{0}' (known: native, criu, container)")]
     UnknownBackend(String),
     #[error("checkpointer {backend} is not available on this node: {why}")]
     Unavailable { backend: String, why: String },

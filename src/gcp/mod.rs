@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod callback;
+pub mod container;
 pub mod criu;
 pub mod job;
 pub mod meta;
@@ -20,6 +21,7 @@ pub use api::{Checkpointer, GcpError};
 pub struct Backends {
     pub native: native::Native,
     pub criu: criu::Criu,
+    pub container: container::Container,
 }
 
 impl Backends {
@@ -28,6 +30,7 @@ impl Backends {
         match name {
             crate::app::NATIVE => Ok(&self.native),
             crate::app::CRIU => Ok(&self.criu),
+            container::CONTAINER => Ok(&self.container),
             other => Err(GcpError::UnknownBackend(other.to_string())),
         }
     }

@@ -818,3 +818,36 @@ fn callbacks_run_inside_the_unit_and_can_refuse_a_checkpoint() {
     );
     assert!(grows(&fa));
 }
+
+#[test]
+fn xrestart_frozen_leaves_every_unit_frozen_until_thawed() {
+    use xos::cgroup::FreezerState::Frozen;
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let (fa, fb) = (out.path().join("a"), out.path().join("b"));
+    n1.counter("job-10", "native", &fa, "");
+    n1.counter("job-10", "criu", &fb, "");
+    assert!(grows(&fa) && grows(&fb));
+    n1.ok("xcheckpoint", &["--kill", "job-10"]);
+    assert!(wait_until(T, || n1.job_records("job-10").is_empty()));
+    let ids = restarted_ids(&n1.ok("xrestart", &["--frozen", "job-10", "1"]));
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        assert_eq!(n1.record(*id).cgroup.freezer_state().unwrap(), Frozen);
+    }
+    let (la, lb) = (consecutive(&fa), consecutive(&fb));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        (consecutive(&fa), consecutive(&fb)),
+        (la, lb),
+        "ran while frozen"
+    );
+    for id in &ids {
+        n1.ok("checkpoint", &["--unfreeze", &id.to_string()]);
+    }
+    assert!(grows(&fa) && grows(&fb));
+}

@@ -344,6 +344,10 @@ fn a_unit_that_cannot_be_checkpointed_leaves_no_version() {
         &n1.run("xcheckpoint", &["nope"]),
         "job nope has no running unit",
     );
+    assert!(
+        !ck.path().join("nope").exists(),
+        "an unknown job left a directory"
+    );
     one_line_error(
         &n1.run("xcheckpoint", &["--unit", "999", "job-2"]),
         "unit 999 is not part of it",

@@ -128,6 +128,10 @@ pub fn checkpoint(
     opts: &JobCheckpoint,
 ) -> Result<JobCheckpointed> {
     meta::check_job(job)?;
+    // A job unknown here leaves nothing behind (not even its lock file).
+    if units(reg, job)?.is_empty() && !prepared_path(root, job).exists() {
+        return Err(GcpError::NoUnits(job.to_string()));
+    }
     let _lock = lock_job(root, job)?;
     // After `prepare`, the prepared units are the ones written, and those it
     // froze are thawed again at the end, whatever happens.
@@ -365,6 +369,9 @@ pub fn prepare(
 ) -> Result<Vec<u64>> {
     let timeout = opts.timeout;
     meta::check_job(job)?;
+    if units(reg, job)?.is_empty() {
+        return Err(GcpError::NoUnits(job.to_string()));
+    }
     let _lock = lock_job(root, job)?;
     if read_prepared(root, job)?.is_some() {
         return Err(GcpError::Phase {

@@ -52,6 +52,10 @@ struct Args {
     #[arg(long, value_name = "NAME", default_value = app::NATIVE, value_parser = [app::NATIVE, app::CRIU])]
     checkpointer: String,
 
+    /// Program called inside the application's namespaces, as its owner, at each of its grid checkpoints and restarts (XOS_EVENT=pre-checkpoint, post-checkpoint or post-restart, XOS_JOB, XOS_VERSION, XOS_UNIT); a failing pre-checkpoint call refuses the checkpoint
+    #[arg(long, value_name = "PROGRAM", requires = "job")]
+    callback: Option<PathBuf>,
+
     /// Memory limit, e.g. 512M or 2G
     #[arg(short, long, value_name = "SIZE", value_parser = common::parse_size)]
     memory: Option<u64>,
@@ -132,6 +136,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
     let mut spec = LaunchSpec::new(a.command);
     spec.job = a.job;
+    if let Some(cb) = a.callback {
+        // Called from elsewhere later: the path must not depend on this cwd.
+        match std::fs::canonicalize(&cb) {
+            Ok(p) => spec.callback = Some(p),
+            Err(e) => {
+                eprintln!("krgcr-run: callback {}: {e}", cb.display());
+                return 125;
+            }
+        }
+    }
     spec.checkpointer = a.checkpointer;
     spec.limits = Limits {
         memory_max: a.memory,

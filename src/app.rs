@@ -84,8 +84,13 @@ pub struct LaunchSpec {
     /// Descriptors of the caller that no process of the application, nor a
     /// background supervisor, may keep (the application lock).
     pub close_fds: Vec<RawFd>,
+    /// SysV IPC objects (a directory of `ipccheckpoint --all`) to restore in the
+    /// application's IPC namespace before any of its processes exists.
+    pub ipc_restore: Option<PathBuf>,
     /// Grid job the application is a unit of.
     pub job: Option<String>,
+    /// Program called at the application's checkpoints and restarts.
+    pub callback: Option<PathBuf>,
     /// Kernel checkpointer the application is started for (`native`, `criu`).
     pub checkpointer: String,
 }
@@ -109,7 +114,9 @@ impl LaunchSpec {
             close_fds: Vec::new(),
             allow_changed_files: false,
             redirected: [false; 3],
+            ipc_restore: None,
             job: None,
+            callback: None,
             checkpointer: NATIVE.to_string(),
         }
     }
@@ -387,6 +394,7 @@ fn new_record(spec: &LaunchSpec, id: u64, group: &Group, root: Pid) -> Result<Ap
         checkpointer: spec.checkpointer.clone(),
         limits: spec.limits.clone(),
         job: spec.job.clone(),
+        callback: spec.callback.clone(),
     })
 }
 
@@ -650,7 +658,16 @@ fn init_main(
     if go.read(&mut byte).unwrap_or(0) != 1 {
         return 1; // The supervisor gave up; it reports why.
     }
-    if let Err(m) = init_setup(stdio, spec) {
+    let setup = init_setup(stdio, spec).and_then(|()| match &spec.ipc_restore {
+        Some(dir) => crate::sysvipc::restore_all(dir).map(drop).map_err(|e| {
+            format!(
+                "cannot restore the SysV IPC objects of {}: {e}",
+                dir.display()
+            )
+        }),
+        None => Ok(()),
+    });
+    if let Err(m) = setup {
         if let Some(e) = err.as_mut() {
             let _ = e.write_all(m.as_bytes());
         }

@@ -63,6 +63,9 @@ pub struct AppRecord {
     /// Grid job this application is a unit of (`krgcr-run --job`).
     #[serde(default)]
     pub job: Option<String>,
+    /// Program called at its checkpoints and restarts (`krgcr-run --callback`).
+    #[serde(default)]
+    pub callback: Option<PathBuf>,
 }
 
 /// The state of an application, derived from the kernel, never stored.
@@ -378,6 +381,7 @@ mod tests {
             checkpointer: "native".into(),
             limits: Limits::default(),
             job: None,
+            callback: None,
         }
     }
 

@@ -94,3 +94,11 @@ pub(crate) fn caller_disposition(sig: i32) -> nix::Result<()> {
     }
     Ok(())
 }
+
+/// Ends a child forked by the library for one task (entering a namespace,
+/// executing a tool) without returning into the caller's code: _exit(2) runs no
+/// atexit handler and flushes none of the stdio buffers copied from the parent.
+pub(crate) fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it never returns.
+    unsafe { libc::_exit(code) }
+}

@@ -142,10 +142,37 @@ fn native_job_coordinated_checkpoint_kill_and_migration() {
         out.path().join("b"),
         out.path().join("c"),
     );
-    let a = n1.counter("job-1", "native", &fa, "");
+    // Unit a holds a SysV message queue and semaphore array, and counts only
+    // while its queue exists: they must be back before its processes run.
+    let a = n1.env.detach(&[
+        "--job",
+        "job-1",
+        "sh",
+        "-c",
+        &format!(
+            "ipcmk -Q >/dev/null; ipcmk -S 2 >/dev/null; i=0; \
+             while ipcs -q | grep -q '^0x'; do i=$((i+1)); echo $i >> {}; sleep 0.05; done",
+            fa.display()
+        ),
+    ]);
     let b = n1.counter("job-1", "native", &fb, "");
     let c = n1.counter("other", "native", &fc, "");
     assert!(grows(&fa) && grows(&fb));
+    let ipc_of = |pid: i32| {
+        let o = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "--ipc", "ipcs", "-q", "-s"])
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("0x"))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        v.sort();
+        v
+    };
+    let ipc_before = ipc_of(n1.record(a).root_pid);
+    assert_eq!(ipc_before.len(), 2, "{ipc_before:?}");
 
     let list = n1.ok("checkpoint", &["--list"]);
     assert!(
@@ -211,6 +238,9 @@ fn native_job_coordinated_checkpoint_kill_and_migration() {
     let recs = n2.job_records("job-1");
     assert_eq!(recs.len(), 2);
     assert!(recs.iter().all(|r| r.alive() && r.checkpointer == "native"));
+    // Same keys and ids, in the restarted unit's own IPC namespace.
+    let ra2 = recs.iter().find(|r| r.id == ids[0]).unwrap();
+    assert_eq!(ipc_of(ra2.root_pid), ipc_before);
     let m = xos::gcp::meta::read(ck.path(), "job-1", 2).unwrap();
     assert_eq!(m.restarts.last().unwrap().0, "node-two");
     assert!(n2
@@ -314,6 +344,10 @@ fn a_unit_that_cannot_be_checkpointed_leaves_no_version() {
         &n1.run("xcheckpoint", &["nope"]),
         "job nope has no running unit",
     );
+    assert!(
+        !ck.path().join("nope").exists(),
+        "an unknown job left a directory"
+    );
     one_line_error(
         &n1.run("xcheckpoint", &["--unit", "999", "job-2"]),
         "unit 999 is not part of it",
@@ -373,6 +407,13 @@ fn refused_restarts_start_nothing() {
         .output()
         .unwrap();
     one_line_error(&o, "checkpointer criu is not available on this node");
+    // The container checkpointer is declared but not built yet.
+    m.units[1].backend = "container".into();
+    xos::gcp::meta::write(&v(3), &m).unwrap();
+    one_line_error(
+        &n2.run("xrestart", &["job-3", "3"]),
+        "checkpointer container is not available on this node: container job units are not built yet",
+    );
 
     assert!(
         n2.env.registry().list().unwrap().is_empty(),
@@ -393,6 +434,10 @@ fn criu_and_native_units_with_sysv_ipc_migrate_together() {
     };
     let o = n1.ok("xcheckpoint", &["--backends"]);
     assert!(o.lines().any(|l| l.starts_with("criu    4.")), "{o}");
+    assert!(
+        o.lines().any(|l| l.starts_with("container not available")),
+        "{o}"
+    );
     let out = tempfile::tempdir().unwrap();
     let (fa, fb) = (out.path().join("a"), out.path().join("b"));
     // The CRIU unit holds a SysV message queue.
@@ -544,4 +589,269 @@ fn two_phase_prepare_abort_and_commit() {
             .unwrap()
             .coordinated
     );
+}
+
+/// Starts a unit of `job` that counts into `file` for about `secs` seconds, then ends.
+fn short_job(n: &Node, job: &str, file: &Path, secs: u32) -> u64 {
+    let script = format!(
+        "end=$(( $(date +%s) + {secs} )); i=0; while [ $(date +%s) -lt $end ]; do \
+         i=$((i+1)); echo $i >> {}; sleep 0.1; done",
+        file.display()
+    );
+    n.env.detach(&["--job", job, "sh", "-c", &script])
+}
+
+/// Runs xcheckpoint ARGS of a node under timeout(1), so a loop that does not
+/// end fails the test instead of hanging it.
+fn xcheckpoint_bounded(n: &Node, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("120")
+        .arg(n.env.bin.path().join("xcheckpoint"))
+        .args(args)
+        .env("XOS_STATE_DIR", n.env.state.path())
+        .env("XOS_CGROUP_PARENT", &n.env.parent)
+        .env("XOS_CHECKPOINT_DIR", n.ckdir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn periodic_checkpoints_keep_the_newest_versions() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    short_job(&n1, "job-7", &out.path().join("a"), 9);
+    let o = xcheckpoint_bounded(&n1, &["--every", "2s", "--keep", "2", "job-7"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let written = text.lines().filter(|l| l.contains(" written to ")).count() as u64;
+    assert!(written >= 3, "{text}");
+    assert!(text.contains("job job-7: version 1 deleted"), "{text}");
+    assert!(text.contains("next checkpoint in 2000 ms"), "{text}");
+    assert!(
+        text.trim_end().ends_with("periodic checkpointing ends"),
+        "{text}"
+    );
+    // Only the two newest remain, each complete.
+    assert_eq!(
+        xos::gcp::meta::versions(ck.path(), "job-7"),
+        vec![written - 1, written]
+    );
+    for v in [written - 1, written] {
+        assert_eq!(
+            xos::gcp::meta::read(ck.path(), "job-7", v)
+                .unwrap()
+                .units
+                .len(),
+            1
+        );
+    }
+}
+
+#[test]
+fn adaptive_intervals_follow_youngs_formula() {
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    short_job(&n1, "job-8", &out.path().join("a"), 6);
+    let o = xcheckpoint_bounded(
+        &n1,
+        &[
+            "--every",
+            "1s",
+            "--adaptive",
+            "--mtbf",
+            "20s",
+            "--min",
+            "300ms",
+            "--max",
+            "900ms",
+            "job-8",
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut decisions = 0;
+    for l in text.lines().filter(|l| l.contains("(adaptive: ")) {
+        // next checkpoint in X ms (adaptive: cost C ms, MTBF M ms, sqrt(2*C*M) = Y ms, within A..B ms)
+        let nums: Vec<f64> = l
+            .split(|c: char| !(c.is_ascii_digit()))
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // The job id's own digit comes first.
+        let [_, x, c, m, _two, y, lo, hi] = nums[..] else {
+            panic!("{l}");
+        };
+        assert_eq!(m, 20_000.0, "{l}");
+        // C and Y are printed in whole milliseconds (truncated).
+        let (lo_y, hi_y) = ((2.0 * c * m).sqrt(), (2.0 * (c + 1.0) * m).sqrt());
+        assert!(y >= lo_y - 1.0 && y <= hi_y, "{l}: want {lo_y}..{hi_y}");
+        assert_eq!(x, y.clamp(lo, hi), "{l}");
+        decisions += 1;
+    }
+    assert!(decisions >= 3, "{text}");
+}
+
+#[test]
+fn callbacks_run_inside_the_unit_and_can_refuse_a_checkpoint() {
+    use std::os::unix::fs::PermissionsExt;
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let d = tempfile::tempdir().unwrap();
+    let (log, fail, slow) = (
+        d.path().join("log"),
+        d.path().join("fail"),
+        d.path().join("slow"),
+    );
+    let cb = d.path().join("cb.sh");
+    std::fs::write(
+        &cb,
+        format!(
+            "#!/bin/sh\n\
+             echo \"$XOS_EVENT $XOS_JOB $XOS_VERSION $XOS_UNIT $(readlink /proc/self/ns/ipc) $(readlink /proc/self/ns/pid) $(id -u)\" >> {log}\n\
+             if [ \"$XOS_EVENT\" = pre-checkpoint ]; then\n\
+               [ -e {slow} ] && sleep 30\n\
+               [ -e {fail} ] && {{ echo 'queue not drained' >&2; exit 3; }}\n\
+             fi\n\
+             exit 0\n",
+            log = log.display(),
+            fail = fail.display(),
+            slow = slow.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cb, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fa = d.path().join("a");
+    let script = format!(
+        "i=0; while :; do i=$((i+1)); echo $i >> {}; sleep 0.05; done",
+        fa.display()
+    );
+    let a = n1.env.detach(&[
+        "--job",
+        "job-9",
+        "--callback",
+        cb.to_str().unwrap(),
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(grows(&fa));
+    let ns = |pid: i32, kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let root = n1.record(a).root_pid;
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+
+    n1.ok("xcheckpoint", &["job-9"]);
+    let inside = format!("{} {} 0", ns(root, "ipc"), ns(root, "pid"));
+    assert_eq!(
+        lines(),
+        vec![
+            format!("pre-checkpoint job-9 1 {a} {inside}"),
+            format!("post-checkpoint job-9 1 {a} {inside}"),
+        ]
+    );
+    let m = xos::gcp::meta::read(ck.path(), "job-9", 1).unwrap();
+    assert_eq!(
+        m.units[0].callbacks,
+        vec![("pre-checkpoint".to_string(), "ok".to_string())]
+    );
+
+    // A failing pre-checkpoint callback refuses the checkpoint with its message.
+    std::fs::write(&fail, "").unwrap();
+    let o = n1.run("xcheckpoint", &["job-9"]);
+    one_line_error(
+        &o,
+        &format!(
+            "job job-9: unit {a}: pre-checkpoint callback {} failed (status 3): queue not drained",
+            cb.display()
+        ),
+    );
+    assert_eq!(xos::gcp::meta::versions(ck.path(), "job-9"), vec![1]);
+    assert!(grows(&fa));
+    // --force writes it anyway, and records the failure.
+    n1.ok("xcheckpoint", &["--force", "job-9"]);
+    let m = xos::gcp::meta::read(ck.path(), "job-9", 2).unwrap();
+    assert!(
+        m.units[0].callbacks[0].1.contains("queue not drained"),
+        "{m:?}"
+    );
+    std::fs::remove_file(&fail).unwrap();
+
+    // One that passes its time limit refuses it too.
+    std::fs::write(&slow, "").unwrap();
+    let start = std::time::Instant::now();
+    let o = n1.run("xcheckpoint", &["--callback-timeout", "1", "job-9"]);
+    one_line_error(&o, "did not finish within 1 s");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    std::fs::remove_file(&slow).unwrap();
+
+    // Migration: after the restart the callback runs in the new unit.
+    n1.ok("xcheckpoint", &["--kill", "job-9"]);
+    let ids = restarted_ids(&n1.ok("xrestart", &["job-9", "3"]));
+    let b = ids[0];
+    let root = n1.record(b).root_pid;
+    let last = lines().last().cloned().unwrap();
+    assert_eq!(
+        last,
+        format!(
+            "post-restart job-9 3 {b} {} {} 0",
+            ns(root, "ipc"),
+            ns(root, "pid")
+        )
+    );
+    assert!(grows(&fa));
+}
+
+#[test]
+fn xrestart_frozen_leaves_every_unit_frozen_until_thawed() {
+    use xos::cgroup::FreezerState::Frozen;
+    let ck = tempfile::tempdir().unwrap();
+    let n1 = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let (fa, fb) = (out.path().join("a"), out.path().join("b"));
+    n1.counter("job-10", "native", &fa, "");
+    n1.counter("job-10", "criu", &fb, "");
+    assert!(grows(&fa) && grows(&fb));
+    n1.ok("xcheckpoint", &["--kill", "job-10"]);
+    assert!(wait_until(T, || n1.job_records("job-10").is_empty()));
+    let ids = restarted_ids(&n1.ok("xrestart", &["--frozen", "job-10", "1"]));
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        assert_eq!(n1.record(*id).cgroup.freezer_state().unwrap(), Frozen);
+    }
+    let (la, lb) = (consecutive(&fa), consecutive(&fb));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        (consecutive(&fa), consecutive(&fb)),
+        (la, lb),
+        "ran while frozen"
+    );
+    for id in &ids {
+        n1.ok("checkpoint", &["--unfreeze", &id.to_string()]);
+    }
+    assert!(grows(&fa) && grows(&fb));
 }

@@ -426,6 +426,7 @@ fn a_group_with_tasks_is_refused_and_leftovers_are_pruned() {
         checkpointer: "native".into(),
         limits: Default::default(),
         job: None,
+        callback: None,
     };
     a.registry().save(&rec).unwrap();
     let o = a.cmd("checkpoint").arg("--prune").output().unwrap();

@@ -94,6 +94,8 @@ pub struct RestartOptions {
     pub job: Option<String>,
     /// The command the unit was started with (its name in the registry).
     pub command: Vec<String>,
+    /// The unit's callback program.
+    pub callback: Option<PathBuf>,
     /// Where the unit's inherited stdio goes (/dev/null when not given).
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
@@ -112,7 +114,7 @@ pub enum Restarted {
 /// Errors of the grid checkpointing layer; each names the job, unit or file.
 #[derive(Debug, thiserror::Error)]
 pub enum GcpError {
-    #[error("unknown checkpointer '{0}' (known: native, criu)")]
+    #[error("unknown checkpointer '{0}' (known: native, criu, container)")]
     UnknownBackend(String),
     #[error("checkpointer {backend} is not available on this node: {why}")]
     Unavailable { backend: String, why: String },
@@ -176,6 +178,8 @@ pub enum GcpError {
         restarted: Vec<(u64, u64)>,
         lost: Vec<u64>,
     },
+    #[error("unit {unit}: {message}")]
+    Callback { unit: u64, message: String },
     #[error("job {job} {what}")]
     Phase { job: String, what: &'static str },
     #[error("interrupted by a signal; every unit runs on and no version was written")]

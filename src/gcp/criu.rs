@@ -43,6 +43,9 @@ const COMMON: &[&str] = &[
     "--manage-cgroups=ignore",
 ];
 
+/// Shortest `--timeout` given to `criu dump`, in seconds.
+const CRIU_MIN_TIMEOUT: u64 = 30;
+
 /// CRIU as a kernel checkpointer.
 #[derive(Debug, Default, Clone)]
 pub struct Criu {
@@ -217,8 +220,11 @@ impl Checkpointer for Criu {
             .arg(&work)
             .args(["--log-file", "dump.log"])
             .args(COMMON)
+            // CRIU's alarm covers collecting the whole tree (freeze, seize,
+            // wait for every task), which takes far longer than one kernel
+            // wait on a loaded machine.
             .arg("--timeout")
-            .arg(opts.timeout.as_secs().max(1).to_string());
+            .arg(opts.timeout.as_secs().max(CRIU_MIN_TIMEOUT).to_string());
         // CRIU freezes through the group and puts a frozen one back frozen.
         if let Some(f) = freezer_dir(&unit.cgroup) {
             cmd.arg("--freeze-cgroup").arg(f);
@@ -289,6 +295,7 @@ impl Checkpointer for Criu {
         }
         spec.cgroup_parent = opts.cgroup_parent.clone();
         spec.job = opts.job.clone();
+        spec.callback = opts.callback.clone();
         spec.checkpointer = app::CRIU.to_string();
         let state = registry.root().to_path_buf();
         let frozen = opts.frozen;
@@ -361,7 +368,7 @@ fn run_in_group(
                 }
                 Err(_) => 126,
             };
-            std::process::exit(code);
+            crate::sys::exit_child(code);
         }
         ForkResult::Parent { child } => loop {
             match waitpid(child, None) {

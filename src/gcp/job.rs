@@ -17,10 +17,11 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::api::{DumpOptions, GcpError, RestartOptions, Restarted, Result};
 use super::meta::{self, JobMeta, UnitMeta};
-use super::Backends;
+use super::{callback, Backends};
 use crate::cgroup::FreezerState;
 use crate::fsutil::{self, PathError};
 use crate::registry::{self, AppRecord, Registry};
+use std::collections::HashMap;
 
 /// Options of a job checkpoint.
 #[derive(Debug, Clone)]
@@ -35,6 +36,50 @@ pub struct JobCheckpoint {
     pub cancel: Option<Arc<AtomicBool>>,
     /// The second phase of a two-phase checkpoint: [`prepare`] must have run.
     pub commit: bool,
+    /// Write the version even when a pre-checkpoint callback fails.
+    pub force: bool,
+    /// Time limit of each callback.
+    pub callback_timeout: Duration,
+}
+
+/// Time limit of a post-restart callback.
+pub const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the pre-checkpoint callbacks of `all` for `version`; returns each
+/// unit's result. A failure ends it (unless `force`).
+fn pre_callbacks(
+    all: &[AppRecord],
+    job: &str,
+    version: u64,
+    force: bool,
+    timeout: Duration,
+) -> Result<HashMap<u64, Vec<(String, String)>>> {
+    let mut results = HashMap::new();
+    for u in all {
+        let Some(prog) = &u.callback else { continue };
+        let ev = callback::Event::PreCheckpoint;
+        let r = callback::run(u, prog, ev, job, version, timeout);
+        if let Err(m) = &r {
+            if !force {
+                return Err(GcpError::Callback {
+                    unit: u.id,
+                    message: m.clone(),
+                });
+            }
+        }
+        let r = r.map(|()| "ok".to_string()).unwrap_or_else(|m| m);
+        results.insert(u.id, vec![(ev.name().to_string(), r)]);
+    }
+    Ok(results)
+}
+
+/// Runs a callback whose failure cannot undo what is done: it is logged.
+fn late_callback(u: &AppRecord, ev: callback::Event, job: &str, version: u64, timeout: Duration) {
+    if let Some(prog) = &u.callback {
+        if let Err(m) = callback::run(u, prog, ev, job, version, timeout) {
+            log::warn!("unit {}: {m}", u.id);
+        }
+    }
 }
 
 /// The running units of `job` in this state directory, sorted by id.
@@ -83,6 +128,10 @@ pub fn checkpoint(
     opts: &JobCheckpoint,
 ) -> Result<JobCheckpointed> {
     meta::check_job(job)?;
+    // A job unknown here leaves nothing behind (not even its lock file).
+    if units(reg, job)?.is_empty() && !prepared_path(root, job).exists() {
+        return Err(GcpError::NoUnits(job.to_string()));
+    }
     let _lock = lock_job(root, job)?;
     // After `prepare`, the prepared units are the ones written, and those it
     // froze are thawed again at the end, whatever happens.
@@ -111,6 +160,13 @@ pub fn checkpoint(
         }
     };
     let version = meta::versions(root, job).last().copied().unwrap_or(0) + 1;
+    // Before any freeze: a callback may need the unit running (to drain a
+    // channel). After `prepare` they have run already.
+    let cb_results = if prepared.is_some() {
+        HashMap::new()
+    } else {
+        pre_callbacks(&all, job, version, opts.force, opts.callback_timeout)?
+    };
     // Under the job lock, a temporary version is a leftover of a killed writer.
     for ent in std::fs::read_dir(meta::job_dir(root, job))
         .into_iter()
@@ -142,7 +198,10 @@ pub fn checkpoint(
         &mut frozen_by_us,
         &mut killed,
     )
-    .and_then(|m| {
+    .and_then(|mut m| {
+        for u in &mut m.units {
+            u.callbacks = cb_results.get(&u.app).cloned().unwrap_or_default();
+        }
         meta::write(&tmp, &m)?;
         meta::sync_tree(&tmp)?;
         let dir = meta::version_dir(root, job, version);
@@ -157,7 +216,20 @@ pub fn checkpoint(
         }
     }
     let err = match result {
-        Ok(m) => return Ok(JobCheckpointed::Written(m)),
+        Ok(m) => {
+            if !opts.kill {
+                for u in &all {
+                    late_callback(
+                        u,
+                        callback::Event::PostCheckpoint,
+                        job,
+                        version,
+                        opts.callback_timeout,
+                    );
+                }
+            }
+            return Ok(JobCheckpointed::Written(m));
+        }
         Err(e) => e,
     };
     let mut back = Vec::new();
@@ -171,6 +243,7 @@ pub fn checkpoint(
                     cgroup_parent: parent_of(u),
                     job: Some(job.to_string()),
                     command: u.command.clone(),
+                    callback: u.callback.clone(),
                     stdout: None,
                     stderr: None,
                 },
@@ -292,10 +365,13 @@ pub fn prepare(
     reg: &Registry,
     root: &Path,
     job: &str,
-    chosen: &[u64],
-    timeout: Duration,
+    opts: &JobCheckpoint,
 ) -> Result<Vec<u64>> {
+    let timeout = opts.timeout;
     meta::check_job(job)?;
+    if units(reg, job)?.is_empty() {
+        return Err(GcpError::NoUnits(job.to_string()));
+    }
     let _lock = lock_job(root, job)?;
     if read_prepared(root, job)?.is_some() {
         return Err(GcpError::Phase {
@@ -303,7 +379,9 @@ pub fn prepare(
             what: "is already prepared (commit or abort first)",
         });
     }
-    let all = select_units(backends, reg, job, chosen)?;
+    let all = select_units(backends, reg, job, &opts.units)?;
+    let version = meta::versions(root, job).last().copied().unwrap_or(0) + 1;
+    pre_callbacks(&all, job, version, opts.force, opts.callback_timeout)?;
     let mut frozen: Vec<&AppRecord> = Vec::new();
     for u in &all {
         if let Err(e) = freeze(backends, u, timeout, &mut frozen) {
@@ -430,6 +508,8 @@ fn write_units<'a>(
             kernel: img.kernel,
             xfeatures: img.xfeatures,
             stopped_ms: img.stopped.as_millis() as u64,
+            callback: u.callback.clone(),
+            callbacks: Vec::new(),
         });
     }
     Ok(JobMeta {
@@ -509,6 +589,7 @@ pub fn restart(
                 cgroup_parent: opts.cgroup_parent.clone(),
                 job: Some(job.to_string()),
                 command: u.command.clone(),
+                callback: u.callback.clone(),
                 stdout: opts.stdout.clone(),
                 stderr: opts.stderr.clone(),
             },
@@ -524,6 +605,17 @@ pub fn restart(
                 }
                 return Err(unit_err(u.app)(e));
             }
+        }
+    }
+    for (_, id, _) in &started {
+        if let Ok(rec) = reg.load(*id) {
+            late_callback(
+                &rec,
+                callback::Event::PostRestart,
+                job,
+                version,
+                DEFAULT_CALLBACK_TIMEOUT,
+            );
         }
     }
     // The metadata says where the version was restarted (best effort: a

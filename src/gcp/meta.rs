@@ -55,6 +55,12 @@ pub struct UnitMeta {
     pub xfeatures: u64,
     /// How long the unit was stopped for its own image, in milliseconds.
     pub stopped_ms: u64,
+    /// The unit's callback program, called again after a restart.
+    #[serde(default)]
+    pub callback: Option<PathBuf>,
+    /// (event, "ok" or the failure) of the callbacks run for this version.
+    #[serde(default)]
+    pub callbacks: Vec<(String, String)>,
 }
 
 impl JobMeta {
@@ -223,6 +229,8 @@ mod tests {
                 kernel: "k".into(),
                 xfeatures: 0,
                 stopped_ms: 1,
+                callback: None,
+                callbacks: vec![],
             }],
             restarts: vec![],
         }

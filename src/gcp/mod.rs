@@ -6,10 +6,13 @@
 //! `xrestart` call.
 
 pub mod api;
+pub mod callback;
+pub mod container;
 pub mod criu;
 pub mod job;
 pub mod meta;
 pub mod native;
+pub mod schedule;
 
 pub use api::{Checkpointer, GcpError};
 
@@ -18,6 +21,7 @@ pub use api::{Checkpointer, GcpError};
 pub struct Backends {
     pub native: native::Native,
     pub criu: criu::Criu,
+    pub container: container::Container,
 }
 
 impl Backends {
@@ -26,6 +30,7 @@ impl Backends {
         match name {
             crate::app::NATIVE => Ok(&self.native),
             crate::app::CRIU => Ok(&self.criu),
+            container::CONTAINER => Ok(&self.container),
             other => Err(GcpError::UnknownBackend(other.to_string())),
         }
     }

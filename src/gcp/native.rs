@@ -13,9 +13,12 @@ use super::api::{
     UnitImage,
 };
 use crate::app::{self, Detached, LaunchSpec};
+use crate::cgroup::FreezerState;
 use crate::ckpt::{self, image, CheckpointOptions};
 use crate::fsutil::{self, PathError};
 use crate::registry::{AppRecord, Registry};
+use crate::sysvipc;
+use nix::unistd::ForkResult;
 
 /// The built-in checkpointer.
 #[derive(Debug, Default, Clone)]
@@ -29,11 +32,126 @@ impl Checkpointer for Native {
     fn probe(&self) -> Probe {
         Probe {
             version: Ok(env!("CARGO_PKG_VERSION").to_string()),
-            features: vec![Feature::Threads],
+            features: vec![Feature::Threads, Feature::SysvIpc],
         }
     }
 
     fn checkpoint(
+        &self,
+        state: &Path,
+        unit: &AppRecord,
+        dir: &Path,
+        opts: &DumpOptions,
+    ) -> Result<UnitImage> {
+        // The SysV IPC objects of the unit's namespace go with it, saved while
+        // it is frozen so that they and the processes are one state.
+        let frozen_here = unit.cgroup.freezer_state()? != FreezerState::Frozen;
+        if frozen_here {
+            unit.cgroup.freeze(opts.timeout)?;
+        }
+        let ipc_tmp = dir.with_file_name(format!(
+            ".{}.ipc.tmp",
+            dir.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let _ = std::fs::remove_dir_all(&ipc_tmp);
+        let result =
+            save_ipc(unit.root_pid, &ipc_tmp).and_then(|()| self.dump(state, unit, dir, opts));
+        if frozen_here && unit.alive() {
+            let _ = unit.cgroup.thaw(opts.timeout);
+        }
+        let moved = result.and_then(|mut img| {
+            let to = dir.join(IPC_DIR);
+            std::fs::rename(&ipc_tmp, &to).map_err(|e| PathError::new("rename into", &to, e))?;
+            img.bytes = super::meta::tree_size(dir);
+            Ok(img)
+        });
+        let _ = std::fs::remove_dir_all(&ipc_tmp);
+        moved
+    }
+
+    fn verify(&self, dir: &Path) -> Result<()> {
+        let img = ckpt::load_image_at(dir)?;
+        ckpt::restore::verify(dir, &img)?;
+        let ipc = dir.join(IPC_DIR);
+        if ipc.exists() {
+            sysvipc::open_all(&ipc).map_err(|e| GcpError::BadImage {
+                path: ipc,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn restart(&self, registry: &Registry, dir: &Path, opts: &RestartOptions) -> Result<Restarted> {
+        self.verify(dir)?;
+        let img = ckpt::load_image_at(dir)?;
+        let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
+        spec.limits = img.limits.clone();
+        spec.cgroup_parent = opts.cgroup_parent.clone();
+        set_stdio(&mut spec, opts);
+        spec.ipc_restore = Some(dir.join(IPC_DIR)).filter(|d| d.exists());
+        spec.restore = Some((dir.to_path_buf(), img));
+        spec.stay_frozen = opts.frozen;
+        spec.job = opts.job.clone();
+        spec.callback = opts.callback.clone();
+        Ok(match app::launch_detached(registry, &spec)? {
+            Detached::Started(id) => Restarted::Started(id),
+            Detached::ChildExit(c) => Restarted::ChildExit(c),
+        })
+    }
+}
+
+/// The unit's SysV IPC objects, inside its image directory.
+const IPC_DIR: &str = "ipc";
+
+/// Saves every SysV IPC object of the IPC namespace of `pid` into `dir`, from a
+/// child that enters that namespace (the caller keeps its own).
+fn save_ipc(pid: i32, dir: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+        GcpError::Io(PathError::new(
+            "create a pipe for",
+            dir,
+            std::io::Error::from(e),
+        ))
+    })?;
+    match crate::sys::fork() {
+        Err(e) => Err(PathError::new("fork to save", dir, std::io::Error::from(e)).into()),
+        Ok(ForkResult::Child) => {
+            drop(rd);
+            let mut wr = std::fs::File::from(wr);
+            let r = crate::ns::enter(pid, "ipc")
+                .map_err(|e| e.to_string())
+                .and_then(|()| sysvipc::save_all(dir).map(drop).map_err(|e| e.to_string()));
+            let code = match r {
+                Ok(()) => 0,
+                Err(m) => {
+                    let _ = wr.write_all(m.as_bytes());
+                    1
+                }
+            };
+            crate::sys::exit_child(code);
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            let status = nix::sys::wait::waitpid(child, None);
+            if msg.is_empty() && matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
+                Ok(())
+            } else {
+                Err(GcpError::BadImage {
+                    path: dir.to_path_buf(),
+                    reason: format!("cannot save the SysV IPC objects of process {pid}: {msg}"),
+                })
+            }
+        }
+    }
+}
+
+impl Native {
+    /// The processes' image, written by the checkpointer and moved into `dir`.
+    fn dump(
         &self,
         state: &Path,
         unit: &AppRecord,
@@ -69,28 +187,6 @@ impl Checkpointer for Native {
             kernel: img.kernel,
             xfeatures: img.xfeatures,
             stopped: done.stopped,
-        })
-    }
-
-    fn verify(&self, dir: &Path) -> Result<()> {
-        let img = ckpt::load_image_at(dir)?;
-        ckpt::restore::verify(dir, &img)?;
-        Ok(())
-    }
-
-    fn restart(&self, registry: &Registry, dir: &Path, opts: &RestartOptions) -> Result<Restarted> {
-        let img = ckpt::load_image_at(dir)?;
-        ckpt::restore::verify(dir, &img)?;
-        let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
-        spec.limits = img.limits.clone();
-        spec.cgroup_parent = opts.cgroup_parent.clone();
-        set_stdio(&mut spec, opts);
-        spec.restore = Some((dir.to_path_buf(), img));
-        spec.stay_frozen = opts.frozen;
-        spec.job = opts.job.clone();
-        Ok(match app::launch_detached(registry, &spec)? {
-            Detached::Started(id) => Restarted::Started(id),
-            Detached::ChildExit(c) => Restarted::ChildExit(c),
         })
     }
 }

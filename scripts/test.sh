@@ -32,6 +32,8 @@ if [ -z "${XOS_CRIU:-}" ]; then
         XOS_CRIU=$(command -v criu)
     elif [ -x ../shared/peers/criu/install.sh ]; then
         XOS_CRIU=$(../shared/peers/criu/install.sh)
+    elif [ -x /work/shared/peers/criu/install.sh ]; then
+        XOS_CRIU=$(/work/shared/peers/criu/install.sh)
     else
         echo "scripts/test.sh: CRIU 4.0 or newer is needed (criu on PATH, XOS_CRIU, or ../shared/peers/criu)" >&2
         exit 1

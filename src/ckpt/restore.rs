@@ -324,7 +324,14 @@ pub fn restore_tree(
             leaders.push(t);
         }
         for t in leaders.iter_mut() {
+            let started = std::time::Instant::now();
             let threads = rebuild(t, by_pid[&t.label], dir, &shared)?;
+            log::debug!(
+                "process {}: rebuilt with {} threads in {:?}",
+                t.label,
+                threads.len() + 1,
+                started.elapsed()
+            );
             tracees.extend(threads);
         }
         checker
@@ -1333,6 +1340,7 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         t.syscall(&base, libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
     }
     r?;
+    log::debug!("process {pid}: memory rebuilt");
     // The other threads, created by the leader while it still has the
     // restorer's privileges (clone3 with set_tid needs them).
     t.trace_clones()?;
@@ -1349,6 +1357,7 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         set_credentials(tt, &own, p, scratch)?;
         thread::queue_signals(tt, &own, scratch, p.pid, &th.pending, false)?;
     }
+    log::debug!("process {pid}: threads created and set up");
     timer::restore(t, &base, scratch, &p.timers)?;
     thread::queue_signals(t, &base, scratch, p.pid, &p.shared_pending, true)?;
     t.syscall_ok(

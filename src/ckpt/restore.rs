@@ -47,6 +47,20 @@ pub fn cpu_xfeatures() -> u64 {
     sys::cpu_xfeatures()
 }
 
+/// The error a child reported for process `pid`: a failure it already names
+/// ("restore of process N failed: …", from deeper in the tree) is kept as it
+/// is rather than wrapped once per level.
+fn reported(pid: i32, msg: &str) -> CkptError {
+    let inner = msg.strip_prefix("restore of process ").and_then(|rest| {
+        let (n, why) = rest.split_once(" failed: ")?;
+        Some((n.parse().ok()?, why))
+    });
+    match inner {
+        Some((n, why)) => rerr(n, why),
+        None => rerr(pid, msg),
+    }
+}
+
 fn rerr(pid: i32, reason: impl std::fmt::Display) -> CkptError {
     CkptError::Restore {
         pid,
@@ -406,11 +420,9 @@ fn spawn(p: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) -> Resu
                 Ok(())
             } else {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                Err(rerr(
+                Err(reported(
                     p.pid,
-                    msg.strip_prefix('E')
-                        .unwrap_or("it ended during setup")
-                        .to_string(),
+                    msg.strip_prefix('E').unwrap_or("it ended during setup"),
                 ))
             }
         }
@@ -451,12 +463,11 @@ fn spawn_orphan(o: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) 
                     created.extend(list.split(',').filter_map(|s| s.parse::<i32>().ok()));
                     Ok(())
                 }
-                None => Err(rerr(
+                None => Err(reported(
                     o.pid,
                     msg.trim_end()
                         .strip_prefix('E')
-                        .unwrap_or("its helper ended")
-                        .to_string(),
+                        .unwrap_or("its helper ended"),
                 )),
             }
         }
@@ -1379,4 +1390,26 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         tt.set_sigmask(th.sigmask)?;
     }
     Ok(threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nested_failure_is_said_once() {
+        let e = reported(
+            2,
+            "restore of process 15 failed: fd 3: cannot open /x: ENOENT",
+        );
+        assert_eq!(
+            e.to_string(),
+            "restore of process 15 failed: fd 3: cannot open /x: ENOENT"
+        );
+        let e = reported(2, "it ended during setup");
+        assert_eq!(
+            e.to_string(),
+            "restore of process 2 failed: it ended during setup"
+        );
+    }
 }

@@ -639,6 +639,10 @@ fn set_credentials(
     p: &Proc,
     scratch: u64,
 ) -> Result<()> {
+    if has_credentials(t.pid.as_raw(), p) {
+        // Already the saved ones (an application run by root): nothing to call.
+        return Ok(());
+    }
     const PR_CAPBSET_DROP: u64 = 24;
     const PR_SET_KEEPCAPS: u64 = 8;
     const PR_SET_DUMPABLE: u64 = 4;
@@ -705,6 +709,43 @@ fn set_credentials(
         }
     }
     Ok(())
+}
+
+/// Whether task `tid` has exactly the saved identity and capability sets of `p`.
+fn has_credentials(tid: i32, p: &Proc) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    let field = |key: &str| -> Vec<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mask = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    let mut groups = field("Groups:");
+    groups.sort_unstable();
+    let mut saved: Vec<u64> = p.groups.iter().map(|g| *g as u64).collect();
+    saved.sort_unstable();
+    field("Uid:") == p.uids.map(u64::from)
+        && field("Gid:") == p.gids.map(u64::from)
+        && groups == saved
+        && mask("CapInh:") == p.caps.inheritable
+        && mask("CapPrm:") == p.caps.permitted
+        && mask("CapEff:") == p.caps.effective
+        && mask("CapBnd:") == p.caps.bounding
+        && mask("CapAmb:") == p.caps.ambient
 }
 
 /// Length and checksum of each page file, read in small chunks.

@@ -94,6 +94,21 @@ impl Tracee {
         }
     }
 
+    /// Opens the task's memory again: a handle opened before an execve(2)
+    /// still shows the address space the task had then.
+    pub fn reopen_mem(&mut self) -> Result<()> {
+        self.mem = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/mem", self.pid))
+            .map_err(|e| CkptError::Proc {
+                pid: self.label,
+                what: "open memory",
+                source: e,
+            })?;
+        Ok(())
+    }
+
     /// A second handle on this task's memory (threads share it).
     pub fn mem_handle(&self) -> Result<File> {
         self.mem.try_clone().map_err(|e| CkptError::Proc {

@@ -253,10 +253,20 @@ pub fn seize_all(
         if let Some(Stop::Group(sig)) = t.stop {
             p.stopped = Some(sig);
         }
+        // Stopped now: its memory is the one it will keep (it may have been
+        // inside execve(2) when it was seized).
+        let mut tracee = t.tracee;
+        if let Err(e) = tracee.reopen_mem() {
+            for p in procs.values() {
+                p.detach();
+            }
+            let _ = tracee.detach();
+            return Err(e);
+        }
         if tid == t.tgid {
-            p.threads.insert(0, t.tracee);
+            p.threads.insert(0, tracee);
         } else {
-            p.threads.push(t.tracee);
+            p.threads.push(tracee);
         }
     }
     let procs: Vec<Seized> = procs.into_values().collect();

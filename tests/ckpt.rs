@@ -1350,3 +1350,17 @@ fn files_given_as_stdio_are_reopened_at_their_offsets() {
     assert!(wait_until(Duration::from_secs(60), || numbers(&out).len() >= 3000));
     assert_eq!(assert_consecutive(&out), 3000);
 }
+
+#[test]
+fn a_shell_loop_that_forks_all_the_time_survives_many_cycles() {
+    let env = Env::new();
+    let out = env.state.path().join("out");
+    // A child is forked and executes sleep every few milliseconds: checkpoints
+    // meet children before, inside and after execve.
+    let script = format!(
+        "i=0; while true; do i=$((i+1)); echo $i >> {}; sleep 0.002; done",
+        out.display()
+    );
+    let id = env.detach(&["bash", "-c", &script]);
+    cycles_keep_counting(&env, id, &out, 15);
+}

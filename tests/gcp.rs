@@ -855,3 +855,66 @@ fn xrestart_frozen_leaves_every_unit_frozen_until_thawed() {
     }
     assert!(grows(&fa) && grows(&fb));
 }
+
+#[test]
+fn the_configuration_names_criu_and_the_checkpoint_directory() {
+    let ck = tempfile::tempdir().unwrap();
+    let n = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let etc = tempfile::tempdir().unwrap();
+    let conf = etc.path().join("gcp.conf");
+    let cmd = |applet: &str| {
+        let mut c = n.env.cmd(applet);
+        c.env_remove("XOS_CRIU")
+            .env_remove("XOS_CHECKPOINT_DIR")
+            .env("XOS_GCP_CONFIG", &conf);
+        c
+    };
+
+    // A broken Criu key: --backends says why in one line.
+    std::fs::write(&conf, "Criu /nonexistent/criu\n").unwrap();
+    let o = cmd("xcheckpoint").arg("--backends").output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let want = format!(
+        "criu    not available: criu /nonexistent/criu (Criu key of {}): No such file",
+        conf.display()
+    );
+    assert!(out.lines().any(|l| l.starts_with(&want)), "{out}");
+
+    // A working one, and CheckpointDir: the version goes there.
+    std::fs::write(
+        &conf,
+        format!(
+            "# grid checkpointing\nCheckpointDir {}\nCriu {}\n",
+            ck.path().display(),
+            criu().display()
+        ),
+    )
+    .unwrap();
+    let o = cmd("xcheckpoint").arg("--backends").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("criu    4.")), "{out}");
+    let file = tempfile::tempdir().unwrap();
+    let f = file.path().join("count");
+    let a = n.counter("job-c", "criu", &f, "");
+    assert!(wait_until(T, || consecutive(&f) > 2));
+    let o = cmd("xcheckpoint").arg("job-c").output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(xos::gcp::meta::versions(ck.path(), "job-c"), vec![1]);
+    assert!(grows(&f));
+    assert!(n.record(a).alive());
+
+    // A line that is not a key: one line naming the file and the line.
+    std::fs::write(&conf, "CheckpointDir /x\nCriuPath /y\n").unwrap();
+    let o = cmd("xrestart").args(["--list", "job-c"]).output().unwrap();
+    one_line_error(&o, &format!("{}:2: unknown key 'CriuPath'", conf.display()));
+    // A named file that is missing.
+    let o = cmd("xcheckpoint")
+        .args(["--config", "/nonexistent/gcp.conf", "job-c"])
+        .output()
+        .unwrap();
+    one_line_error(&o, "/nonexistent/gcp.conf");
+}

@@ -52,11 +52,11 @@ struct Args {
     #[arg(long, value_name = "INTERVAL", value_parser = parse_duration, conflicts_with = "phase")]
     every: Option<Duration>,
 
-    /// With --every: set each interval by Young's formula sqrt(2*C*M) from the measured checkpoint cost C (average of the last 5) and the MTBF M
-    #[arg(long, requires_all = ["every", "mtbf"])]
+    /// With --every: set each interval by Young's formula sqrt(2*C*M) from the measured checkpoint cost C (average of the last 5) and the MTBF M of this node (--mtbf, else the one observed from the job's restarts after failures; none yet: the fixed interval)
+    #[arg(long, requires = "every")]
     adaptive: bool,
 
-    /// Mean time between failures of this node, for --adaptive (e.g. 6h)
+    /// Mean time between failures of this node, for --adaptive (e.g. 6h); overrides the observed one
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     mtbf: Option<Duration>,
 
@@ -271,13 +271,18 @@ fn periodic(
             Event::Deleted(v) => println!("job {job}: version {v} deleted"),
             Event::Next(d) => match d.inputs {
                 Some((c, m, y)) => println!(
-                    "job {job}: next checkpoint in {} ms (adaptive: cost {} ms, MTBF {} ms, sqrt(2*C*M) = {} ms, within {}..{} ms)",
+                    "job {job}: next checkpoint in {} ms (adaptive: cost {} ms, MTBF {} ms{}, sqrt(2*C*M) = {} ms, within {}..{} ms)",
                     ms(d.interval),
                     ms(c),
                     ms(m),
+                    if d.observed { " observed" } else { "" },
                     ms(y),
                     ms(sched.min),
                     ms(sched.max)
+                ),
+                None if sched.adaptive && sched.mtbf.is_none() => println!(
+                    "job {job}: next checkpoint in {} ms (adaptive: no failure of this node recorded and no --mtbf: fixed interval)",
+                    ms(d.interval)
                 ),
                 None => println!("job {job}: next checkpoint in {} ms", ms(d.interval)),
             },

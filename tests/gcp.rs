@@ -918,3 +918,75 @@ fn the_configuration_names_criu_and_the_checkpoint_directory() {
         .unwrap();
     one_line_error(&o, "/nonexistent/gcp.conf");
 }
+
+#[test]
+fn restarts_after_failures_give_the_observed_mtbf_to_adaptive() {
+    let ck = tempfile::tempdir().unwrap();
+    let n = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let f = out.path().join("a");
+    let a = short_job(&n, "job-f", &f, 10);
+    assert!(wait_until(T, || consecutive(&f) > 2));
+    n.ok("xcheckpoint", &["job-f"]);
+    // The node "fails": the unit dies without a --kill checkpoint.
+    n.record(a)
+        .cgroup
+        .kill(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert!(wait_until(T, || !n.record(a).alive()));
+    let o = n.ok("xrestart", &["job-f", "1"]);
+    assert_eq!(restarted_ids(&o).len(), 1, "{o}");
+    let node = xos::gcp::meta::node_name();
+    let v1 = xos::gcp::meta::read(ck.path(), "job-f", 1).unwrap();
+    let (since, list) = xos::gcp::meta::failures(ck.path(), "job-f").unwrap();
+    assert_eq!(since, v1.created);
+    assert_eq!(list.len(), 1);
+    assert_eq!((&list[0].node, list[0].version), (&node, 1));
+    assert_eq!(list[0].restarted_on, node);
+    assert!(grows(&f));
+
+    // A migration (--kill, then restart) is no failure.
+    n.ok("xcheckpoint", &["--kill", "job-f"]);
+    n.ok("xrestart", &["job-f", "2"]);
+    let (_, list) = xos::gcp::meta::failures(ck.path(), "job-f").unwrap();
+    assert_eq!(list.len(), 1);
+
+    // --adaptive without --mtbf: M observed, one failure since version 1.
+    let o = xcheckpoint_bounded(
+        &n,
+        &[
+            "--every",
+            "1s",
+            "--adaptive",
+            "--min",
+            "200ms",
+            "--max",
+            "800ms",
+            "job-f",
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut decisions = 0;
+    for l in text.lines().filter(|l| l.contains("(adaptive: ")) {
+        assert!(l.contains(" ms observed, "), "{l}");
+        let nums: Vec<f64> = l
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [x, c, m, _two, y, lo, hi] = nums[..] else {
+            panic!("{l}");
+        };
+        // (now - since) / 1 failure, in whole seconds.
+        assert!((1000.0..=60_000.0).contains(&m) && m % 1000.0 == 0.0, "{l}");
+        let (lo_y, hi_y) = ((2.0 * c * m).sqrt(), (2.0 * (c + 1.0) * m).sqrt());
+        assert!(y >= lo_y - 1.0 && y <= hi_y, "{l}: want {lo_y}..{hi_y}");
+        assert_eq!(x, y.clamp(lo, hi), "{l}");
+        decisions += 1;
+    }
+    assert!(decisions >= 2, "{text}");
+}

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use xos::gcp::criu::{Criu, CRIU_ENV};
+use xos::gcp::config::{self, GcpConfig};
+use xos::gcp::criu::CRIU_ENV;
 use xos::gcp::job::{self, JobCheckpoint, JobCheckpointed};
 use xos::gcp::meta::JobMeta;
 use xos::gcp::schedule::{self, Event, Schedule};
@@ -51,11 +52,11 @@ struct Args {
     #[arg(long, value_name = "INTERVAL", value_parser = parse_duration, conflicts_with = "phase")]
     every: Option<Duration>,
 
-    /// With --every: set each interval by Young's formula sqrt(2*C*M) from the measured checkpoint cost C (average of the last 5) and the MTBF M
-    #[arg(long, requires_all = ["every", "mtbf"])]
+    /// With --every: set each interval by Young's formula sqrt(2*C*M) from the measured checkpoint cost C (average of the last 5) and the MTBF M of this node (--mtbf, else the one observed from the job's restarts after failures; none yet: the fixed interval)
+    #[arg(long, requires = "every")]
     adaptive: bool,
 
-    /// Mean time between failures of this node, for --adaptive (e.g. 6h)
+    /// Mean time between failures of this node, for --adaptive (e.g. 6h); overrides the observed one
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     mtbf: Option<Duration>,
 
@@ -95,11 +96,15 @@ struct Args {
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 
-    /// Directory of the jobs' checkpoint versions (may be a shared filesystem)
-    #[arg(long, value_name = "DIR", env = meta::CHECKPOINT_DIR_ENV, default_value = meta::DEFAULT_CHECKPOINT_DIR)]
-    checkpoint_dir: PathBuf,
+    /// Directory of the jobs' checkpoint versions (may be a shared filesystem) [default: CheckpointDir of the configuration, else /var/lib/xos/checkpoints]
+    #[arg(long, value_name = "DIR", env = meta::CHECKPOINT_DIR_ENV)]
+    checkpoint_dir: Option<PathBuf>,
 
-    /// The criu binary (default: criu on PATH)
+    /// Configuration file (keys CheckpointDir, Criu) [default: /etc/xos/gcp.conf, if present]
+    #[arg(long, value_name = "FILE", env = config::CONFIG_ENV)]
+    config: Option<PathBuf>,
+
+    /// The criu binary [default: Criu of the configuration, else criu on PATH]
     #[arg(long, value_name = "PATH", env = CRIU_ENV)]
     criu: Option<PathBuf>,
 
@@ -127,9 +132,14 @@ pub fn command() -> clap::Command {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a: Args = common::parse_args(args);
+    let mut a: Args = common::parse_args(args);
+    let cfg = match GcpConfig::load_named(a.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return common::fail("xcheckpoint", e),
+    };
+    let ck = cfg.checkpoint_dir(a.checkpoint_dir.take());
     let backends = Backends {
-        criu: Criu { binary: a.criu },
+        criu: cfg.criu(a.criu.take()),
         ..Backends::default()
     };
     if a.backends {
@@ -184,7 +194,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     match a.phase.as_deref() {
         Some("prepare") => {
-            return match job::prepare(&backends, &reg, &a.checkpoint_dir, &job, &opts) {
+            return match job::prepare(&backends, &reg, &ck, &job, &opts) {
                 Ok(units) => {
                     println!("job {job}: prepared ({} units frozen)", units.len());
                     0
@@ -193,7 +203,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             }
         }
         Some("abort") => {
-            return match job::abort(&backends, &reg, &a.checkpoint_dir, &job, timeout) {
+            return match job::abort(&backends, &reg, &ck, &job, timeout) {
                 Ok(units) => {
                     println!("job {job}: aborted ({} units thawed)", units.len());
                     0
@@ -212,12 +222,12 @@ pub fn main(args: Vec<OsString>) -> i32 {
             max: a.max,
             keep: a.keep.map(|n| n as usize),
         };
-        return periodic(&backends, &reg, &a.checkpoint_dir, &job, &opts, &sched);
+        return periodic(&backends, &reg, &ck, &job, &opts, &sched);
     }
-    match job::checkpoint(&backends, &reg, &a.checkpoint_dir, &job, &opts) {
+    match job::checkpoint(&backends, &reg, &ck, &job, &opts) {
         Ok(JobCheckpointed::ChildExit(c)) => c,
         Ok(JobCheckpointed::Written(m)) => {
-            println!("{}", written(&a.checkpoint_dir, &m));
+            println!("{}", written(&ck, &m));
             0
         }
         Err(e) => fail(e),
@@ -261,13 +271,18 @@ fn periodic(
             Event::Deleted(v) => println!("job {job}: version {v} deleted"),
             Event::Next(d) => match d.inputs {
                 Some((c, m, y)) => println!(
-                    "job {job}: next checkpoint in {} ms (adaptive: cost {} ms, MTBF {} ms, sqrt(2*C*M) = {} ms, within {}..{} ms)",
+                    "job {job}: next checkpoint in {} ms (adaptive: cost {} ms, MTBF {} ms{}, sqrt(2*C*M) = {} ms, within {}..{} ms)",
                     ms(d.interval),
                     ms(c),
                     ms(m),
+                    if d.observed { " observed" } else { "" },
                     ms(y),
                     ms(sched.min),
                     ms(sched.max)
+                ),
+                None if sched.adaptive && sched.mtbf.is_none() => println!(
+                    "job {job}: next checkpoint in {} ms (adaptive: no failure of this node recorded and no --mtbf: fixed interval)",
+                    ms(d.interval)
                 ),
                 None => println!("job {job}: next checkpoint in {} ms", ms(d.interval)),
             },

@@ -5,7 +5,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{ArgGroup, CommandFactory, Parser};
-use xos::gcp::criu::{Criu, CRIU_ENV};
+use xos::gcp::config::{self, GcpConfig};
+use xos::gcp::criu::CRIU_ENV;
 use xos::gcp::job::{self, JobRestart, JobRestarted};
 use xos::gcp::{meta, Backends};
 use xos::registry::{self, Registry};
@@ -55,15 +56,19 @@ struct Args {
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 
-    /// Directory of the jobs' checkpoint versions (may be a shared filesystem)
-    #[arg(long, value_name = "DIR", env = meta::CHECKPOINT_DIR_ENV, default_value = meta::DEFAULT_CHECKPOINT_DIR)]
-    checkpoint_dir: PathBuf,
+    /// Directory of the jobs' checkpoint versions (may be a shared filesystem) [default: CheckpointDir of the configuration, else /var/lib/xos/checkpoints]
+    #[arg(long, value_name = "DIR", env = meta::CHECKPOINT_DIR_ENV)]
+    checkpoint_dir: Option<PathBuf>,
+
+    /// Configuration file (keys CheckpointDir, Criu) [default: /etc/xos/gcp.conf, if present]
+    #[arg(long, value_name = "FILE", env = config::CONFIG_ENV)]
+    config: Option<PathBuf>,
 
     /// cgroup under which the units' groups are created
     #[arg(long, value_name = "NAME", env = xos::app::CGROUP_PARENT_ENV, default_value = xos::app::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
 
-    /// The criu binary (default: criu on PATH)
+    /// The criu binary [default: Criu of the configuration, else criu on PATH]
     #[arg(long, value_name = "PATH", env = CRIU_ENV)]
     criu: Option<PathBuf>,
 
@@ -91,11 +96,14 @@ pub fn command() -> clap::Command {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a: Args = common::parse_args(args);
+    let mut a: Args = common::parse_args(args);
+    let cfg = match GcpConfig::load_named(a.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return common::fail("xrestart", e),
+    };
+    let ck = cfg.checkpoint_dir(a.checkpoint_dir.take());
     let backends = Backends {
-        criu: Criu {
-            binary: a.criu.clone(),
-        },
+        criu: cfg.criu(a.criu.take()),
         ..Backends::default()
     };
     let job = a.job.as_str();
@@ -109,10 +117,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
         return common::fail("xrestart", e);
     }
     if a.list {
-        return list(&a);
+        return list(&a, &ck);
     }
     if let Some(n) = a.keep {
-        return match job::keep(&backends, &a.checkpoint_dir, job, n) {
+        return match job::keep(&backends, &ck, job, n) {
             Ok(gone) => {
                 for v in gone {
                     println!("job {job}: version {v} deleted");
@@ -124,7 +132,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
     let version = a.number.unwrap_or_default();
     if a.delete {
-        return match job::delete(&backends, &a.checkpoint_dir, job, version) {
+        return match job::delete(&backends, &ck, job, version) {
             Ok(()) => {
                 println!("job {job}: version {version} deleted");
                 0
@@ -142,7 +150,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         stdout: a.stdout.clone(),
         stderr: a.stderr.clone(),
     };
-    match job::restart(&backends, &reg, &a.checkpoint_dir, job, version, &opts) {
+    match job::restart(&backends, &reg, &ck, job, version, &opts) {
         Ok(JobRestarted::Started(units)) => {
             for (old, new, backend) in units {
                 println!("job {job}: unit {old} ({backend}) restarted as application {new}");
@@ -154,15 +162,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
-fn list(a: &Args) -> i32 {
+fn list(a: &Args, ck: &std::path::Path) -> i32 {
     let job = a.job.as_str();
-    let versions = meta::versions(&a.checkpoint_dir, job);
+    let versions = meta::versions(ck, job);
     if versions.is_empty() {
         return common::fail(
             "xrestart",
             xos::gcp::GcpError::NoCheckpoints {
                 job: job.to_string(),
-                dir: a.checkpoint_dir.clone(),
+                dir: ck.to_path_buf(),
             },
         );
     }
@@ -172,7 +180,7 @@ fn list(a: &Args) -> i32 {
     );
     let mut status = 0;
     for v in versions {
-        match meta::read(&a.checkpoint_dir, job, v) {
+        match meta::read(ck, job, v) {
             Ok(m) => {
                 let mut backends: Vec<&str> = m.units.iter().map(|u| u.backend.as_str()).collect();
                 backends.sort_unstable();

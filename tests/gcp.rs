@@ -855,3 +855,251 @@ fn xrestart_frozen_leaves_every_unit_frozen_until_thawed() {
     }
     assert!(grows(&fa) && grows(&fb));
 }
+
+#[test]
+fn the_configuration_names_criu_and_the_checkpoint_directory() {
+    let ck = tempfile::tempdir().unwrap();
+    let n = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let etc = tempfile::tempdir().unwrap();
+    let conf = etc.path().join("gcp.conf");
+    let cmd = |applet: &str| {
+        let mut c = n.env.cmd(applet);
+        c.env_remove("XOS_CRIU")
+            .env_remove("XOS_CHECKPOINT_DIR")
+            .env("XOS_GCP_CONFIG", &conf);
+        c
+    };
+
+    // A broken Criu key: --backends says why in one line.
+    std::fs::write(&conf, "Criu /nonexistent/criu\n").unwrap();
+    let o = cmd("xcheckpoint").arg("--backends").output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let want = format!(
+        "criu    not available: criu /nonexistent/criu (Criu key of {}): No such file",
+        conf.display()
+    );
+    assert!(out.lines().any(|l| l.starts_with(&want)), "{out}");
+
+    // A working one, and CheckpointDir: the version goes there.
+    std::fs::write(
+        &conf,
+        format!(
+            "# grid checkpointing\nCheckpointDir {}\nCriu {}\n",
+            ck.path().display(),
+            criu().display()
+        ),
+    )
+    .unwrap();
+    let o = cmd("xcheckpoint").arg("--backends").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("criu    4.")), "{out}");
+    let file = tempfile::tempdir().unwrap();
+    let f = file.path().join("count");
+    let a = n.counter("job-c", "criu", &f, "");
+    assert!(wait_until(T, || consecutive(&f) > 2));
+    let o = cmd("xcheckpoint").arg("job-c").output().unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(xos::gcp::meta::versions(ck.path(), "job-c"), vec![1]);
+    assert!(grows(&f));
+    assert!(n.record(a).alive());
+
+    // A line that is not a key: one line naming the file and the line.
+    std::fs::write(&conf, "CheckpointDir /x\nCriuPath /y\n").unwrap();
+    let o = cmd("xrestart").args(["--list", "job-c"]).output().unwrap();
+    one_line_error(&o, &format!("{}:2: unknown key 'CriuPath'", conf.display()));
+    // A named file that is missing.
+    let o = cmd("xcheckpoint")
+        .args(["--config", "/nonexistent/gcp.conf", "job-c"])
+        .output()
+        .unwrap();
+    one_line_error(&o, "/nonexistent/gcp.conf");
+}
+
+#[test]
+fn restarts_after_failures_give_the_observed_mtbf_to_adaptive() {
+    let ck = tempfile::tempdir().unwrap();
+    let n = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let f = out.path().join("a");
+    let a = short_job(&n, "job-f", &f, 10);
+    assert!(wait_until(T, || consecutive(&f) > 2));
+    n.ok("xcheckpoint", &["job-f"]);
+    // The node "fails": the unit dies without a --kill checkpoint.
+    n.record(a)
+        .cgroup
+        .kill(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert!(wait_until(T, || n
+        .env
+        .registry()
+        .load(a)
+        .map_or(true, |r| !r.alive())));
+    let o = n.ok("xrestart", &["job-f", "1"]);
+    assert_eq!(restarted_ids(&o).len(), 1, "{o}");
+    let node = xos::gcp::meta::node_name();
+    let v1 = xos::gcp::meta::read(ck.path(), "job-f", 1).unwrap();
+    let (since, list) = xos::gcp::meta::failures(ck.path(), "job-f").unwrap();
+    assert_eq!(since, v1.created);
+    assert_eq!(list.len(), 1);
+    assert_eq!((&list[0].node, list[0].version), (&node, 1));
+    assert_eq!(list[0].restarted_on, node);
+    assert!(grows(&f));
+
+    // A migration (--kill, then restart) is no failure.
+    n.ok("xcheckpoint", &["--kill", "job-f"]);
+    n.ok("xrestart", &["job-f", "2"]);
+    let (_, list) = xos::gcp::meta::failures(ck.path(), "job-f").unwrap();
+    assert_eq!(list.len(), 1);
+
+    // --adaptive without --mtbf: M observed, one failure since version 1.
+    let o = xcheckpoint_bounded(
+        &n,
+        &[
+            "--every",
+            "1s",
+            "--adaptive",
+            "--min",
+            "200ms",
+            "--max",
+            "800ms",
+            "job-f",
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut decisions = 0;
+    for l in text.lines().filter(|l| l.contains("(adaptive: ")) {
+        assert!(l.contains(" ms observed, "), "{l}");
+        let nums: Vec<f64> = l
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [x, c, m, _two, y, lo, hi] = nums[..] else {
+            panic!("{l}");
+        };
+        // (now - since) / 1 failure, in whole seconds.
+        assert!((1000.0..=60_000.0).contains(&m) && m % 1000.0 == 0.0, "{l}");
+        let (lo_y, hi_y) = ((2.0 * c * m).sqrt(), (2.0 * (c + 1.0) * m).sqrt());
+        assert!(y >= lo_y - 1.0 && y <= hi_y, "{l}: want {lo_y}..{hi_y}");
+        assert_eq!(x, y.clamp(lo, hi), "{l}");
+        decisions += 1;
+    }
+    assert!(decisions >= 2, "{text}");
+}
+
+/// The messages of the SysV queue with `key` in the IPC namespace of `pid`,
+/// read (and so removed) in order: "TYPE TEXT" each.
+fn drain_queue_of(pid: i32, key: &str) -> Vec<String> {
+    let o = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-i", "perl", "-e"])
+        .arg(format!(
+            "use IPC::SysV qw(IPC_NOWAIT); my $q = msgget({key}, 0) // die \"no queue: $!\\n\"; \
+             my $b; while (msgrcv($q, $b, 4096, 0, IPC_NOWAIT)) {{ my ($t, $x) = unpack('l! a*', $b); print \"$t $x\\n\" }}"
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_pre_checkpoint_callback_drains_a_queue_and_post_restart_refills_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use xos::sysvipc::Meta;
+    let ck = tempfile::tempdir().unwrap();
+    let n = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let d = tempfile::tempdir().unwrap();
+    let (drain, ready) = (d.path().join("drained"), d.path().join("ready"));
+    let key = "0x4d51";
+    // The callback moves the queue's messages into a file before the
+    // checkpoint and puts them back after a restart.
+    let cb = d.path().join("cb.pl");
+    std::fs::write(
+        &cb,
+        format!(
+            "#!/usr/bin/perl\n\
+             use IPC::SysV qw(IPC_NOWAIT);\n\
+             my $q = msgget({key}, 0) // die \"no queue {key}: $!\\n\";\n\
+             if ($ENV{{XOS_EVENT}} eq 'pre-checkpoint') {{\n\
+               open(my $f, '>>', '{drain}') or die \"{drain}: $!\\n\";\n\
+               my $b;\n\
+               while (msgrcv($q, $b, 4096, 0, IPC_NOWAIT)) {{ my ($t, $x) = unpack('l! a*', $b); print $f \"$t $x\\n\" }}\n\
+               close($f) or die \"{drain}: $!\\n\";\n\
+             }} elsif ($ENV{{XOS_EVENT}} eq 'post-restart') {{\n\
+               open(my $f, '<', '{drain}') or exit 0;\n\
+               while (<$f>) {{ chomp; my ($t, $x) = split(/ /, $_, 2); msgsnd($q, pack('l! a*', $t, $x), 0) or die \"msgsnd: $!\\n\" }}\n\
+               unlink('{drain}');\n\
+             }}\n",
+            drain = drain.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cb, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The unit: a queue holding three messages of two types, then it waits.
+    let unit = format!(
+        "use IPC::SysV qw(IPC_CREAT); my $q = msgget({key}, IPC_CREAT | 0600) // die \"msgget: $!\"; \
+         for my $m ([1, 'one'], [2, 'two'], [1, 'three']) {{ msgsnd($q, pack('l! a*', @$m), 0) or die \"msgsnd: $!\" }} \
+         open(my $r, '>', '{}'); close($r); sleep 1000",
+        ready.display()
+    );
+    let a = n.env.detach(&[
+        "--job",
+        "job-q",
+        "--callback",
+        cb.to_str().unwrap(),
+        "perl",
+        "-e",
+        &unit,
+    ]);
+    assert!(wait_until(T, || ready.exists()));
+
+    n.ok("xcheckpoint", &["--kill", "job-q"]);
+    let want = vec!["1 one", "2 two", "1 three"];
+    assert_eq!(
+        std::fs::read_to_string(&drain)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        want
+    );
+    // The image holds the queue, empty.
+    let m = xos::gcp::meta::read(ck.path(), "job-q", 1).unwrap();
+    assert_eq!(
+        m.units[0].callbacks,
+        vec![("pre-checkpoint".to_string(), "ok".to_string())]
+    );
+    let ipc = xos::gcp::meta::version_dir(ck.path(), "job-q", 1)
+        .join(&m.units[0].dir)
+        .join("ipc");
+    let (_, images) = xos::sysvipc::open_all(&ipc).unwrap();
+    let queues: Vec<usize> = images
+        .iter()
+        .filter_map(|i| match i.meta() {
+            Meta::Msg(q) => Some(q.messages.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queues, vec![0], "one queue, drained");
+    assert!(n.env.registry().load(a).map_or(true, |r| !r.alive()));
+
+    // After the restart the post-restart callback has put them back, in order.
+    let ids = restarted_ids(&n.ok("xrestart", &["job-q", "1"]));
+    let b = n.record(ids[0]);
+    assert!(b.alive());
+    assert!(!drain.exists());
+    assert_eq!(drain_queue_of(b.root_pid, key), want);
+}

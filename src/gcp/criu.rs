@@ -11,6 +11,7 @@
 //! a failure is reported as the first error line of that log.
 
 use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -51,13 +52,24 @@ const CRIU_MIN_TIMEOUT: u64 = 30;
 pub struct Criu {
     /// The criu binary; else `$XOS_CRIU`, else `criu` on PATH.
     pub binary: Option<PathBuf>,
+    /// Where `binary` was named (e.g. "Criu key of /etc/xos/gcp.conf"), for
+    /// the line that says why it does not work.
+    pub origin: Option<String>,
 }
 
 impl Criu {
     /// The binary to run, or why there is none.
     pub fn find(&self) -> std::result::Result<PathBuf, String> {
         if let Some(b) = &self.binary {
-            return Ok(b.clone());
+            let named = match &self.origin {
+                Some(o) => format!("criu {} ({o})", b.display()),
+                None => format!("criu {}", b.display()),
+            };
+            return match std::fs::metadata(b) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(b.clone()),
+                Ok(_) => Err(format!("{named}: not an executable file")),
+                Err(e) => Err(format!("{named}: {e}")),
+            };
         }
         if let Some(b) = std::env::var_os(CRIU_ENV).filter(|v| !v.is_empty()) {
             return Ok(PathBuf::from(b));

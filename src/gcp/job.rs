@@ -520,6 +520,7 @@ fn write_units<'a>(
         coordinated: opts.coordinated,
         units,
         restarts: Vec::new(),
+        killed: opts.kill,
     })
 }
 
@@ -618,9 +619,31 @@ pub fn restart(
             );
         }
     }
-    // The metadata says where the version was restarted (best effort: a
-    // read-only checkpoint directory does not undo a restart that worked).
-    m.restarts.push((meta::node_name(), registry::now()));
+    // The metadata says where the version was restarted, and a restart of a
+    // version whose units were not stopped on purpose is a failure of the node
+    // that ran them (best effort: a read-only checkpoint directory does not
+    // undo a restart that worked).
+    let now = registry::now();
+    if !m.killed {
+        let failed = m.restarts.last().map_or(&m.node, |(n, _)| n).clone();
+        let since = meta::versions(root, job)
+            .into_iter()
+            .filter_map(|v| meta::read(root, job, v).ok())
+            .map(|v| v.created)
+            .min()
+            .unwrap_or(m.created)
+            .min(m.created);
+        let f = meta::Failure {
+            time: now,
+            node: failed,
+            version,
+            restarted_on: meta::node_name(),
+        };
+        if let Err(e) = meta::record_failure(root, job, since, &f) {
+            log::warn!("job {job} version {version}: cannot record the failure: {e}");
+        }
+    }
+    m.restarts.push((meta::node_name(), now));
     if let Err(e) = meta::write(&vdir, &m) {
         log::warn!("job {job} version {version}: cannot record the restart: {e}");
     }

@@ -37,6 +37,10 @@ pub struct JobMeta {
     /// Every restart of this version: (node, seconds since the epoch).
     #[serde(default)]
     pub restarts: Vec<(String, u64)>,
+    /// The units were stopped once it was written (`--kill`, migration): a
+    /// restart of it is no failure.
+    #[serde(default)]
+    pub killed: bool,
 }
 
 /// One unit of a version.
@@ -200,6 +204,99 @@ pub fn tree_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The failure log of a job: `JOB/failures`, a first line `since SECS` (when
+/// the job was first observed: its oldest version) and one line
+/// `failure SECS FAILED_NODE VERSION RESTARTED_ON` per restart after a failure.
+pub fn failures_path(root: &Path, job: &str) -> PathBuf {
+    job_dir(root, job).join("failures")
+}
+
+/// One failure of a job's node, as recorded by a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// When it was restarted, seconds since the epoch.
+    pub time: u64,
+    /// The node whose units were lost.
+    pub node: String,
+    pub version: u64,
+    pub restarted_on: String,
+}
+
+/// The failure log of `job`: (since, failures); None if there is none.
+/// Lines that do not parse are skipped.
+pub fn failures(root: &Path, job: &str) -> Option<(u64, Vec<Failure>)> {
+    let text = std::fs::read_to_string(failures_path(root, job)).ok()?;
+    let mut since = None;
+    let mut list = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w[..] {
+            ["since", t] => since = since.or(t.parse().ok()),
+            ["failure", t, node, v, on] => {
+                if let (Ok(time), Ok(version)) = (t.parse(), v.parse()) {
+                    list.push(Failure {
+                        time,
+                        node: node.to_string(),
+                        version,
+                        restarted_on: on.to_string(),
+                    })
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((since?, list))
+}
+
+/// Appends `f` to the failure log of `job`; a new log starts at `since`.
+pub fn record_failure(
+    root: &Path,
+    job: &str,
+    since: u64,
+    f: &Failure,
+) -> std::result::Result<(), PathError> {
+    use std::io::Write;
+    let p = failures_path(root, job);
+    let mut text = String::new();
+    if failures(root, job).is_none() {
+        text.push_str(&format!("since {since}\n"));
+    }
+    let word = |s: &str| {
+        if s.is_empty() || s.contains(char::is_whitespace) {
+            "?".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    text.push_str(&format!(
+        "failure {} {} {} {}\n",
+        f.time,
+        word(&f.node),
+        f.version,
+        word(&f.restarted_on)
+    ));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|e| PathError::new("append to", &p, e))
+}
+
+/// The observed mean time between failures of `node` for `job` at `now`:
+/// the time since the log began divided by the failures of that node; None
+/// before its first failure.
+pub fn observed_mtbf(root: &Path, job: &str, node: &str, now: u64) -> Option<std::time::Duration> {
+    let (since, list) = failures(root, job)?;
+    let n = list.iter().filter(|f| f.node == node).count() as u64;
+    if n == 0 {
+        return None;
+    }
+    Some(std::time::Duration::from_secs(
+        now.saturating_sub(since).max(1) / n,
+    ))
+}
+
 /// This node's name (uname nodename).
 pub fn node_name() -> String {
     nix::sys::utsname::uname()
@@ -233,6 +330,7 @@ mod tests {
                 callbacks: vec![],
             }],
             restarts: vec![],
+            killed: false,
         }
     }
 
@@ -262,6 +360,33 @@ mod tests {
             read(d.path(), "j", 9),
             Err(GcpError::NoVersion { .. })
         ));
+    }
+
+    #[test]
+    fn failure_log_and_observed_mtbf() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(job_dir(d.path(), "j")).unwrap();
+        assert_eq!(failures(d.path(), "j"), None);
+        assert_eq!(observed_mtbf(d.path(), "j", "n1", 1000), None);
+        let f = |time, node: &str| Failure {
+            time,
+            node: node.into(),
+            version: 1,
+            restarted_on: "n2".into(),
+        };
+        record_failure(d.path(), "j", 100, &f(400, "n1")).unwrap();
+        // The start of a log that exists is kept.
+        record_failure(d.path(), "j", 999, &f(500, "n3")).unwrap();
+        record_failure(d.path(), "j", 999, &f(600, "n1")).unwrap();
+        let (since, list) = failures(d.path(), "j").unwrap();
+        assert_eq!((since, list.len()), (100, 3));
+        assert_eq!(list[1], f(500, "n3"));
+        // n1: two failures in 900 s.
+        assert_eq!(
+            observed_mtbf(d.path(), "j", "n1", 1000),
+            Some(std::time::Duration::from_secs(450))
+        );
+        assert_eq!(observed_mtbf(d.path(), "j", "n9", 1000), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod callback;
+pub mod config;
 pub mod container;
 pub mod criu;
 pub mod job;

@@ -2,8 +2,9 @@
 //!
 //! Adaptive: the interval follows Young's first-order optimum √(2·C·M), where C
 //! is the cost of one checkpoint (a moving average of this job's last ones) and M
-//! the mean time between failures (given with `--mtbf`), kept within
-//! `--min`..`--max`. Without a known M the fixed interval is kept.
+//! the mean time between failures: given with `--mtbf`, else the one observed
+//! for this node in the job's failure log ([`super::meta::observed_mtbf`]), kept
+//! within `--min`..`--max`. Without a known M the fixed interval is kept.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ pub struct Schedule {
     /// The interval (the first one, and every one unless adaptive).
     pub every: Duration,
     pub adaptive: bool,
-    /// Mean time between failures of the node.
+    /// Mean time between failures of the node (None: the observed one).
     pub mtbf: Option<Duration>,
     pub min: Duration,
     pub max: Duration,
@@ -49,23 +50,28 @@ pub fn average(costs: &[Duration]) -> Option<Duration> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub interval: Duration,
-    /// Average cost C and MTBF M when adaptive; None for a fixed interval.
+    /// Average cost C, MTBF M and √(2·C·M) when adaptive; None for a fixed interval.
     pub inputs: Option<(Duration, Duration, Duration)>,
+    /// M was observed (not given with `--mtbf`).
+    pub observed: bool,
 }
 
-/// The interval after the checkpoints that cost `costs`.
-pub fn next_interval(s: &Schedule, costs: &[Duration]) -> Decision {
-    match (s.adaptive, s.mtbf, average(costs)) {
+/// The interval after the checkpoints that cost `costs`; `observed` is the
+/// node's observed MTBF, used when none is given.
+pub fn next_interval(s: &Schedule, costs: &[Duration], observed: Option<Duration>) -> Decision {
+    match (s.adaptive, s.mtbf.or(observed), average(costs)) {
         (true, Some(m), Some(c)) => {
             let y = young(c, m);
             Decision {
                 interval: y.clamp(s.min, s.max.max(s.min)),
                 inputs: Some((c, m, y)),
+                observed: s.mtbf.is_none(),
             }
         }
         _ => Decision {
             interval: s.every,
             inputs: None,
+            observed: false,
         },
     }
 }
@@ -131,7 +137,12 @@ pub fn run(
                 report(Event::Failed(&e));
             }
         }
-        let d = next_interval(sched, &costs);
+        let observed = if sched.adaptive && sched.mtbf.is_none() {
+            super::meta::observed_mtbf(root, job, &super::meta::node_name(), crate::registry::now())
+        } else {
+            None
+        };
+        let d = next_interval(sched, &costs, observed);
         report(Event::Next(&d));
         let until = Instant::now() + d.interval;
         while Instant::now() < until {
@@ -165,7 +176,7 @@ mod tests {
     fn youngs_formula_within_bounds() {
         // C = 2 s, M = 10000 s: √(2·2·10000) = 200 s.
         let s = sched(true, Some(10_000));
-        let d = next_interval(&s, &[Duration::from_secs(2)]);
+        let d = next_interval(&s, &[Duration::from_secs(2)], None);
         assert_eq!(d.interval, Duration::from_secs(200));
         assert_eq!(
             d.inputs,
@@ -177,12 +188,16 @@ mod tests {
         );
         // The cost is averaged over the last five: (1+1+1+1+16)/5 = 4 s → 282.8 s.
         let costs: Vec<_> = [9, 1, 1, 1, 1, 16].map(Duration::from_secs).to_vec();
-        let d = next_interval(&s, &costs);
+        let d = next_interval(&s, &costs, None);
         assert_eq!(d.interval.as_millis(), 282_842);
         // Clamped to min and max.
-        let d = next_interval(&sched(true, Some(1)), &[Duration::from_millis(10)]);
+        let d = next_interval(&sched(true, Some(1)), &[Duration::from_millis(10)], None);
         assert_eq!(d.interval, Duration::from_secs(10));
-        let d = next_interval(&sched(true, Some(10_000_000)), &[Duration::from_secs(10)]);
+        let d = next_interval(
+            &sched(true, Some(10_000_000)),
+            &[Duration::from_secs(10)],
+            None,
+        );
         assert_eq!(d.interval, Duration::from_secs(3600));
         // No MTBF, not adaptive, or no checkpoint yet: the fixed interval.
         for (s, c) in [
@@ -190,8 +205,21 @@ mod tests {
             (sched(false, Some(100)), vec![Duration::from_secs(1)]),
             (sched(true, Some(100)), vec![]),
         ] {
-            let d = next_interval(&s, &c);
+            let d = next_interval(&s, &c, None);
             assert_eq!((d.interval, d.inputs), (Duration::from_secs(60), None));
         }
+        // Without --mtbf the observed MTBF is used, and said to be.
+        let d = next_interval(
+            &sched(true, None),
+            &[Duration::from_secs(2)],
+            Some(Duration::from_secs(10_000)),
+        );
+        assert_eq!((d.interval, d.observed), (Duration::from_secs(200), true));
+        let d = next_interval(&s, &[Duration::from_secs(2)], Some(Duration::from_secs(1)));
+        assert_eq!(
+            (d.interval, d.observed),
+            (Duration::from_secs(200), false),
+            "--mtbf first"
+        );
     }
 }

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::criu::{Criu, CRIU_ENV};
 use super::meta::DEFAULT_CHECKPOINT_DIR;
-use crate::fsutil::PathError;
-use crate::vo::config::ConfigError;
+use crate::vo::config::{entries, read_config_text, ConfigError};
 
 /// The configuration file read when none is named.
 pub const DEFAULT_CONFIG: &str = "/etc/xos/gcp.conf";
@@ -33,12 +32,9 @@ pub struct GcpConfig {
 impl GcpConfig {
     /// Reads `path`; a missing file gives the defaults unless `must_exist`.
     pub fn load(path: &Path, must_exist: bool) -> Result<GcpConfig, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => GcpConfig::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
-                Ok(GcpConfig::default())
-            }
-            Err(e) => Err(PathError::new("read", path, e).into()),
+        match read_config_text(path, must_exist)? {
+            Some(text) => GcpConfig::parse(&text, path),
+            None => Ok(GcpConfig::default()),
         }
     }
 
@@ -48,20 +44,12 @@ impl GcpConfig {
             path: Some(path.to_path_buf()),
             ..GcpConfig::default()
         };
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
+        for (n, key, value) in entries(text) {
             let err = |msg: String| ConfigError::Line {
                 path: path.to_path_buf(),
-                line: i + 1,
+                line: n,
                 msg,
             };
-            let (key, value) = line
-                .split_once(char::is_whitespace)
-                .map(|(k, v)| (k, v.trim()))
-                .unwrap_or((line, ""));
             if value.is_empty() {
                 return Err(err(format!("{key}: no value")));
             }

@@ -122,6 +122,33 @@ pub enum ConfigError {
     },
 }
 
+/// The `Key value` entries of a configuration text as (line number, key,
+/// value), without `#` comments and blank lines; the value is empty when the
+/// line has none.
+pub fn entries(text: &str) -> impl Iterator<Item = (usize, &str, &str)> {
+    text.lines().enumerate().filter_map(|(i, raw)| {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            return None;
+        }
+        let (key, value) = line
+            .split_once(char::is_whitespace)
+            .map(|(k, v)| (k, v.trim()))
+            .unwrap_or((line, ""));
+        Some((i + 1, key, value))
+    })
+}
+
+/// The text of a configuration file; None for a missing one unless it
+/// `must_exist`.
+pub fn read_config_text(path: &Path, must_exist: bool) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Ok(None),
+        Err(e) => Err(PathError::new("read", path, e).into()),
+    }
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "yes" | "true" | "on" | "1" => Some(true),
@@ -147,12 +174,9 @@ fn list(v: &str) -> Vec<String> {
 impl Config {
     /// Reads `path`; a missing file at the default path gives the defaults.
     pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
-                Ok(Config::default())
-            }
-            Err(e) => Err(PathError::new("read", path, e).into()),
+        match read_config_text(path, must_exist)? {
+            Some(text) => Config::parse(&text, path),
+            None => Ok(Config::default()),
         }
     }
 
@@ -165,20 +189,12 @@ impl Config {
         // (VO, range, line) of Pool and GroupPool lines, paired at the end.
         let mut gid_pools: Vec<(String, IdRange, usize)> = Vec::new();
         let mut uid_pools: Vec<(String, IdRange, usize)> = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
+        for (n, key, value) in entries(text) {
             let err = |msg: String| ConfigError::Line {
                 path: path.to_path_buf(),
-                line: i + 1,
+                line: n,
                 msg,
             };
-            let (key, value) = line
-                .split_once(char::is_whitespace)
-                .map(|(k, v)| (k, v.trim()))
-                .unwrap_or((line, ""));
             let num = |v: &str| -> Result<u64, ConfigError> {
                 v.parse()
                     .map_err(|_| err(format!("{key}: '{v}' is not a number")))
@@ -209,9 +225,9 @@ impl Config {
                     let r = parse_range(r)
                         .ok_or_else(|| err(format!("{key}: '{r}' is not a range FIRST-LAST")))?;
                     if key.eq_ignore_ascii_case("pool") {
-                        uid_pools.push((vo.to_string(), r, i + 1));
+                        uid_pools.push((vo.to_string(), r, n));
                     } else {
-                        gid_pools.push((vo.to_string(), r, i + 1));
+                        gid_pools.push((vo.to_string(), r, n));
                     }
                 }
                 "staticmap" => {

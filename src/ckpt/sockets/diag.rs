@@ -184,7 +184,10 @@ mod tests {
         b.shutdown(std::net::Shutdown::Write).unwrap();
         let name = format!("\0xos-diag-test-{}", std::process::id());
         let l =
-            std::os::linux::net::SocketAddrExt::from_abstract_name(&name.as_bytes()[1..]).unwrap();
+            <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+                &name.as_bytes()[1..],
+            )
+            .unwrap();
         let listener = UnixListener::bind_addr(&l).unwrap();
         let client = UnixStream::connect_addr(&l).unwrap();
         let all = unix_sockets(std::process::id() as i32).unwrap();

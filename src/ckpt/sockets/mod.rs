@@ -60,7 +60,11 @@ impl Addr {
         match name.split_first() {
             None => None,
             Some((0, rest)) => Some(Addr::UnixAbstract(to_hex(rest))),
-            Some(_) => Some(Addr::UnixPath(to_hex(name))),
+            // A path name as the kernel keeps it may end in NULs.
+            Some(_) => {
+                let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+                Some(Addr::UnixPath(to_hex(&name[..end])))
+            }
         }
     }
 
@@ -160,6 +164,9 @@ pub struct SocketImg {
     pub tcp: Option<tcp::Conn>,
 }
 
+/// Stores a data file of the image: (name, bytes) -> its record.
+pub type WriteBlob<'a> = dyn FnMut(&str, &[u8]) -> Result<Blob, String> + 'a;
+
 /// How the checkpoint treats sockets.
 #[derive(Debug, Clone, Default)]
 pub struct DumpOptions {
@@ -219,12 +226,7 @@ impl Dumper {
 
     /// Saves socket `fd` (a copy of one of process `pid`'s) unless it already
     /// is; returns its id. `write` stores a blob of the image.
-    pub fn dump(
-        &mut self,
-        fd: OwnedFd,
-        cwd: &Path,
-        write: &mut dyn FnMut(&str, &[u8]) -> Result<Blob, String>,
-    ) -> Result<u64, String> {
+    pub fn dump(&mut self, fd: OwnedFd, cwd: &Path, write: &mut WriteBlob) -> Result<u64, String> {
         let id = inode(fd.as_raw_fd());
         if self.images.contains_key(&id) {
             return Ok(id);
@@ -385,7 +387,7 @@ pub fn restore_all(
             }
         }
     }
-    unix::connect_all(socks, &made)?;
+    unix::connect_all(socks, &mut made)?;
     let conns: Vec<&SocketImg> = socks.iter().filter(|s| s.tcp.is_some()).collect();
     for s in &conns {
         let fd = tcp::create_repaired(s, &read_data(dir, s)?)?;

@@ -224,3 +224,104 @@ fn a_stream_to_outside_is_refused_or_cut_when_asked() {
     assert!(l.iter().any(|x| x == "read b''"), "the peer is gone: {l:?}");
     assert!(l.iter().any(|x| x == "write 32"), "EPIPE: {l:?}");
 }
+
+#[test]
+fn redis_server_and_a_pipelining_client_in_a_private_namespace() {
+    let env = Env::new();
+    let out = env.state.path().join("redis.out");
+    let script = format!(
+        "redis-server --port 6379 --save '' --appendonly no --logfile '' >/dev/null & exec python3 -B {} {}",
+        prog("redis_client"),
+        out.display()
+    );
+    let id = env.detach(&["--net", "private", "sh", "-c", &script]);
+    assert!(
+        wait_until(T, || lines(&out).iter().any(|l| l == "ready")),
+        "{:?}",
+        lines(&out)
+    );
+    let l = cycle(&env, id, &out);
+    assert!(l.iter().any(|x| x == "replies True"), "{l:?}");
+    assert!(
+        l.iter()
+            .any(|x| x == r"get b'$5\r\n' b'v1999\r\n' dbsize b':2000\r\n'"),
+        "{l:?}"
+    );
+    // redis-server runs on; the Env's drop ends it with its cgroup.
+}
+
+/// A network namespace made for one test (`ip netns add`), removed again.
+struct NetNs(String);
+
+impl NetNs {
+    fn new() -> NetNs {
+        let name = common::unique("xos-t");
+        let o = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ip netns add: {}", show(&o));
+        NetNs(name)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn a_download_from_outside_through_veth_survives_checkpoint_kill_and_restart() {
+    let env = Env::new();
+    let ns = NetNs::new();
+    let www = env.state.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let body: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(www.join("big"), &body).unwrap();
+    let sum = {
+        let o = Command::new("sha256sum")
+            .arg(www.join("big"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)[..64].to_string()
+    };
+    // python3's http.server handler in a threading server (HTTPServer itself
+    // would first look its name up in the DNS, unreachable from here).
+    let server = "import functools, http.server as h, socketserver, sys; \
+        socketserver.ThreadingTCPServer((sys.argv[1], 8000), functools.partial(\
+        h.SimpleHTTPRequestHandler, directory=sys.argv[2])).serve_forever()";
+    let net = format!("veth:10.231.7.2/24,{}", ns.0);
+    let id = env.detach(&[
+        "--net",
+        &net,
+        "python3",
+        "-c",
+        server,
+        "10.231.7.2",
+        www.to_str().unwrap(),
+    ]);
+    let out = env.state.path().join("client.out");
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-B", &prog("slow_get")])
+        .args([out.to_str().unwrap(), "10.231.7.2", "8000", "big"])
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(T, || lines(&out).iter().any(|l| l == "started")),
+        "{:?}",
+        lines(&out)
+    );
+    checkpoint_kill(&env, id, &[]);
+    restart(&env, id);
+    let st = client.wait().unwrap();
+    assert!(st.success());
+    let l = lines(&out);
+    assert!(!l.iter().any(|x| x.starts_with("error")), "{l:?}");
+    assert!(
+        l.iter().any(|x| *x == format!("got {} {sum}", body.len())),
+        "{l:?}"
+    );
+}

@@ -125,6 +125,7 @@ fn unix_listeners_with_accepted_and_waiting_clients() {
         "s3 b'late'",
         "c4 b'new'",
         &format!("peer {}", path.display()),
+        "deleted b'x' b'y' True False",
     ] {
         assert!(l.iter().any(|x| x == want), "{want:?} in {l:?}");
     }

@@ -71,6 +71,10 @@ struct Args {
     #[arg(long, value_name = "MODE", value_parser = |s: &str| s.parse::<xos::net::NetMode>().map_err(|e| e.to_string()))]
     net: Option<xos::net::NetMode>,
 
+    /// Reset the application's TCP connections instead of keeping them (a restart where its addresses cannot follow): its peers get a reset, the application ECONNRESET
+    #[arg(long)]
+    tcp_close: bool,
+
     /// Reopen files that changed since the checkpoint (another size, shorter than the saved offset) instead of refusing
     #[arg(long)]
     allow_changed_files: bool,
@@ -250,6 +254,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
     spec.allow_changed_files = a.allow_changed_files;
+    spec.tcp_close = a.tcp_close;
     spec.close_fds = vec![lock.raw_fd()];
     krgcr_run::supervise_then("restart", &reg, &spec, a.detach, false, move |child| {
         if child {

@@ -326,3 +326,27 @@ fn a_download_from_outside_through_veth_survives_checkpoint_kill_and_restart() {
         "{l:?}"
     );
 }
+
+#[test]
+fn restart_tcp_close_resets_connections_on_both_sides() {
+    use std::io::Read;
+    let env = Env::new();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port().to_string();
+    let (id, out) = start(&env, "host", "tcp_out", &[&port], 1);
+    let (mut conn, _) = server.accept().unwrap();
+    let mut buf = [0u8; 5];
+    conn.read_exact(&mut buf).unwrap();
+    checkpoint_kill(&env, id, &[]);
+    let o = env
+        .cmd("restart")
+        .args(["--detach", "--tcp-close", &id.to_string(), "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "restart: {}", show(&o));
+    conn.set_read_timeout(Some(T)).unwrap();
+    let e = conn.read(&mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    let l = finish(&out);
+    assert!(l.iter().any(|x| x == "recv error 104"), "{l:?}");
+}

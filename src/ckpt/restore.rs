@@ -153,7 +153,7 @@ fn high_fd(fd: OwnedFd, base: RawFd) -> Result<RawFd> {
     Ok(n)
 }
 
-fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
+fn prepare_shared(dir: &Path, img: &Image, tcp_close: bool) -> Result<Shared> {
     let max_fd = img
         .processes
         .iter()
@@ -273,6 +273,7 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
             img.socket_data.as_ref(),
             img.app,
             !img.net.is_private(),
+            tcp_close,
             &open_other,
         )
         .map_err(|e| rerr(1, e))?;
@@ -309,6 +310,9 @@ pub struct RestoreOptions {
     /// Standard descriptors the restarter was told to send elsewhere: files
     /// that were the application's stdin, stdout or stderr become the init's.
     pub redirected: [bool; 3],
+    /// Reset every TCP connection instead of keeping it (its address does
+    /// not follow the application here).
+    pub tcp_close: bool,
 }
 
 /// Rebuilds the tree; called in the application's init. Returns the pids of the
@@ -325,7 +329,7 @@ pub fn restore_tree(
     if let Ok((_, hard)) = sys::get_rlimit(0, libc::RLIMIT_NOFILE) {
         let _ = sys::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
-    let shared = prepare_shared(dir, img)?;
+    let shared = prepare_shared(dir, img, opts.tcp_close)?;
     let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
     let mut tree = Tree {
         children: BTreeMap::new(),

@@ -384,6 +384,7 @@ pub fn restore_all(
     blob: Option<&Blob>,
     app: u64,
     host_net: bool,
+    tcp_close: bool,
     open_other: OpenOther,
 ) -> Result<HashMap<u64, OwnedFd>, String> {
     let all = match blob {
@@ -417,7 +418,7 @@ pub fn restore_all(
     unix::connect_all(socks, &mut made)?;
     let conns: Vec<&SocketImg> = socks.iter().filter(|s| s.tcp.is_some()).collect();
     for s in &conns {
-        let fd = tcp::create_repaired(s, read_data(s)?)?;
+        let fd = tcp::create_repaired(s, read_data(s)?, tcp_close)?;
         made.insert(s.id, fd);
     }
     for s in socks {
@@ -436,7 +437,7 @@ pub fn restore_all(
         crate::net::lock::unlock_app(app);
     }
     for s in &conns {
-        tcp::release(made[&s.id].as_fd(), s, read_data(s)?)?;
+        tcp::release(made[&s.id].as_fd(), s, read_data(s)?, tcp_close)?;
     }
     for s in socks {
         if let Some(fd) = made.get(&s.id) {

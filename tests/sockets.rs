@@ -350,3 +350,25 @@ fn restart_tcp_close_resets_connections_on_both_sides() {
     let l = finish(&out);
     assert!(l.iter().any(|x| x == "recv error 104"), "{l:?}");
 }
+
+#[test]
+fn a_route_netlink_socket_comes_back_and_a_packet_socket_is_refused() {
+    let env = Env::new();
+    let (id, out) = start(&env, "private", "netlink", &["route"], 1);
+    let l = cycle(&env, id, &out);
+    assert!(l.iter().any(|x| x == "groups 1"), "{l:?}");
+    assert!(l.iter().any(|x| x == "links True"), "{l:?}");
+
+    let env = Env::new(); // its own output file
+    let (id, _) = start(&env, "private", "netlink", &["packet"], 1);
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("family packet"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(env.registry().load(id).is_ok(), "the application runs on");
+}

@@ -9,6 +9,7 @@
 //! about Unix sockets.
 
 pub mod diag;
+mod netlink;
 mod opts;
 mod queue;
 mod sys;
@@ -38,6 +39,8 @@ pub enum Addr {
     /// An abstract name without its leading NUL, as bytes (hex).
     UnixAbstract(String),
     Inet(SocketAddr),
+    /// A netlink socket's multicast groups (its port id is the kernel's).
+    Netlink { groups: u32 },
 }
 
 impl Addr {
@@ -83,6 +86,7 @@ impl Addr {
                 sys::unix_storage(&UnixAddr::new_abstract(&b).map_err(|e| e.to_string())?)
             }
             Addr::Inet(a) => SockaddrStorage::from(*a),
+            Addr::Netlink { .. } => return Err(bad()),
         })
     }
 
@@ -105,6 +109,7 @@ impl std::fmt::Display for Addr {
                 String::from_utf8_lossy(&from_hex(h).unwrap_or_default())
             ),
             Addr::Inet(a) => write!(f, "{a}"),
+            Addr::Netlink { groups } => write!(f, "groups {groups:#x}"),
         }
     }
 }
@@ -284,6 +289,14 @@ impl Dumper {
             (libc::AF_INET | libc::AF_INET6, libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => {
                 udp::dump(&fd, &mut img)?
             }
+            (libc::AF_NETLINK, _, _) => netlink::dump(&fd, &mut img)?,
+            (libc::AF_INET | libc::AF_INET6, _, libc::IPPROTO_MPTCP) => {
+                return Err("an MPTCP socket (not saved)".into())
+            }
+            (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM, libc::IPPROTO_SCTP)
+            | (libc::AF_INET | libc::AF_INET6, libc::SOCK_SEQPACKET, _) => {
+                return Err("an SCTP socket (not saved)".into())
+            }
             _ => {
                 return Err(format!(
                     "a socket of family {} type {} protocol {} (not saved)",
@@ -410,6 +423,9 @@ pub fn restore_all(
                     made.insert(s.id, fd);
                 }
             }
+            (libc::AF_NETLINK, _) => {
+                made.insert(s.id, netlink::create(s)?);
+            }
             _ => {
                 made.insert(s.id, udp::create(s)?);
             }
@@ -455,6 +471,7 @@ pub fn describe(s: &SocketImg) -> String {
         (libc::AF_UNIX, libc::SOCK_STREAM) => "unix stream",
         (libc::AF_UNIX, libc::SOCK_DGRAM) => "unix datagram",
         (libc::AF_UNIX, _) => "unix seqpacket",
+        (libc::AF_NETLINK, _) => "netlink route",
         (_, libc::SOCK_STREAM) => "tcp",
         _ => "udp",
     };

@@ -372,3 +372,13 @@ fn a_route_netlink_socket_comes_back_and_a_packet_socket_is_refused() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(env.registry().load(id).is_ok(), "the application runs on");
 }
+
+#[test]
+fn a_ping_socket_keeps_its_address_and_identifier() {
+    let env = Env::new();
+    let (id, out) = start(&env, "private", "ping", &[], 1);
+    let l = cycle(&env, id, &out);
+    assert!(l.iter().any(|x| x == "before 0 1 b'xos'"), "{l:?}");
+    assert!(l.iter().any(|x| x == "after 0 2 b'xos'"), "{l:?}");
+    assert!(l.iter().any(|x| x == "same ident True"), "{l:?}");
+}

@@ -40,7 +40,9 @@ pub enum Addr {
     UnixAbstract(String),
     Inet(SocketAddr),
     /// A netlink socket's multicast groups (its port id is the kernel's).
-    Netlink { groups: u32 },
+    Netlink {
+        groups: u32,
+    },
 }
 
 impl Addr {
@@ -168,6 +170,10 @@ pub struct SocketImg {
     /// An established TCP connection.
     #[serde(default)]
     pub tcp: Option<tcp::Conn>,
+    /// A ping socket: net.ipv4.ping_group_range of its namespace, which
+    /// decides who may make one.
+    #[serde(default)]
+    pub ping_groups: Option<String>,
 }
 
 /// Stores a data file of the image: (name, bytes) -> its record.
@@ -271,6 +277,7 @@ impl Dumper {
             queue: Vec::new(),
             data: (0, 0),
             tcp: None,
+            ping_groups: None,
         };
         let mut fds = Vec::new();
         let bytes = match (domain, stype, protocol) {
@@ -289,6 +296,11 @@ impl Dumper {
             (libc::AF_INET | libc::AF_INET6, libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => {
                 udp::dump(&fd, &mut img)?
             }
+            (
+                libc::AF_INET | libc::AF_INET6,
+                libc::SOCK_DGRAM,
+                libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6,
+            ) => udp::dump_ping(&fd, &mut img, self.ns_pid)?,
             (libc::AF_NETLINK, _, _) => netlink::dump(&fd, &mut img)?,
             (libc::AF_INET | libc::AF_INET6, _, libc::IPPROTO_MPTCP) => {
                 return Err("an MPTCP socket (not saved)".into())
@@ -473,6 +485,7 @@ pub fn describe(s: &SocketImg) -> String {
         (libc::AF_UNIX, _) => "unix seqpacket",
         (libc::AF_NETLINK, _) => "netlink route",
         (_, libc::SOCK_STREAM) => "tcp",
+        _ if s.ping_groups.is_some() => "ping",
         _ => "udp",
     };
     match (&s.local, &s.peer) {

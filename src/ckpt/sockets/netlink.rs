@@ -5,7 +5,9 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
+use nix::sys::socket::{
+    bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
 
 use super::{describe, sys, Addr, SocketImg};
 

@@ -97,9 +97,13 @@ pub fn dump(fd: &OwnedFd, img: &mut SocketImg, d: &mut Dumper) -> Result<Vec<u8>
     let state = info.first().copied().unwrap_or(0);
     const TCP_ULP: i32 = 31;
     let ulp = sys::getsockopt(f, libc::IPPROTO_TCP, TCP_ULP, 16).unwrap_or_default();
-    let ulp = String::from_utf8_lossy(&ulp).trim_end_matches('\0').to_string();
+    let ulp = String::from_utf8_lossy(&ulp)
+        .trim_end_matches('\0')
+        .to_string();
     if !ulp.is_empty() {
-        return Err(format!("a TCP socket with the {ulp} upper-layer protocol (not saved)"));
+        return Err(format!(
+            "a TCP socket with the {ulp} upper-layer protocol (not saved)"
+        ));
     }
     match state {
         STATE_LISTEN => {

@@ -375,7 +375,7 @@ fn checkpoint_is_refused(name: &str) -> String {
 fn unsupported_fd_fails_cleanly() {
     let err = checkpoint_is_refused("socket");
     assert!(
-        err.contains("process 2") && err.contains("socket:["),
+        err.contains("process 2") && err.contains("socket:[") && err.contains("packet"),
         "{err}"
     );
 }

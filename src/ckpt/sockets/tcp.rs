@@ -261,18 +261,14 @@ pub fn create_repaired(s: &SocketImg, data: &[u8], closing: bool) -> Result<Owne
         opts::restore_early(f, &s.opts)?;
     }
     tcp(TCP_REPAIR, 1, "TCP_REPAIR")?;
-    tcp(TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
-    tcp(
-        TCP_QUEUE_SEQ,
-        c.rcv_seq.wrapping_sub(c.inq) as i32,
-        "TCP_QUEUE_SEQ",
-    )?;
-    tcp(TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
-    tcp(
-        TCP_QUEUE_SEQ,
-        c.snd_seq.wrapping_sub(c.outq) as i32,
-        "TCP_QUEUE_SEQ",
-    )?;
+    // Each queue starts where its saved bytes begin.
+    for (queue, seq) in [
+        (TCP_RECV_QUEUE, c.rcv_seq.wrapping_sub(c.inq)),
+        (TCP_SEND_QUEUE, c.snd_seq.wrapping_sub(c.outq)),
+    ] {
+        tcp(TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE")?;
+        tcp(TCP_QUEUE_SEQ, seq as i32, "TCP_QUEUE_SEQ")?;
+    }
     if closing {
         let _ = sys::set_int(f, libc::SOL_IP, libc::IP_FREEBIND, 1);
         let _ = sys::set_int(f, libc::SOL_IP, libc::IP_TRANSPARENT, 1);

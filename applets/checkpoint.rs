@@ -44,6 +44,11 @@ struct Args {
     #[arg(long)]
     json: bool,
 
+    /// With -c: also print how the checkpoint went (freezing and frozen time, memory
+    /// dump and write time, pages scanned and written); they are kept in the image
+    #[arg(long, requires = "checkpoint", conflicts_with = "quiet")]
+    stats: bool,
+
     /// With -c: print nothing (no progress, no summary line)
     #[arg(short, long, requires = "checkpoint", conflicts_with = "json")]
     quiet: bool,
@@ -102,7 +107,7 @@ struct Args {
 
 const USAGE: &str = "\
 checkpoint [OPTIONS] (--freeze|--unfreeze) APP
-       checkpoint [OPTIONS] -c [--kill] [--json|--quiet] APP
+       checkpoint [OPTIONS] -c [--kill] [--stats] [--json|--quiet] APP
        checkpoint --list [--json]
        checkpoint --logs APP
        checkpoint --wait APP
@@ -152,7 +157,13 @@ frozen or gone), pid (of the command, or null), init_pid, started (seconds since
 epoch), command (array of strings) and cwd. On a terminal, -c shows its progress on stderr (bytes written of the estimated
 total, rate, process), unless --quiet or --json. --wait APP alone waits until APP has ended and exits with its
 exit status (128+N if signal N ended it), also when it ended before. -c --json prints one object: app,
-version, dir, processes, bytes (of memory saved) and stopped_ms.";
+version, dir, processes, bytes (of memory saved), stopped_ms and stats (an object:
+freezing_time, frozen_time, memdump_time, memwrite_time in microseconds,
+pages_scanned, pages_written). -c --stats prints the same figures as text after
+the summary line; every image keeps them (restart --info shows them).
+
+Exit status: 0 on success, 1 on failure (the application runs on unchanged), 2 for
+a usage error.";
 
 pub fn command() -> clap::Command {
     Args::command()
@@ -261,6 +272,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
                     "processes": c.processes,
                     "bytes": c.bytes,
                     "stopped_ms": c.stopped.as_millis() as u64,
+                    "stats": c.stats,
                 });
                 println!("{written:#}");
                 0
@@ -275,6 +287,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
                     c.bytes as f64 / (1u64 << 20) as f64,
                     c.stopped.as_millis()
                 );
+                if a.stats {
+                    for line in common::stats_lines(&c.stats) {
+                        println!("{line}");
+                    }
+                }
                 0
             }
             Err(e) => {

@@ -234,6 +234,8 @@ pub struct Inspection {
     pub data_files: Vec<DataFile>,
     /// Restart would take it: same kernel, features present, every data file intact.
     pub restartable: bool,
+    /// How the checkpoint went (null for images older than these figures).
+    pub stats: Option<image::Stats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -422,6 +424,7 @@ pub fn inspect(state: &Path, app: u64, version: u64) -> Result<Inspection> {
         memory,
         data_files,
         restartable,
+        stats: img.stats,
     })
 }
 

@@ -220,6 +220,8 @@ pub struct Dumper<'a> {
     anon_files: Vec<(i32, i32, String)>,
     /// Set by a signal to the checkpointer: stop at the next safe point.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Memory figures (times, pages) gathered so far.
+    pub stats: image::Stats,
 }
 
 /// How calls are injected into the processes being saved.
@@ -358,6 +360,7 @@ impl<'a> Dumper<'a> {
             ghosts: BTreeMap::new(),
             ghost_limit: DEFAULT_GHOST_LIMIT,
             cancel: None,
+            stats: image::Stats::default(),
         }
     }
 
@@ -673,6 +676,8 @@ impl<'a> Dumper<'a> {
                     let file_backed = !matches!(backing, Backing::Anon);
                     runs = populated_runs(&pagemap, m.start, m.end, file_backed)
                         .map_err(proc_err(pid, "read pagemap"))?;
+                    self.stats.pages_scanned += (m.end - m.start) / PAGE;
+                    self.stats.pages_written += runs.iter().map(|r| r.1).sum::<u64>();
                     for &(addr, n) in &runs {
                         self.copy_out(t, &mut pages, addr, n * PAGE)?;
                     }
@@ -706,9 +711,13 @@ impl<'a> Dumper<'a> {
                 return Err(CkptError::Cancelled);
             }
             let n = len.min(self.buf.len() as u64) as usize;
+            let began = std::time::Instant::now();
             t.read_mem(addr, &mut self.buf[..n])?;
+            let read = std::time::Instant::now();
             let dir = self.dir;
             out.write(dir, &self.buf[..n])?;
+            self.stats.memdump_time += (read - began).as_micros() as u64;
+            self.stats.memwrite_time += read.elapsed().as_micros() as u64;
             addr += n as u64;
             len -= n as u64;
         }

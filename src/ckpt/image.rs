@@ -43,6 +43,28 @@ pub struct Image {
     /// Named pipes open in the application, with their unread bytes.
     #[serde(default)]
     pub fifos: Vec<FifoImg>,
+    /// How the checkpoint went (`checkpoint -c --stats`); None in images
+    /// written before these were recorded.
+    #[serde(default)]
+    pub stats: Option<Stats>,
+}
+
+/// Figures of one checkpoint, as CRIU's `stats-dump` has them (times in
+/// microseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// From the start until every task was stopped.
+    pub freezing_time: u64,
+    /// From the first task stopped until all ran again (or were killed).
+    pub frozen_time: u64,
+    /// Reading the processes' memory.
+    pub memdump_time: u64,
+    /// Writing that memory into the image.
+    pub memwrite_time: u64,
+    /// Pages of private mappings looked at (pagemap).
+    pub pages_scanned: u64,
+    /// Pages whose content was written into the image.
+    pub pages_written: u64,
 }
 
 /// A FIFO (named pipe): its path and, as for a pipe, its unread bytes.

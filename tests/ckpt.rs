@@ -1375,3 +1375,52 @@ fn a_shell_loop_that_forks_all_the_time_survives_many_cycles() {
     let id = env.detach(&["bash", "-c", &script]);
     cycles_keep_counting(&env, id, &out, 15);
 }
+
+/// Starts tests/ckpt_progs/procstate.c in `mode`, which checks its own state
+/// every 20 ms; after a checkpoint --kill and restart it must go on finding
+/// everything as it was set. Returns the environment and the output file.
+fn self_check_survives_restart(mode: &str) -> (Env, PathBuf) {
+    let env = Env::new();
+    let prog = cc(env.state.path(), "procstate");
+    let out = env.state.path().join("out");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap(), mode]);
+    let oks = |out: &Path| lines(out).iter().filter(|l| l.starts_with("ok ")).count();
+    let no_bad = |out: &Path| {
+        let l = lines(out);
+        assert!(!l.iter().any(|l| !l.starts_with("ok ")), "{mode}: {l:?}");
+    };
+    assert!(wait_until(T, || oks(&out) >= 3 || lines(&out).len() > oks(&out)));
+    no_bad(&out);
+    let v = checkpoint_kill(&env, id);
+    let before = oks(&out);
+    restart(&env, id, v);
+    assert!(wait_until(T, || oks(&out) >= before + 5
+        || lines(&out).len() > oks(&out)));
+    no_bad(&out);
+    // Counted on from where it was.
+    let last = lines(&out).last().cloned().unwrap_or_default();
+    assert_eq!(last, format!("ok {}", oks(&out)), "{mode}");
+    (env, out)
+}
+
+#[test]
+fn madvise_advice_mlock_and_growsdown_come_back() {
+    self_check_survives_restart("advice");
+}
+
+#[test]
+fn prctl_settings_securebits_and_personality_come_back() {
+    self_check_survives_restart("prctl");
+}
+
+#[test]
+fn a_deleted_executable_and_working_directory_stay_deleted() {
+    let (env, out) = self_check_survives_restart("deleted");
+    // Nothing of the re-created directory is left behind.
+    let cwd = out.with_extension("cwd");
+    assert!(!cwd.exists());
+    assert!(!std::fs::read_dir(env.state.path())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains(".xos-")));
+}

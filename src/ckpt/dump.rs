@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
 use super::ptrace::Tracee;
-use super::{files, sigframe, sys, thread, timer, CkptError};
+use super::{files, procstate, sigframe, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -403,7 +403,9 @@ impl<'a> Dumper<'a> {
                 thread::query(t, regs0, scratch, th)?;
                 if i == 0 {
                     timer::query(t, regs0, scratch, &mut timers)?;
-                    return process_queries(t, regs0, scratch, &status).map(Some);
+                    let facts = process_queries(t, regs0, scratch, &status)?;
+                    let settings = procstate::query(t, regs0, scratch, host, &status)?;
+                    return Ok(Some((facts, settings)));
                 }
                 Ok(None)
             })?;
@@ -414,7 +416,7 @@ impl<'a> Dumper<'a> {
                 return Err(CkptError::Cancelled);
             }
         }
-        let (brk, sigactions, itimers) = leader_facts.expect("the leader was queried");
+        let ((brk, sigactions, itimers), settings) = leader_facts.expect("the leader was queried");
         let shared_pending = thread::queued(&threads[0], true)?;
         for (t, (_, _, th)) in threads.iter().zip(seen.iter_mut()) {
             th.pending = thread::queued(t, false)?;
@@ -497,14 +499,26 @@ impl<'a> Dumper<'a> {
         let vmas = self.dump_memory(&threads[0], host, &maps)?;
         let fds = self.dump_fds(host, pid)?;
         let pages = vmas.1;
+        let cwd = link("cwd");
+        let cwd_deleted = procstate::deleted_target(&cwd, &format!("/proc/{host}/cwd"));
+        let exe = link("exe");
+        let exe_ghost = match procstate::deleted_target(&exe, &format!("/proc/{host}/exe")) {
+            Some(_) => {
+                let what = format!("its deleted executable {}", exe.display());
+                let src = format!("/proc/{host}/exe");
+                Some(self.ghost(&src, &exe.to_string_lossy(), pid, &what)?)
+            }
+            None => None,
+        };
         Ok(Proc {
             pid,
             ppid,
             pgid: ns_value(&status, "NSpgid"),
             sid: ns_value(&status, "NSsid"),
             comm: read_proc(host, pid, "comm")?.trim_end().to_string(),
-            exe: link("exe"),
-            cwd: link("cwd"),
+            exe,
+            cwd_deleted: cwd_deleted.is_some(),
+            cwd: cwd_deleted.unwrap_or(cwd),
             umask: status_field(&status, "Umask")
                 .first()
                 .and_then(|v| u32::from_str_radix(v, 8).ok())
@@ -536,6 +550,8 @@ impl<'a> Dumper<'a> {
             vmas: vmas.0,
             fds,
             pages,
+            settings,
+            exe_ghost,
         })
     }
 
@@ -627,6 +643,7 @@ impl<'a> Dumper<'a> {
         let mut pages = BlobWriter::create(self.dir, format!("pages-{pid}.img"), pid as u64)?;
         let pagemap =
             File::open(format!("/proc/{host}/pagemap")).map_err(proc_err(pid, "open pagemap"))?;
+        let mut advice = procstate::advice_of(&read_proc(host, pid, "smaps")?);
         let mut vmas = Vec::new();
         for m in maps {
             let shared = m.perms.as_bytes()[3] == b's';
@@ -688,12 +705,17 @@ impl<'a> Dumper<'a> {
                 }
                 _ => {}
             }
+            let advice = match backing {
+                Backing::Special { .. } => Vec::new(),
+                _ => advice.remove(&m.start).unwrap_or_default(),
+            };
             vmas.push(Vma {
                 start: m.start,
                 end: m.end,
                 prot: prot_of(&m.perms),
                 backing,
                 runs,
+                advice,
             });
         }
         Ok((vmas, pages.finish(self.dir)?))
@@ -910,9 +932,16 @@ impl<'a> Dumper<'a> {
                     "[eventpoll]" => FdKind::Epoll {
                         targets: files::epoll::dump(&info).ok_or_else(bad)?,
                     },
-                    "inotify" => FdKind::Inotify {
-                        watches: files::inotify::dump(&info)
-                            .map_err(|w| unsupported(&format!(": {w}")))?,
+                    "inotify" => match files::inotify::queued(host, fd) {
+                        0 => FdKind::Inotify {
+                            watches: files::inotify::dump(&info)
+                                .map_err(|w| unsupported(&format!(": {w}")))?,
+                        },
+                        n => {
+                            return Err(unsupported(&format!(
+                                ": {n} bytes of events not read yet (reading them would take them from the application)"
+                            )))
+                        }
                     },
                     _ => return Err(unsupported("")),
                 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &str = "xos-image";
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 
 /// A whole application image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +145,43 @@ pub struct Proc {
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
     pub pages: Blob,
+    /// prctl settings and securebits (see `procstate`).
+    #[serde(default)]
+    pub settings: Settings,
+    /// The working directory had been removed (`cwd` is where it was).
+    #[serde(default)]
+    pub cwd_deleted: bool,
+    /// The executable had been removed: the ghost (deleted file) holding it.
+    #[serde(default)]
+    pub exe_ghost: Option<u64>,
+}
+
+/// The kernel's default timer slack (50 µs), what a process has unless told.
+pub const DEFAULT_TIMERSLACK: u64 = 50_000;
+
+/// Process-wide settings (prctl(2), securebits(7)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// PR_SET_DUMPABLE: 0, 1 or 2 (suid_dumpable; cannot be set again, taken as 1).
+    pub dumpable: u32,
+    pub child_subreaper: bool,
+    /// PR_SET_THP_DISABLE.
+    pub thp_disable: bool,
+    /// PR_SET_TIMERSLACK, in nanoseconds.
+    pub timerslack_ns: u64,
+    pub securebits: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            dumpable: 1,
+            child_subreaper: false,
+            thp_disable: false,
+            timerslack_ns: DEFAULT_TIMERSLACK,
+            securebits: 0,
+        }
+    }
 }
 
 /// An ended process not yet reaped by its parent.
@@ -286,6 +323,10 @@ pub struct Vma {
     pub backing: Backing,
     /// Saved page runs (address, number of pages), in the order of the data file.
     pub runs: Vec<(u64, u64)>,
+    /// madvise(2) advice and mlock(2) state (`dontfork`, `locked`, `growsdown`…,
+    /// see `procstate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advice: Vec<String>,
 }
 
 /// One open file descriptor.

@@ -12,6 +12,7 @@
 pub mod dump;
 mod files;
 pub mod image;
+mod procstate;
 mod ptrace;
 pub mod restore;
 mod seize;

@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{files, sys, thread, timer, CkptError};
+use super::{files, procstate, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -233,7 +233,13 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
                 )
             })?;
         }
-        s.shm.insert(b.id, high_fd(OwnedFd::from(f), base)?);
+        let mut fd = OwnedFd::from(f);
+        if img.processes.iter().any(|p| p.exe_ghost == Some(b.id)) {
+            // An executable has no writer (prctl(PR_SET_MM_MAP) refuses one).
+            fd = files::ghost::read_only(&fd)
+                .map_err(|e| rerr(1, format!("reopen a deleted executable read-only: {e}")))?;
+        }
+        s.shm.insert(b.id, high_fd(fd, base)?);
     }
     Ok(s)
 }
@@ -579,7 +585,11 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         tree.allow_changed_files,
         tree.redirected,
     )?;
-    nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;
+    if p.cwd_deleted {
+        procstate::enter_deleted_dir(&p.cwd).map_err(|why| rerr(me, why))?;
+    } else {
+        nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;
+    }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(p.umask));
     let _ = nix::sys::prctl::set_name(&CString::new(p.comm.clone()).unwrap_or_default());
     sys::set_personality(p.personality).map_err(e("personality"))?;
@@ -613,6 +623,7 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     if p.no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(e("no_new_privs"))?;
     }
+    procstate::apply(&p.settings).map_err(|why| rerr(me, why))?;
     // Last, as a real-time timer runs from here on (its signal stays blocked
     // until the saved mask is loaded).
     for (which, v) in p.itimers.iter().enumerate() {
@@ -664,7 +675,9 @@ fn set_credentials(
     let [ruid, euid, suid, fsuid] = p.uids.map(u64::from);
     let [rgid, egid, sgid, fsgid] = p.gids.map(u64::from);
     let root = p.uids == [0; 4];
-    if !root {
+    // Saved securebits are already set; a KEEP_CAPS among them stays.
+    let keep_caps = p.settings.securebits & procstate::SECBIT_KEEP_CAPS != 0;
+    if !root && !keep_caps {
         prctl("keep capabilities", PR_SET_KEEPCAPS, 1)?;
     }
     let groups: Vec<u8> = p.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
@@ -679,11 +692,14 @@ fn set_credentials(
     call("setfsgid", libc::SYS_setfsgid, [fsgid, 0, 0])?;
     call("setresuid", libc::SYS_setresuid, [ruid, euid, suid])?;
     call("setfsuid", libc::SYS_setfsuid, [fsuid, 0, 0])?;
-    if !root {
+    if !root && !keep_caps {
         prctl("reset keep capabilities", PR_SET_KEEPCAPS, 0)?;
+    }
+    if !root || p.settings.dumpable != 1 {
         // Changing uids made the process non-dumpable, which would make its
-        // /proc files root's; the saved process was an ordinary one.
-        prctl("set dumpable", PR_SET_DUMPABLE, 1)?;
+        // /proc files root's: it gets the saved value again.
+        let d = procstate::dumpable_after_credentials(&p.settings);
+        prctl("set dumpable", PR_SET_DUMPABLE, d)?;
     }
     // capset: a version-3 header, then two {effective, permitted, inheritable}
     // halves (linux/capability.h).
@@ -975,14 +991,7 @@ fn setup_fds(
             })?;
         }
     }
-    let used: Vec<u64> = p
-        .vmas
-        .iter()
-        .filter_map(|v| match v.backing {
-            Backing::SharedAnon { id, .. } | Backing::Ghost { id, .. } => Some(id),
-            _ => None,
-        })
-        .collect();
+    let used = shm_used(p);
     for (r, w) in shared.pipes.values() {
         let _ = nix::unistd::close(*r);
         let _ = nix::unistd::close(*w);
@@ -996,6 +1005,23 @@ fn setup_fds(
         }
     }
     Ok(())
+}
+
+/// The shared memory objects and deleted files `p` maps (or runs, for a
+/// deleted executable): kept open in it until its memory is rebuilt.
+fn shm_used(p: &Proc) -> Vec<u64> {
+    let mut used: Vec<u64> = p
+        .vmas
+        .iter()
+        .filter_map(|v| match v.backing {
+            Backing::SharedAnon { id, .. } | Backing::Ghost { id, .. } => Some(id),
+            _ => None,
+        })
+        .chain(p.exe_ghost)
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    used
 }
 
 /// open(2) flags to open a saved file again: without those that create or
@@ -1202,7 +1228,9 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
             Backing::Special { .. } => continue,
             Backing::Anon => {
                 let mut flags = anon;
-                if v.start <= p.mm.start_stack && p.mm.start_stack < v.end {
+                if procstate::grows_down(&v.advice)
+                    || (v.start <= p.mm.start_stack && p.mm.start_stack < v.end)
+                {
                     flags |= libc::MAP_GROWSDOWN as u64;
                 }
                 t.syscall_ok(
@@ -1344,13 +1372,8 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
                 [v.start, len, v.prot as u64, 0, 0, 0],
             )?;
         }
-    }
-    for (id, fd) in &shared.shm {
-        if p.vmas
-            .iter()
-            .any(|v| matches!(v.backing, Backing::SharedAnon { id: i, .. } | Backing::Ghost { id: i, .. } if i == *id))
-        {
-            t.syscall(&base, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
+        if !v.advice.is_empty() {
+            procstate::restore_advice(t, &base, v.start, v.end, &v.advice)?;
         }
     }
 
@@ -1365,7 +1388,10 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
     }
 
     // mm fields, auxv and exe link in one prctl(PR_SET_MM_MAP).
-    let exe_fd = if p.exe.exists() {
+    let exe_ghost = p.exe_ghost.and_then(|id| shared.shm.get(&id));
+    let exe_fd = if let Some(fd) = exe_ghost {
+        *fd as u32
+    } else if p.exe.exists() {
         let addr = put_str(t, &p.exe)?;
         t.syscall_ok(
             &base,
@@ -1388,10 +1414,15 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         libc::SYS_prctl,
         [PR_SET_MM, PR_SET_MM_MAP, map_addr, bytes.len() as u64, 0, 0],
     );
-    if exe_fd != u32::MAX {
+    if exe_fd != u32::MAX && exe_ghost.is_none() {
         t.syscall(&base, libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
     }
     r?;
+    for id in shm_used(p) {
+        if let Some(fd) = shared.shm.get(&id) {
+            t.syscall(&base, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
+        }
+    }
     log::debug!("process {pid}: memory rebuilt");
     // The other threads, created by the leader while it still has the
     // restorer's privileges (clone3 with set_tid needs them).

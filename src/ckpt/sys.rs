@@ -406,6 +406,34 @@ pub fn flock(fd: std::os::fd::BorrowedFd, op: libc::c_int) -> nix::Result<()> {
     check(r as libc::c_long).map(drop)
 }
 
+/// prctl(2) with one argument, in the calling process.
+pub fn prctl(op: i32, arg: u64) -> nix::Result<()> {
+    // SAFETY: the options used take plain integers, no pointer.
+    let r = unsafe { libc::prctl(op, arg as libc::c_ulong, 0, 0, 0) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// pidfd_open(2) of `pid` then pidfd_getfd(2) of its descriptor `fd`: a copy of
+/// that open file for the caller.
+pub fn fd_of(pid: i32, fd: i32) -> nix::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain integers.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let pidfd = owned_fd(check(pidfd)? as libc::c_int);
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers; `pidfd` is open for the call.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    Ok(owned_fd(check(r)? as libc::c_int))
+}
+
+/// ioctl(FIONREAD): bytes ready to be read from `fd`.
+pub fn fionread(fd: &std::os::fd::OwnedFd) -> nix::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    check(r as libc::c_long).map(|_| n.max(0) as usize)
+}
+
 /// An all-zero `struct flock`.
 pub fn zeroed_flock() -> libc::flock {
     // SAFETY: struct flock is plain integers; all-zero is a valid value.

@@ -1424,3 +1424,67 @@ fn a_deleted_executable_and_working_directory_stay_deleted() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().contains(".xos-")));
 }
+
+/// (pid, parent, group, session) of every process of application `id`, in its
+/// PID namespace, sorted.
+fn process_shapes(env: &Env, id: u64) -> Vec<(i32, i32, i32, i32)> {
+    let rec = env.registry().load(id).unwrap();
+    let pids = rec.cgroup.pids().unwrap();
+    let status: Vec<(i32, String)> = pids
+        .iter()
+        .map(|p| {
+            (
+                *p,
+                std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let last = |s: &str, key: &str| -> i32 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    let ns_of = |host: i32| {
+        status
+            .iter()
+            .find(|(p, _)| *p == host)
+            .map_or(0, |(_, s)| last(s, "NSpid:"))
+    };
+    let mut out: Vec<_> = status
+        .iter()
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(_, s)| {
+            (
+                last(s, "NSpid:"),
+                ns_of(last(s, "PPid:")),
+                last(s, "NSpgid:"),
+                last(s, "NSsid:"),
+            )
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn every_session_and_process_group_shape_comes_back() {
+    let env = Env::new();
+    let (id, out) = start(&env, "sessions");
+    assert!(wait_until(T, || numbers(&out).len() >= 10));
+    let before = process_shapes(&env, id);
+    // The shapes the program builds: a group and a session whose leaders ended.
+    let pids: Vec<i32> = before.iter().map(|s| s.0).collect();
+    assert!(before.iter().any(|s| !pids.contains(&s.2)), "{before:?}");
+    assert!(
+        before.iter().any(|s| !pids.contains(&s.3) && s.3 > 1),
+        "{before:?}"
+    );
+    let v = checkpoint_kill(&env, id);
+    let at_kill = assert_consecutive(&out);
+    restart(&env, id, v);
+    assert!(wait_until(T, || numbers(&out).len() as i64 >= at_kill + 5));
+    assert_consecutive(&out);
+    assert_eq!(process_shapes(&env, id), before);
+}

@@ -16,6 +16,7 @@ mod procstate;
 mod ptrace;
 pub mod restore;
 mod seize;
+mod session;
 mod sigframe;
 mod sys;
 mod thread;

@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{files, procstate, sys, thread, timer, CkptError};
+use super::{files, procstate, session, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -252,6 +252,11 @@ struct Tree<'a> {
     children: BTreeMap<i32, Vec<&'a Proc>>,
     /// session id -> orphans to create from that session's leader.
     orphans: BTreeMap<i32, Vec<&'a Proc>>,
+    /// Sessions whose leader is gone -> the init's children in them, created
+    /// by a helper holding the leader's pid (see `session`).
+    dead_sessions: BTreeMap<i32, Vec<&'a Proc>>,
+    /// Process groups whose leader is gone.
+    dead_groups: std::collections::BTreeSet<i32>,
     /// pid for the short-lived helpers, above every saved pid.
     helper_pid: i32,
     /// parent -> its ended, unreaped children.
@@ -286,9 +291,12 @@ pub fn restore_tree(
     }
     let shared = prepare_shared(dir, img)?;
     let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
+    let (dead_sessions, dead_groups) = session::dead_leaders(img);
     let mut tree = Tree {
         children: BTreeMap::new(),
         orphans: BTreeMap::new(),
+        dead_sessions: BTreeMap::new(),
+        dead_groups,
         zombies: BTreeMap::new(),
         allow_changed_files: opts.allow_changed_files,
         redirected: opts.redirected,
@@ -297,6 +305,8 @@ pub fn restore_tree(
             .iter()
             .flat_map(|p| p.threads.iter().map(|t| t.tid).chain([p.pid]))
             .chain(img.zombies.iter().map(|z| z.pid))
+            // Helpers take the pids of gone leaders.
+            .chain(img.processes.iter().flat_map(|p| [p.sid, p.pgid]))
             .max()
             .unwrap_or(1)
             + 1,
@@ -305,6 +315,8 @@ pub fn restore_tree(
         let led_elsewhere = p.ppid == 1 && p.sid > 1 && p.sid != p.pid && pids.contains(&p.sid);
         if led_elsewhere {
             tree.orphans.entry(p.sid).or_default().push(p);
+        } else if p.ppid == 1 && dead_sessions.contains(&p.sid) {
+            tree.dead_sessions.entry(p.sid).or_default().push(p);
         } else {
             tree.children.entry(p.ppid).or_default().push(p);
         }
@@ -323,6 +335,11 @@ pub fn restore_tree(
         for p in tree.children.get(&1).cloned().unwrap_or_default() {
             spawn(p, tree, &shared, &mut created)?;
         }
+        for (&sid, members) in &tree.dead_sessions {
+            spawn_session(sid, members, tree, &shared, &mut created)?;
+        }
+        // Every process is in its session and group: the helpers can go.
+        session::end_helpers(dead_sessions.iter().chain(&tree.dead_groups).copied());
         // The page files are checked while the processes read them (a cold
         // file is read from the disk once, by whichever comes first); nothing
         // runs before this agrees. Started only now: a thread takes a pid of
@@ -430,6 +447,66 @@ fn spawn(p: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) -> Resu
                     p.pid,
                     msg.strip_prefix('E').unwrap_or("it ended during setup"),
                 ))
+            }
+        }
+    }
+}
+
+/// Creates session `sid`, whose leader is gone, from a helper with its pid
+/// that forks `members` (through helpers that exit, so they are the init's
+/// children as before) and stays until [`session::end_helpers`].
+fn spawn_session(
+    sid: i32,
+    members: &[&Proc],
+    tree: &Tree,
+    shared: &Shared,
+    created: &mut Vec<i32>,
+) -> Result<()> {
+    session::next_pid(sid)?;
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| rerr(sid, e))?;
+    match sys_fork().map_err(|e| rerr(sid, format!("fork: {e}")))? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut w = File::from(wr);
+            let mut sub = Vec::new();
+            let r = nix::unistd::setsid()
+                .map_err(|e| rerr(sid, format!("setsid: {e}")))
+                .and_then(|_| {
+                    members
+                        .iter()
+                        .try_for_each(|o| spawn_orphan(o, tree, shared, &mut sub))
+                });
+            let _ = match r {
+                Ok(()) => {
+                    let list: Vec<String> = sub.iter().map(|p| p.to_string()).collect();
+                    writeln!(w, "R{}", list.join(","))
+                }
+                Err(e) => writeln!(w, "E{}", e.to_string().replace('\n', " ")),
+            };
+            drop(w);
+            loop {
+                sys::pause();
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ =
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(File::from(rd)), &mut msg);
+            if child.as_raw() != sid {
+                return Err(rerr(sid, format!("the pid is taken (got {child})")));
+            }
+            match msg.trim_end().strip_prefix('R') {
+                Some(list) => {
+                    created.extend(list.split(',').filter_map(|s| s.parse::<i32>().ok()));
+                    Ok(())
+                }
+                None => Err(reported(
+                    sid,
+                    msg.trim_end()
+                        .strip_prefix('E')
+                        .unwrap_or("its session helper ended"),
+                )),
             }
         }
     }
@@ -557,6 +634,16 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         let what = what.to_string();
         move |err: nix::Error| rerr(me, format!("{what}: {err}"))
     };
+    let mut subtree = vec![me];
+    let children = tree.children.get(&me).cloned().unwrap_or_default();
+    // Children left in the session this process had before its setsid(2)
+    // were forked before it.
+    let (early, children): (Vec<&Proc>, Vec<&Proc>) = children
+        .into_iter()
+        .partition(|c| p.sid == p.pid && c.sid != p.pid);
+    for c in early {
+        spawn(c, tree, shared, &mut subtree)?;
+    }
     if p.sid == p.pid {
         nix::unistd::setsid().map_err(e("setsid"))?;
     }
@@ -564,12 +651,14 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         if nix::unistd::getpgrp().as_raw() != p.pid {
             nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(e("setpgid"))?;
         }
-    } else if p.pgid > 1 && nix::unistd::getpgrp().as_raw() != p.pgid {
-        nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(p.pgid))
-            .map_err(e("join its process group"))?;
+    } else if p.pgid > 0 && nix::unistd::getpgrp().as_raw() != p.pgid {
+        let join = || nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(p.pgid));
+        if join().is_err() && tree.dead_groups.contains(&p.pgid) {
+            session::make_group(p.pgid, tree.helper_pid)?;
+        }
+        join().map_err(e("join its process group"))?;
     }
-    let mut subtree = vec![me];
-    for c in tree.children.get(&me).cloned().unwrap_or_default() {
+    for c in children {
         spawn(c, tree, shared, &mut subtree)?;
     }
     for o in tree.orphans.get(&me).cloned().unwrap_or_default() {

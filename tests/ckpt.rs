@@ -1488,3 +1488,39 @@ fn every_session_and_process_group_shape_comes_back() {
     assert_consecutive(&out);
     assert_eq!(process_shapes(&env, id), before);
 }
+
+/// The last "N EVENTFD TICKS INOTIFY USR1" line of the shared-objects program.
+fn shared_counts(out: &Path) -> Vec<i64> {
+    lines(out)
+        .last()
+        .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn special_files_shared_between_processes_stay_shared() {
+    let env = Env::new();
+    let (id, out) = start(&env, "sharedfd");
+    let grown = |at: &[i64], by: i64| {
+        let now = shared_counts(&out);
+        now.len() == 5 && [0, 1, 2, 4].iter().all(|&i| now[i] >= at[i] + by)
+    };
+    assert!(wait_until(T, || grown(&[0; 5], 5)), "{:?}", lines(&out));
+    let v = checkpoint_kill(&env, id);
+    let at = shared_counts(&out);
+    restart(&env, id, v);
+    // The child's writes and signals still reach the parent, the timer ticks.
+    assert!(
+        wait_until(T, || grown(&at, 10)),
+        "{at:?} {:?}",
+        shared_counts(&out)
+    );
+    // The inotify watch is there: a file made now is seen.
+    std::fs::write(out.with_extension("d").join("new"), "").unwrap();
+    assert!(wait_until(T, || shared_counts(&out)[3] > at[3]));
+    // Nothing went back: the counts go on from the saved ones.
+    assert!(lines(&out).windows(2).all(|w| w[0]
+        .split(' ')
+        .zip(w[1].split(' '))
+        .all(|(a, b)| { a.parse::<i64>().unwrap() <= b.parse::<i64>().unwrap() })));
+}

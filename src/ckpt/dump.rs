@@ -911,12 +911,20 @@ impl<'a> Dumper<'a> {
                     write: flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32,
                 }
             } else if let Some(anon) = target_s.strip_prefix("anon_inode:") {
-                // One object in two processes would become two after restart.
-                if let Some((other, _, _)) = self.anon_files.iter().find(|(h, f, t)| {
+                // One object in two processes: made once at restart.
+                if let Some((other, other_fd, _)) = self.anon_files.iter().find(|(h, f, t)| {
                     *h != host && *t == target_s && sys::same_file(*h, *f, host, fd)
                 }) {
-                    let other = self.ns_pids.get(other).copied().unwrap_or(0);
-                    return Err(unsupported(&format!(", shared with process {other}")));
+                    fds.push(Fd {
+                        fd,
+                        flags,
+                        kind: FdKind::SharedWith {
+                            pid: self.ns_pids.get(other).copied().unwrap_or(0),
+                            fd: *other_fd,
+                        },
+                        locks,
+                    });
+                    continue;
                 }
                 self.anon_files.push((host, fd, target_s.clone()));
                 let bad = || unsupported(": unreadable fdinfo");

@@ -398,6 +398,13 @@ pub enum FdKind {
     Dup {
         of: i32,
     },
+    /// The open file of descriptor `fd` of process `pid` (saved earlier in the
+    /// image), shared with it: an eventfd, signalfd, timerfd, inotify or epoll
+    /// inherited across fork(2) or passed over a socket.
+    SharedWith {
+        pid: i32,
+        fd: i32,
+    },
     EventFd {
         count: u64,
         semaphore: bool,

@@ -76,6 +76,9 @@ struct Shared {
     /// FIFO id -> a descriptor opened for reading and writing, so that the
     /// processes' own opens by path do not block.
     fifos: HashMap<u64, RawFd>,
+    /// (pid, fd) -> an object without a file shared by several processes
+    /// (see `files::anon`), made by the init.
+    anon: HashMap<(i32, i32), RawFd>,
     /// First descriptor number above everything the image uses.
     base: RawFd,
 }
@@ -162,8 +165,29 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
         pipes: HashMap::new(),
         shm: HashMap::new(),
         fifos: HashMap::new(),
+        anon: HashMap::new(),
         base,
     };
+    for p in &img.processes {
+        for f in &p.fds {
+            let FdKind::SharedWith { pid, fd } = f.kind else {
+                continue;
+            };
+            if s.anon.contains_key(&(pid, fd)) {
+                continue;
+            }
+            let first = img
+                .processes
+                .iter()
+                .find(|q| q.pid == pid)
+                .and_then(|q| q.fds.iter().find(|g| g.fd == fd));
+            let made = first
+                .and_then(|g| files::anon::create(&g.kind, g.flags))
+                .unwrap_or_else(|| Err(format!("fd {fd} of process {pid} is not in the image")))
+                .map_err(|why| rerr(p.pid, format!("fd {}: {why}", f.fd)))?;
+            s.anon.insert((pid, fd), high_fd(made, base)?);
+        }
+    }
     for p in &img.pipes {
         let data = read_blob(dir, &p.data)?;
         let (r, w) = nix::unistd::pipe().map_err(|e| rerr(1, format!("pipe: {e}")))?;
@@ -395,6 +419,7 @@ pub fn restore_tree(
         .flat_map(|(r, w)| [*r, *w])
         .chain(shared.shm.values().copied())
         .chain(shared.fifos.values().copied())
+        .chain(shared.anon.values().copied())
     {
         let _ = nix::unistd::close(fd);
     }
@@ -902,6 +927,19 @@ fn setup_fds(
         // Created here and owned until staged; None: borrowed from the init.
         let made: Option<OwnedFd>;
         let src: RawFd = match &f.kind {
+            _ if shared.anon.contains_key(&(me, f.fd)) => {
+                made = None;
+                shared.anon[&(me, f.fd)]
+            }
+            FdKind::SharedWith { pid, fd } => {
+                made = None;
+                *shared.anon.get(&(*pid, *fd)).ok_or_else(|| {
+                    rerr(
+                        me,
+                        format!("fd {}: fd {fd} of process {pid} is missing", f.fd),
+                    )
+                })?
+            }
             FdKind::Path {
                 inherited: Some(std),
                 ..
@@ -975,31 +1013,15 @@ fn setup_fds(
                 made = None;
                 *n
             }
-            FdKind::EventFd { count, semaphore } => {
-                made = Some(
-                    files::eventfd::restore(*count, *semaphore)
-                        .map_err(|e| fd_err(f, "eventfd", e))?,
-                );
-                -1
-            }
-            FdKind::SignalFd { mask } => {
-                made = Some(files::signalfd::restore(*mask).map_err(|e| fd_err(f, "signalfd", e))?);
-                -1
-            }
-            FdKind::TimerFd(t) => {
-                made = Some(files::timerfd::restore(t).map_err(|e| fd_err(f, "timerfd", e))?);
-                -1
-            }
-            FdKind::Inotify { watches } => {
-                let nonblock = f.flags & libc::O_NONBLOCK as u32 != 0;
-                made = Some(
-                    files::inotify::restore(nonblock, watches)
-                        .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?,
-                );
-                -1
-            }
-            FdKind::Epoll { .. } => {
-                made = Some(files::epoll::create().map_err(|e| fd_err(f, "epoll_create", e))?);
+            kind @ (FdKind::EventFd { .. }
+            | FdKind::SignalFd { .. }
+            | FdKind::TimerFd(_)
+            | FdKind::Inotify { .. }
+            | FdKind::Epoll { .. }) => {
+                let fd = files::anon::create(kind, f.flags)
+                    .expect("an object without a file")
+                    .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?;
+                made = Some(fd);
                 -1
             }
             FdKind::Pipe { id, write } => {
@@ -1085,7 +1107,7 @@ fn setup_fds(
         let _ = nix::unistd::close(*r);
         let _ = nix::unistd::close(*w);
     }
-    for fd in shared.fifos.values() {
+    for fd in shared.fifos.values().chain(shared.anon.values()) {
         let _ = nix::unistd::close(*fd);
     }
     for (id, fd) in &shared.shm {

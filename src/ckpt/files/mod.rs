@@ -3,6 +3,7 @@
 //! /proc/PID/fdinfo (proc(5)); restore runs inside the rebuilt process itself,
 //! before its memory is replaced, so every object is created by its owner.
 
+pub mod anon;
 pub mod epoll;
 pub mod eventfd;
 pub mod ghost;

@@ -1380,8 +1380,13 @@ fn a_shell_loop_that_forks_all_the_time_survives_many_cycles() {
 /// every 20 ms; after a checkpoint --kill and restart it must go on finding
 /// everything as it was set. Returns the environment and the output file.
 fn self_check_survives_restart(mode: &str) -> (Env, PathBuf) {
+    program_check_survives_restart("procstate", mode)
+}
+
+/// [`self_check_survives_restart`] of program `name` given `mode`.
+fn program_check_survives_restart(name: &str, mode: &str) -> (Env, PathBuf) {
     let env = Env::new();
-    let prog = cc(env.state.path(), "procstate");
+    let prog = cc(env.state.path(), name);
     let out = env.state.path().join("out");
     let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap(), mode]);
     let oks = |out: &Path| lines(out).iter().filter(|l| l.starts_with("ok ")).count();
@@ -1523,4 +1528,9 @@ fn special_files_shared_between_processes_stay_shared() {
         .split(' ')
         .zip(w[1].split(' '))
         .all(|(a, b)| { a.parse::<i64>().unwrap() <= b.parse::<i64>().unwrap() })));
+}
+
+#[test]
+fn leases_and_sigio_owners_come_back() {
+    program_check_survives_restart("owners", "");
 }

@@ -878,6 +878,7 @@ impl<'a> Dumper<'a> {
                     flags,
                     kind,
                     locks,
+                    owner: None,
                 });
                 continue;
             }
@@ -892,6 +893,7 @@ impl<'a> Dumper<'a> {
                         flags,
                         kind: FdKind::Dup { of: *of },
                         locks,
+                        owner: None,
                     });
                     continue;
                 }
@@ -923,6 +925,7 @@ impl<'a> Dumper<'a> {
                             fd: *other_fd,
                         },
                         locks,
+                        owner: None,
                     });
                     continue;
                 }
@@ -997,8 +1000,13 @@ impl<'a> Dumper<'a> {
                 flags,
                 kind,
                 locks,
+                owner: None,
             });
         }
+        files::owner::dump(host, &mut fds).map_err(|(fd, why)| CkptError::Unsupported {
+            pid,
+            what: format!("fd {fd}: {why}"),
+        })?;
         // Every epoll target must be a descriptor of the process.
         for f in &fds {
             if let FdKind::Epoll { targets } = &f.kind {

@@ -339,6 +339,20 @@ pub struct Fd {
     /// Locks held through this descriptor.
     #[serde(default)]
     pub locks: Vec<FileLock>,
+    /// F_SETOWN_EX / F_SETSIG of its open file, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<FdOwner>,
+}
+
+/// Who gets SIGIO/SIGURG for an open file (fcntl(2) F_SETOWN_EX) and which
+/// signal (F_SETSIG; 0 for SIGIO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdOwner {
+    /// F_OWNER_TID (0), F_OWNER_PID (1) or F_OWNER_PGRP (2).
+    pub kind: i32,
+    /// Thread, process or group id in the application's PID namespace; 0 for none.
+    pub pid: i32,
+    pub sig: i32,
 }
 
 /// A file lock (see `files::lock`).
@@ -356,6 +370,8 @@ pub enum LockKind {
     Flock,
     Posix,
     Ofd,
+    /// A lease (fcntl(2) F_SETLEASE): read or write.
+    Lease,
 }
 
 /// A timerfd: clock, expirations not read, time left and interval (sec, nsec).

@@ -1068,17 +1068,28 @@ fn setup_fds(
                 FdFlag::empty()
             }),
         );
-        if !matches!(f.kind, FdKind::Path { .. } | FdKind::Inherited { .. }) {
+        let saved = OFlag::from_bits_truncate(f.flags as i32);
+        let by_path = matches!(f.kind, FdKind::Path { .. } | FdKind::Inherited { .. });
+        if !by_path || saved.contains(OFlag::O_ASYNC) {
             // Status flags of the open file (a pipe read until EAGAIN must stay
-            // non-blocking); files opened by path got them from open(2).
-            let keep = OFlag::from_bits_truncate(f.flags as i32)
-                & (OFlag::O_NONBLOCK | OFlag::O_APPEND | OFlag::O_DIRECT | OFlag::O_NOATIME);
+            // non-blocking); files opened by path got them from open(2),
+            // except O_ASYNC, which open(2) ignores.
+            let keep = saved
+                & (OFlag::O_NONBLOCK
+                    | OFlag::O_APPEND
+                    | OFlag::O_DIRECT
+                    | OFlag::O_NOATIME
+                    | OFlag::O_ASYNC);
             fcntl(unsafe_borrow(f.fd), FcntlArg::F_SETFL(keep))
                 .map_err(|err| rerr(me, format!("fd {}: set its flags: {err}", f.fd)))?;
         }
     }
     // Registrations and locks name descriptors: only now are they in place.
     for f in &p.fds {
+        if let Some(o) = &f.owner {
+            files::owner::restore(unsafe_borrow(f.fd), o)
+                .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?;
+        }
         if let FdKind::Epoll { targets } = &f.kind {
             files::epoll::register(f.fd, targets).map_err(|(t, err)| {
                 rerr(me, format!("fd {}: register fd {t} in epoll: {err}", f.fd))

@@ -434,6 +434,56 @@ pub fn fionread(fd: &std::os::fd::OwnedFd) -> nix::Result<usize> {
     check(r as libc::c_long).map(|_| n.max(0) as usize)
 }
 
+/// fcntl(F_SETLEASE).
+pub fn set_lease(fd: std::os::fd::BorrowedFd, how: libc::c_int) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers on a borrowed descriptor.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, how) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// struct f_owner_ex (fcntl.h).
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+const F_SETOWN_EX: libc::c_int = 15;
+const F_GETOWN_EX: libc::c_int = 16;
+const F_SETSIG: libc::c_int = 10;
+const F_GETSIG: libc::c_int = 11;
+
+/// fcntl(F_GETOWN_EX): (type, pid) of the owner of `fd`'s open file.
+pub fn get_owner(fd: &std::os::fd::OwnedFd) -> nix::Result<(i32, i32)> {
+    use std::os::fd::AsRawFd;
+    let mut o = FOwnerEx { kind: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one f_owner_ex into `o`.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut o) };
+    check(r as libc::c_long).map(|_| (o.kind, o.pid))
+}
+
+/// fcntl(F_SETOWN_EX) in the calling process.
+pub fn set_owner(fd: std::os::fd::BorrowedFd, kind: i32, pid: i32) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let o = FOwnerEx { kind, pid };
+    // SAFETY: F_SETOWN_EX reads one f_owner_ex from `o`.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &o) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// fcntl(F_GETSIG) / fcntl(F_SETSIG) with `set` (None: get).
+pub fn fd_signal(fd: std::os::fd::BorrowedFd, set: Option<i32>) -> nix::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers on a borrowed descriptor.
+    let r = unsafe {
+        match set {
+            Some(sig) => libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig),
+            None => libc::fcntl(fd.as_raw_fd(), F_GETSIG),
+        }
+    };
+    check(r as libc::c_long).map(|r| r as i32)
+}
+
 /// An all-zero `struct flock`.
 pub fn zeroed_flock() -> libc::flock {
     // SAFETY: struct flock is plain integers; all-zero is a valid value.

@@ -9,6 +9,7 @@ pub mod eventfd;
 pub mod ghost;
 pub mod inotify;
 pub mod lock;
+pub mod owner;
 pub mod signalfd;
 pub mod timerfd;
 

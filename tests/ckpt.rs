@@ -342,9 +342,21 @@ fn sessions_groups_parents_and_shared_memory() {
 /// Starts tests/ckpt_progs/NAME.c, whose checkpoint must fail: one line on
 /// stderr (returned), the application thawed and still counting, no version left.
 fn checkpoint_is_refused(name: &str) -> String {
+    checkpoint_is_refused_with(name, &[])
+}
+
+/// [`checkpoint_is_refused`] of NAME started with `args` after its output file.
+fn checkpoint_is_refused_with(name: &str, args: &[&str]) -> String {
     let env = Env::new();
-    let (id, out) = start(&env, name);
-    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let prog = cc(env.state.path(), name);
+    let out = env.state.path().join("out");
+    let mut all = vec![prog.to_str().unwrap(), out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let id = env.detach(&all);
+    assert!(
+        wait_until(T, || numbers(&out).len() >= 3),
+        "{name} {args:?} did not start"
+    );
     let o = env
         .cmd("checkpoint")
         .args(["-c", &id.to_string()])
@@ -1533,4 +1545,53 @@ fn special_files_shared_between_processes_stay_shared() {
 #[test]
 fn leases_and_sigio_owners_come_back() {
     program_check_survives_restart("owners", "");
+}
+
+#[test]
+fn what_cannot_be_saved_is_refused_in_one_line_each() {
+    for (mode, says) in [
+        ("io_uring", "an io_uring instance"),
+        ("perf", "a perf event"),
+        ("userfaultfd", "a userfaultfd"),
+        ("pidfd-outside", "outside the application"),
+        ("tty", "a terminal other than the application's own"),
+        ("proc-mem", "the memory of another process"),
+        ("inotify-queued", "events not read yet"),
+    ] {
+        let err = checkpoint_is_refused_with("refused", &[mode]);
+        assert!(
+            err.contains("process 2") && err.contains(says),
+            "{mode}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_pidfd_of_a_child_still_names_the_child() {
+    let env = Env::new();
+    let prog = cc(env.state.path(), "pidfd");
+    let out = env.state.path().join("out");
+    let id = env.detach(&[prog.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(wait_until(T, || lines(&out).len() >= 3));
+    let v = checkpoint_kill(&env, id);
+    let n = lines(&out).len();
+    restart(&env, id, v);
+    assert!(wait_until(T, || lines(&out).len() >= n + 3));
+    // The pidfd kills and reaps the very child: pid 3 in the application.
+    let rec = env.registry().load(id).unwrap();
+    let parent = rec.command_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(parent),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    assert!(wait_until(T, || lines(&out)
+        .last()
+        .is_some_and(|l| l.starts_with("killed"))));
+    let l = lines(&out);
+    assert!(
+        l[..l.len() - 1].iter().all(|l| l.starts_with("ok ")),
+        "{l:?}"
+    );
+    assert_eq!(l.last().unwrap(), "killed 3");
 }

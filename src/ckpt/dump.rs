@@ -912,6 +912,12 @@ impl<'a> Dumper<'a> {
                     id,
                     write: flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32,
                 }
+            } else if target_s == "anon_inode:[pidfd]" {
+                // Each holder opens its own at restart (the process may not
+                // exist yet when the init makes shared objects).
+                let p = files::pidfd::dump(&info, &self.ns_pids)
+                    .map_err(|w| unsupported(&format!(": {w}")))?;
+                FdKind::PidFd { pid: p }
             } else if let Some(anon) = target_s.strip_prefix("anon_inode:") {
                 // One object in two processes: made once at restart.
                 if let Some((other, other_fd, _)) = self.anon_files.iter().find(|(h, f, t)| {
@@ -954,7 +960,9 @@ impl<'a> Dumper<'a> {
                             )))
                         }
                     },
-                    _ => return Err(unsupported("")),
+                    other => {
+                        return Err(unsupported(&format!(": {}", files::refused::anon(other))))
+                    }
                 }
             } else if target_s.starts_with('/')
                 && !target_s.ends_with(" (deleted)")
@@ -984,6 +992,14 @@ impl<'a> Dumper<'a> {
                 use std::os::unix::fs::FileTypeExt;
                 if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
                     return Err(unsupported(""));
+                }
+                let refused = if ft.is_char_device() {
+                    files::refused::device(&target, md.rdev())
+                } else {
+                    files::refused::proc_mem(&target, pid)
+                };
+                if let Some(why) = refused {
+                    return Err(unsupported(&format!(": {why}")));
                 }
                 FdKind::Path {
                     path: target,

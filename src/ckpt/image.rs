@@ -438,6 +438,10 @@ pub enum FdKind {
     Inotify {
         watches: Vec<(i32, u32, PathBuf)>,
     },
+    /// A pidfd (pidfd_open(2)) of process `pid` of the application.
+    PidFd {
+        pid: i32,
+    },
     /// One end of a pipe of the application.
     Pipe {
         id: u64,

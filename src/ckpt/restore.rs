@@ -1013,6 +1013,13 @@ fn setup_fds(
                 made = None;
                 *n
             }
+            FdKind::PidFd { pid } => {
+                made = Some(
+                    files::pidfd::restore(*pid, f.flags)
+                        .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?,
+                );
+                -1
+            }
             kind @ (FdKind::EventFd { .. }
             | FdKind::SignalFd { .. }
             | FdKind::TimerFd(_)

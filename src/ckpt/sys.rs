@@ -413,12 +413,18 @@ pub fn prctl(op: i32, arg: u64) -> nix::Result<()> {
     check(r as libc::c_long).map(drop)
 }
 
+/// pidfd_open(2), PIDFD_NONBLOCK with `nonblock`.
+pub fn pidfd_open(pid: i32, nonblock: bool) -> nix::Result<std::os::fd::OwnedFd> {
+    let flags = if nonblock { libc::O_NONBLOCK } else { 0 };
+    // SAFETY: plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    Ok(owned_fd(check(r)? as libc::c_int))
+}
+
 /// pidfd_open(2) of `pid` then pidfd_getfd(2) of its descriptor `fd`: a copy of
 /// that open file for the caller.
 pub fn fd_of(pid: i32, fd: i32) -> nix::Result<std::os::fd::OwnedFd> {
-    // SAFETY: plain integers.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = owned_fd(check(pidfd)? as libc::c_int);
+    let pidfd = pidfd_open(pid, false)?;
     use std::os::fd::AsRawFd;
     // SAFETY: plain integers; `pidfd` is open for the call.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };

@@ -10,6 +10,8 @@ pub mod ghost;
 pub mod inotify;
 pub mod lock;
 pub mod owner;
+pub mod pidfd;
+pub mod refused;
 pub mod signalfd;
 pub mod timerfd;
 

@@ -1595,3 +1595,12 @@ fn a_pidfd_of_a_child_still_names_the_child() {
     );
     assert_eq!(l.last().unwrap(), "killed 3");
 }
+
+#[test]
+fn sysv_shared_memory_stays_attached_with_its_ids() {
+    let (env, _) = program_check_survives_restart("sysvshm", "");
+    // The image holds the IPC namespace it needed.
+    let v = xos::ckpt::image::versions(env.state.path(), 1);
+    let dir = xos::ckpt::image::version_dir(env.state.path(), 1, v[0]);
+    assert!(dir.join("ipc").is_dir());
+}

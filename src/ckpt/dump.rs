@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
 use super::ptrace::Tracee;
-use super::{files, procstate, sigframe, sys, thread, timer, CkptError};
+use super::{files, procstate, sigframe, sys, sysvshm, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -222,6 +222,8 @@ pub struct Dumper<'a> {
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Memory figures (times, pages) gathered so far.
     pub stats: image::Stats,
+    /// A process has SysV shared memory attached (see `sysvshm`).
+    pub sysv_shm: bool,
 }
 
 /// How calls are injected into the processes being saved.
@@ -361,6 +363,7 @@ impl<'a> Dumper<'a> {
             ghost_limit: DEFAULT_GHOST_LIMIT,
             cancel: None,
             stats: image::Stats::default(),
+            sysv_shm: false,
         }
     }
 
@@ -648,7 +651,17 @@ impl<'a> Dumper<'a> {
         for m in maps {
             let shared = m.perms.as_bytes()[3] == b's';
             let deleted = m.path.ends_with(" (deleted)");
+            let map_file = format!("/proc/{host}/map_files/{:x}-{:x}", m.start, m.end);
+            let span = (m.start, m.end, m.offset);
+            let sysv = sysvshm::attachment(pid, &m.path, m.inode, span, &map_file)?;
             let backing = match m.path.as_str() {
+                _ if sysv.is_some() => {
+                    self.sysv_shm = true;
+                    Backing::SysvShm {
+                        shmid: sysv.unwrap_or_default(),
+                        readonly: m.perms.as_bytes()[1] != b'w',
+                    }
+                }
                 "[vsyscall]" => continue,
                 "[vdso]" | "[vvar]" | "[vvar_vclock]" => Backing::Special {
                     name: m.path.clone(),

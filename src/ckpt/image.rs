@@ -43,6 +43,10 @@ pub struct Image {
     /// Named pipes open in the application, with their unread bytes.
     #[serde(default)]
     pub fifos: Vec<FifoImg>,
+    /// The application's SysV IPC namespace is saved in `ipc/` (as
+    /// `ipccheckpoint --all` writes it): a process had shared memory attached.
+    #[serde(default)]
+    pub ipc: bool,
     /// How the checkpoint went (`checkpoint -c --stats`); None in images
     /// written before these were recorded.
     #[serde(default)]
@@ -309,6 +313,9 @@ pub enum Backing {
     /// A file without a name (the ghost with this id), privately (changed pages
     /// saved) or shared.
     Ghost { id: u64, offset: u64, shared: bool },
+    /// A SysV shared memory segment (of the saved IPC namespace), attached
+    /// whole, read-only or not.
+    SysvShm { shmid: i32, readonly: bool },
     /// The kernel's vDSO areas, moved to the saved addresses on restart.
     Special { name: String },
 }

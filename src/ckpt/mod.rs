@@ -19,6 +19,7 @@ mod seize;
 mod session;
 mod sigframe;
 mod sys;
+mod sysvshm;
 mod thread;
 mod timer;
 
@@ -225,6 +226,9 @@ fn write_image(
         for p in procs.iter_mut() {
             out.push(d.dump(&mut p.threads, p.host, p.stopped)?);
         }
+        if d.sysv_shm {
+            sysvshm::save(procs[0].host, &tmp)?;
+        }
         let xfeatures = out
             .iter()
             .flat_map(|p| p.threads.iter())
@@ -251,6 +255,7 @@ fn write_image(
             pipes: d.pipes.values().cloned().collect(),
             fifos: d.fifos.values().cloned().collect(),
             stats: Some(d.stats.clone()),
+            ipc: d.sysv_shm,
         })
     })();
     match result {

@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{files, procstate, session, sys, thread, timer, CkptError};
+use super::{files, procstate, session, sys, sysvshm, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -313,6 +313,7 @@ pub fn restore_tree(
     if let Ok((_, hard)) = sys::get_rlimit(0, libc::RLIMIT_NOFILE) {
         let _ = sys::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
+    sysvshm::restore(dir, img)?;
     let shared = prepare_shared(dir, img)?;
     let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
     let (dead_sessions, dead_groups) = session::dead_leaders(img);
@@ -406,6 +407,7 @@ pub fn restore_tree(
             }
         }
         tracees.extend(leaders);
+        sysvshm::remove_marked(dir, img);
         before_detach();
         for t in &tracees {
             t.detach()?;
@@ -1436,6 +1438,46 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
                         *offset,
                     ],
                 )?;
+            }
+            Backing::SysvShm { shmid, readonly } => {
+                const SHM_RDONLY: u64 = 0o10000;
+                const SHM_EXEC: u64 = 0o100000;
+                let mut flags = if *readonly { SHM_RDONLY } else { 0 };
+                if v.prot & libc::PROT_EXEC as u32 != 0 {
+                    flags |= SHM_EXEC;
+                }
+                let at = t
+                    .syscall_ok(
+                        &base,
+                        "shmat",
+                        libc::SYS_shmat,
+                        [*shmid as u64, v.start, flags, 0, 0, 0],
+                    )
+                    .map_err(|e| rerr(pid, format!("SysV shared memory {shmid}: {e}")))?;
+                let given = libc::PROT_READ as u64
+                    | if *readonly {
+                        0
+                    } else {
+                        libc::PROT_WRITE as u64
+                    }
+                    | (flags & SHM_EXEC != 0) as u64 * libc::PROT_EXEC as u64;
+                if at != v.start {
+                    return Err(rerr(
+                        pid,
+                        format!(
+                            "SysV shared memory {shmid} attached at {at:#x}, not {:#x}",
+                            v.start
+                        ),
+                    ));
+                }
+                if given != v.prot as u64 {
+                    t.syscall_ok(
+                        &base,
+                        "mprotect",
+                        libc::SYS_mprotect,
+                        [v.start, len, v.prot as u64, 0, 0, 0],
+                    )?;
+                }
             }
             Backing::SharedAnon { id, offset } => {
                 let fd = shared

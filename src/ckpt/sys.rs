@@ -490,6 +490,13 @@ pub fn fd_signal(fd: std::os::fd::BorrowedFd, set: Option<i32>) -> nix::Result<i
     check(r as libc::c_long).map(|r| r as i32)
 }
 
+/// shmctl(IPC_RMID).
+pub fn shm_rmid(id: i32) -> nix::Result<()> {
+    // SAFETY: IPC_RMID reads no buffer.
+    let r = unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    check(r as libc::c_long).map(drop)
+}
+
 /// An all-zero `struct flock`.
 pub fn zeroed_flock() -> libc::flock {
     // SAFETY: struct flock is plain integers; all-zero is a valid value.

@@ -1454,13 +1454,13 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
                         [*shmid as u64, v.start, flags, 0, 0, 0],
                     )
                     .map_err(|e| rerr(pid, format!("SysV shared memory {shmid}: {e}")))?;
-                let given = libc::PROT_READ as u64
-                    | if *readonly {
-                        0
-                    } else {
-                        libc::PROT_WRITE as u64
-                    }
-                    | (flags & SHM_EXEC != 0) as u64 * libc::PROT_EXEC as u64;
+                let mut given = libc::PROT_READ as u64;
+                if !*readonly {
+                    given |= libc::PROT_WRITE as u64;
+                }
+                if flags & SHM_EXEC != 0 {
+                    given |= libc::PROT_EXEC as u64;
+                }
                 if at != v.start {
                     return Err(rerr(
                         pid,

@@ -1604,3 +1604,237 @@ fn sysv_shared_memory_stays_attached_with_its_ids() {
     let dir = xos::ckpt::image::version_dir(env.state.path(), 1, v[0]);
     assert!(dir.join("ipc").is_dir());
 }
+
+/// Starts `args` detached with its stdout and stderr in `out` and `out.err`.
+fn detach_to(env: &Env, out: &Path, args: &[&str]) -> u64 {
+    let o = env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "--stdout"])
+        .arg(out)
+        .arg("--stderr")
+        .arg(out.with_extension("err"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "krgcr-run: {}", show(&o));
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+/// Restarts without redirecting anything: files given to krgcr-run are
+/// reopened where they were.
+fn restart_in_place(env: &Env, id: u64, v: u64) {
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id.to_string(), &v.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "restart: {}", show(&o));
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+#[test]
+fn tail_f_follows_a_file_across_a_restart() {
+    let env = Env::new();
+    let input = env.state.path().join("in");
+    let out = env.state.path().join("out");
+    append(&input, "1\n2\n");
+    let id = detach_to(
+        &env,
+        &out,
+        &["tail", "-n", "+1", "-f", input.to_str().unwrap()],
+    );
+    assert!(wait_until(T, || lines(&out) == ["1", "2"]));
+    append(&input, "3\n");
+    assert!(wait_until(T, || lines(&out).len() == 3));
+    let v = checkpoint_kill(&env, id);
+    restart_in_place(&env, id, v);
+    // Written after the restart: seen through the restored inotify watch.
+    append(&input, "4\n5\n");
+    assert!(
+        wait_until(T, || lines(&out).len() >= 5),
+        "{:?}",
+        lines(&out)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&out), ["1", "2", "3", "4", "5"]);
+}
+
+#[test]
+fn python_selectors_over_a_pipe_and_an_eventfd_go_on() {
+    let env = Env::new();
+    let out = env.state.path().join("out");
+    let script = "import os, selectors, time\n\
+                  r, w = os.pipe(); os.set_blocking(r, False)\n\
+                  e = os.eventfd(0, os.EFD_NONBLOCK)\n\
+                  sel = selectors.DefaultSelector()\n\
+                  assert type(sel).__name__ == 'EpollSelector'\n\
+                  sel.register(r, selectors.EVENT_READ, 'pipe')\n\
+                  sel.register(e, selectors.EVENT_READ, 'eventfd')\n\
+                  n = {'pipe': 0, 'eventfd': 0}\n\
+                  i = 0\n\
+                  while True:\n\
+                  \x20   i += 1\n\
+                  \x20   os.write(w, b'x'); os.eventfd_write(e, 2)\n\
+                  \x20   for key, _ in sel.select(1):\n\
+                  \x20       if key.data == 'pipe': n['pipe'] += len(os.read(r, 100))\n\
+                  \x20       else: n['eventfd'] += os.eventfd_read(e)\n\
+                  \x20   print(i, n['pipe'], n['eventfd'], flush=True)\n\
+                  \x20   time.sleep(0.02)\n";
+    let id = detach_to(&env, &out, &["python3", "-c", script]);
+    let last = || -> Vec<i64> {
+        lines(&out)
+            .last()
+            .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    assert!(wait_until(T, || last().first().is_some_and(|i| *i >= 5)));
+    let v = checkpoint_kill(&env, id);
+    let at = last();
+    restart_in_place(&env, id, v);
+    assert!(wait_until(T, || last()
+        .first()
+        .is_some_and(|i| *i >= at[0] + 10)));
+    // Every byte and every count arrived, once: the totals are exact.
+    let now = last();
+    assert_eq!((now[1], now[2]), (now[0], 2 * now[0]), "{at:?} -> {now:?}");
+    let text = std::fs::read_to_string(out.with_extension("err")).unwrap_or_default();
+    assert!(text.is_empty(), "{text}");
+}
+
+/// Whether `flock -n FILE true` gets the lock now.
+fn flock_free(file: &Path) -> bool {
+    Command::new("flock")
+        .arg("-n")
+        .arg(file)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn flock_1_holds_its_lock_across_a_restart() {
+    let env = Env::new();
+    let lock = env.state.path().join("lock");
+    let out = env.state.path().join("out");
+    let job = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done";
+    let id = detach_to(
+        &env,
+        &out,
+        &["flock", lock.to_str().unwrap(), "sh", "-c", job],
+    );
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    assert!(!flock_free(&lock));
+    let v = checkpoint_kill(&env, id);
+    assert!(flock_free(&lock), "killed, the lock is free");
+    let n = assert_consecutive(&out);
+    restart_in_place(&env, id, v);
+    assert!(wait_until(T, || numbers(&out).len() as i64 >= n + 5));
+    assert!(
+        !flock_free(&lock),
+        "the restarted flock(1) holds its lock again"
+    );
+    assert_consecutive(&out);
+}
+
+#[test]
+fn sqlite_in_a_transaction_keeps_its_lock_and_commits_after_restart() {
+    let env = Env::new();
+    let db = env.state.path().join("db");
+    let out = env.state.path().join("out");
+    let script = "import sqlite3, os, sys, time\n\
+                  db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)\n\
+                  db.execute('create table if not exists t(x)')\n\
+                  db.execute('begin exclusive')\n\
+                  db.execute(\"insert into t values ('from the app')\")\n\
+                  n = 0\n\
+                  while not os.path.exists(sys.argv[1] + '.go'):\n\
+                  \x20   n += 1; print(n, flush=True); time.sleep(0.02)\n\
+                  db.execute('commit')\n\
+                  print('committed', flush=True)\n\
+                  time.sleep(1000)\n";
+    let id = detach_to(&env, &out, &["python3", "-c", script, db.to_str().unwrap()]);
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    // Another writer: refused while the transaction holds the database.
+    let other = || {
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg("insert into t values ('from another writer');")
+            .output()
+            .unwrap()
+    };
+    assert!(!other().status.success());
+    let v = checkpoint_kill(&env, id);
+    restart_in_place(&env, id, v);
+    let n = numbers(&out).len();
+    assert!(wait_until(T, || numbers(&out).len() >= n + 3));
+    let o = other();
+    assert!(!o.status.success(), "the lock was lost: {}", show(&o));
+    std::fs::write(db.with_extension("go"), "").unwrap();
+    assert!(wait_until(T, || lines(&out).last().map(String::as_str)
+        == Some("committed")));
+    let rows = Command::new("sqlite3")
+        .arg(&db)
+        .arg("pragma integrity_check; select x from t;")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&rows.stdout), "ok\nfrom the app\n");
+    assert!(other().status.success());
+}
+
+/// The numbers after `tag ` in the lines of `p`, in order.
+fn tagged(p: &Path, tag: &str) -> Vec<i64> {
+    lines(p)
+        .iter()
+        .filter_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn an_open_file_shared_by_two_processes_keeps_one_offset() {
+    let env = Env::new();
+    let out = env.state.path().join("out");
+    let side = env.state.path().join("side");
+    // Two processes write, without O_APPEND, into the stdout krgcr-run gave
+    // them and into a file the script opened: each open file is one, with one
+    // offset, before and after the restart.
+    let job = format!(
+        "exec 3>{}; (i=0; while :; do i=$((i+1)); echo a $i; echo a $i >&3; sleep 0.01; done) & \
+         i=0; while :; do i=$((i+1)); echo b $i; echo b $i >&3; sleep 0.01; done",
+        side.display()
+    );
+    let o = env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "--stdout"])
+        .arg(&out)
+        .args(["bash", "-c", &job])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let id: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert!(wait_until(T, || tagged(&out, "a").len() >= 5
+        && tagged(&out, "b").len() >= 5));
+    let v = checkpoint_kill(&env, id);
+    let at = (tagged(&out, "a").len(), tagged(&side, "b").len());
+    restart_in_place(&env, id, v);
+    assert!(wait_until(T, || tagged(&out, "a").len() >= at.0 + 20
+        && tagged(&side, "b").len() >= at.1 + 20));
+    for (file, tag) in [(&out, "a"), (&out, "b"), (&side, "a"), (&side, "b")] {
+        let n = tagged(file, tag);
+        let want: Vec<i64> = (1..=n.len() as i64).collect();
+        assert_eq!(n, want, "{tag} in {}: overwritten", file.display());
+    }
+    assert!(lines(&out)
+        .iter()
+        .all(|l| l.starts_with("a ") || l.starts_with("b ")));
+}

@@ -216,8 +216,9 @@ pub struct Dumper<'a> {
     pub ghosts: BTreeMap<(u64, u64), image::Ghost>,
     /// Largest unlinked file saved with the image.
     pub ghost_limit: u64,
-    /// (host pid, fd, link) of every anonymous-inode file saved so far.
-    anon_files: Vec<(i32, i32, String)>,
+    /// (host pid, fd, link) of every open file saved so far that another
+    /// process may share.
+    open_files: Vec<(i32, i32, String)>,
     /// Set by a signal to the checkpointer: stop at the next safe point.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Memory figures (times, pages) gathered so far.
@@ -358,7 +359,7 @@ impl<'a> Dumper<'a> {
             fifos: BTreeMap::new(),
             buf: vec![0u8; CHUNK],
             restorers: HashMap::new(),
-            anon_files: Vec::new(),
+            open_files: Vec::new(),
             ghosts: BTreeMap::new(),
             ghost_limit: DEFAULT_GHOST_LIMIT,
             cancel: None,
@@ -912,6 +913,29 @@ impl<'a> Dumper<'a> {
                 }
                 seen.push((fd, target_s.clone()));
             }
+            // One open file in two processes (inherited across fork(2), passed
+            // over a socket): made once at restart, with one offset, flags and
+            // flock. Pipes are shared by their id; FIFOs and pidfds are opened
+            // by each holder.
+            let is_fifo = md.as_ref().is_some_and(|m| m.file_type().is_fifo());
+            if !is_pipe && !is_fifo && target_s != "anon_inode:[pidfd]" {
+                if let Some((other, other_fd, _)) = self.open_files.iter().find(|(h, f, t)| {
+                    *h != host && *t == target_s && sys::same_file(*h, *f, host, fd)
+                }) {
+                    fds.push(Fd {
+                        fd,
+                        flags,
+                        kind: FdKind::SharedWith {
+                            pid: self.ns_pids.get(other).copied().unwrap_or(0),
+                            fd: *other_fd,
+                        },
+                        locks,
+                        owner: None,
+                    });
+                    continue;
+                }
+                self.open_files.push((host, fd, target_s.clone()));
+            }
             let kind = if let Some(id) = target_s
                 .strip_prefix("pipe:[")
                 .and_then(|r| r.strip_suffix(']'))
@@ -932,23 +956,6 @@ impl<'a> Dumper<'a> {
                     .map_err(|w| unsupported(&format!(": {w}")))?;
                 FdKind::PidFd { pid: p }
             } else if let Some(anon) = target_s.strip_prefix("anon_inode:") {
-                // One object in two processes: made once at restart.
-                if let Some((other, other_fd, _)) = self.anon_files.iter().find(|(h, f, t)| {
-                    *h != host && *t == target_s && sys::same_file(*h, *f, host, fd)
-                }) {
-                    fds.push(Fd {
-                        fd,
-                        flags,
-                        kind: FdKind::SharedWith {
-                            pid: self.ns_pids.get(other).copied().unwrap_or(0),
-                            fd: *other_fd,
-                        },
-                        locks,
-                        owner: None,
-                    });
-                    continue;
-                }
-                self.anon_files.push((host, fd, target_s.clone()));
                 let bad = || unsupported(": unreadable fdinfo");
                 match anon {
                     "[eventfd]" => {

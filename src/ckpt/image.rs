@@ -422,8 +422,9 @@ pub enum FdKind {
         of: i32,
     },
     /// The open file of descriptor `fd` of process `pid` (saved earlier in the
-    /// image), shared with it: an eventfd, signalfd, timerfd, inotify or epoll
-    /// inherited across fork(2) or passed over a socket.
+    /// image), shared with it (inherited across fork(2) or passed over a
+    /// socket): a file by path, a deleted file, an eventfd, signalfd, timerfd,
+    /// inotify or epoll.
     SharedWith {
         pid: i32,
         fd: i32,

@@ -76,9 +76,9 @@ struct Shared {
     /// FIFO id -> a descriptor opened for reading and writing, so that the
     /// processes' own opens by path do not block.
     fifos: HashMap<u64, RawFd>,
-    /// (pid, fd) -> an object without a file shared by several processes
-    /// (see `files::anon`), made by the init.
-    anon: HashMap<(i32, i32), RawFd>,
+    /// (pid, fd) -> an open file several processes share (see `share_files`),
+    /// made by the init.
+    common: HashMap<(i32, i32), RawFd>,
     /// First descriptor number above everything the image uses.
     base: RawFd,
 }
@@ -153,7 +153,7 @@ fn high_fd(fd: OwnedFd, base: RawFd) -> Result<RawFd> {
     Ok(n)
 }
 
-fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
+fn prepare_shared(dir: &Path, img: &Image, opts: &RestoreOptions) -> Result<Shared> {
     let max_fd = img
         .processes
         .iter()
@@ -165,29 +165,9 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
         pipes: HashMap::new(),
         shm: HashMap::new(),
         fifos: HashMap::new(),
-        anon: HashMap::new(),
+        common: HashMap::new(),
         base,
     };
-    for p in &img.processes {
-        for f in &p.fds {
-            let FdKind::SharedWith { pid, fd } = f.kind else {
-                continue;
-            };
-            if s.anon.contains_key(&(pid, fd)) {
-                continue;
-            }
-            let first = img
-                .processes
-                .iter()
-                .find(|q| q.pid == pid)
-                .and_then(|q| q.fds.iter().find(|g| g.fd == fd));
-            let made = first
-                .and_then(|g| files::anon::create(&g.kind, g.flags))
-                .unwrap_or_else(|| Err(format!("fd {fd} of process {pid} is not in the image")))
-                .map_err(|why| rerr(p.pid, format!("fd {}: {why}", f.fd)))?;
-            s.anon.insert((pid, fd), high_fd(made, base)?);
-        }
-    }
     for p in &img.pipes {
         let data = read_blob(dir, &p.data)?;
         let (r, w) = nix::unistd::pipe().map_err(|e| rerr(1, format!("pipe: {e}")))?;
@@ -265,7 +245,121 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
         }
         s.shm.insert(b.id, high_fd(fd, base)?);
     }
+    share_files(img, opts, &mut s)?;
     Ok(s)
+}
+
+/// Opens once, in the init, every open file several processes share: the
+/// targets of `SharedWith` descriptors, and the files the application's init
+/// had as stdio (given to krgcr-run) that restart does not redirect, one per
+/// (path, offset, flags). Every holder gets that one open file.
+fn share_files(img: &Image, opts: &RestoreOptions, s: &mut Shared) -> Result<()> {
+    let mut inherited: HashMap<(&Path, u64, u32), RawFd> = HashMap::new();
+    for p in &img.processes {
+        for f in &p.fds {
+            if let FdKind::Path {
+                path,
+                pos,
+                inherited: Some(k),
+                ..
+            } = &f.kind
+            {
+                if opts.redirected[*k as usize % 3] {
+                    continue;
+                }
+                let key = (path.as_path(), *pos, f.flags);
+                let fd = match inherited.get(&key) {
+                    Some(fd) => *fd,
+                    None => {
+                        let made = open_path(f, opts.allow_changed_files)
+                            .map_err(|why| rerr(p.pid, why))?;
+                        let fd = high_fd(made, s.base)?;
+                        inherited.insert(key, fd);
+                        fd
+                    }
+                };
+                s.common.insert((p.pid, f.fd), fd);
+                continue;
+            }
+            let FdKind::SharedWith { pid, fd } = f.kind else {
+                continue;
+            };
+            if s.common.contains_key(&(pid, fd)) {
+                continue;
+            }
+            let first = img
+                .processes
+                .iter()
+                .find(|q| q.pid == pid)
+                .and_then(|q| q.fds.iter().find(|g| g.fd == fd))
+                .ok_or_else(|| {
+                    rerr(
+                        p.pid,
+                        format!("fd {}: fd {fd} of process {pid} is not in the image", f.fd),
+                    )
+                })?;
+            let made = match &first.kind {
+                FdKind::Path { .. } => open_path(first, opts.allow_changed_files),
+                FdKind::Ghost { .. } => open_ghost(first, s),
+                kind => files::anon::create(kind, first.flags)
+                    .unwrap_or_else(|| Err("a kind of file that cannot be shared".into())),
+            }
+            .map_err(|why| rerr(pid, why))?;
+            s.common.insert((pid, fd), high_fd(made, s.base)?);
+        }
+    }
+    Ok(())
+}
+
+/// Opens the file of `f` (a `FdKind::Path`) again at its offset, with its
+/// flags, checking (unless `allow_changed`) that it did not change.
+fn open_path(f: &image::Fd, allow_changed: bool) -> std::result::Result<OwnedFd, String> {
+    let FdKind::Path {
+        path,
+        pos,
+        size,
+        ftype,
+        ..
+    } = &f.kind
+    else {
+        return Err(format!("fd {}: not a file by path", f.fd));
+    };
+    let flags = reopen_flags(f.flags);
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())
+        .map_err(|err| format!("fd {}: cannot open {}: {err}", f.fd, path.display()))?;
+    if !allow_changed {
+        check_unchanged(&fd, f, path, *pos, *size, *ftype)?;
+    }
+    if *pos > 0 {
+        nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
+            .map_err(|err| format!("fd {}: seek: {err}", f.fd))?;
+    }
+    Ok(fd)
+}
+
+/// A new open file, with the flags and offset of `f` (a `FdKind::Ghost`), of
+/// the deleted file the init made.
+fn open_ghost(f: &image::Fd, shared: &Shared) -> std::result::Result<OwnedFd, String> {
+    let FdKind::Ghost { id, pos } = &f.kind else {
+        return Err(format!("fd {}: not a deleted file", f.fd));
+    };
+    let src = shared
+        .shm
+        .get(id)
+        .ok_or_else(|| format!("fd {}: unknown deleted file {id}", f.fd))?;
+    // Through the /proc magic link, which O_NOFOLLOW would refuse.
+    let flags = reopen_flags(f.flags) & !OFlag::O_NOFOLLOW;
+    let fd = nix::fcntl::open(
+        format!("/proc/self/fd/{src}").as_str(),
+        flags,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("fd {}: reopen a deleted file: {e}", f.fd))?;
+    if *pos > 0 {
+        nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
+            .map_err(|e| format!("fd {}: seek: {e}", f.fd))?;
+    }
+    Ok(fd)
 }
 
 /// Who creates which process. A child of the init that belongs to a session led
@@ -314,7 +408,7 @@ pub fn restore_tree(
         let _ = sys::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
     sysvshm::restore(dir, img)?;
-    let shared = prepare_shared(dir, img)?;
+    let shared = prepare_shared(dir, img, opts)?;
     let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
     let (dead_sessions, dead_groups) = session::dead_leaders(img);
     let mut tree = Tree {
@@ -415,14 +509,16 @@ pub fn restore_tree(
         Ok(())
     })();
     drop(tracees);
-    for fd in shared
+    // A set: several holders may share one descriptor of `common`.
+    let open: std::collections::BTreeSet<RawFd> = shared
         .pipes
         .values()
         .flat_map(|(r, w)| [*r, *w])
         .chain(shared.shm.values().copied())
         .chain(shared.fifos.values().copied())
-        .chain(shared.anon.values().copied())
-    {
+        .chain(shared.common.values().copied())
+        .collect();
+    for fd in open {
         let _ = nix::unistd::close(fd);
     }
     match result {
@@ -929,13 +1025,13 @@ fn setup_fds(
         // Created here and owned until staged; None: borrowed from the init.
         let made: Option<OwnedFd>;
         let src: RawFd = match &f.kind {
-            _ if shared.anon.contains_key(&(me, f.fd)) => {
+            _ if shared.common.contains_key(&(me, f.fd)) => {
                 made = None;
-                shared.anon[&(me, f.fd)]
+                shared.common[&(me, f.fd)]
             }
             FdKind::SharedWith { pid, fd } => {
                 made = None;
-                *shared.anon.get(&(*pid, *fd)).ok_or_else(|| {
+                *shared.common.get(&(*pid, *fd)).ok_or_else(|| {
                     rerr(
                         me,
                         format!("fd {}: fd {fd} of process {pid} is missing", f.fd),
@@ -949,31 +1045,8 @@ fn setup_fds(
                 made = None;
                 *std
             }
-            FdKind::Path {
-                path,
-                pos,
-                size,
-                ftype,
-                ..
-            } => {
-                let flags = reopen_flags(f.flags);
-                let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(
-                    |err| {
-                        rerr(
-                            me,
-                            format!("fd {}: cannot open {}: {err}", f.fd, path.display()),
-                        )
-                    },
-                )?;
-                if !allow_changed {
-                    check_unchanged(&fd, f, path, *pos, *size, *ftype)
-                        .map_err(|why| rerr(me, why))?;
-                }
-                if *pos > 0 {
-                    nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
-                        .map_err(|err| rerr(me, format!("fd {}: seek: {err}", f.fd)))?;
-                }
-                made = Some(fd);
+            FdKind::Path { .. } => {
+                made = Some(open_path(f, allow_changed).map_err(|why| rerr(me, why))?);
                 -1
             }
             FdKind::Fifo { path, .. } => {
@@ -984,25 +1057,8 @@ fn setup_fds(
                 made = Some(fd);
                 -1
             }
-            FdKind::Ghost { id, pos } => {
-                let src = shared
-                    .shm
-                    .get(id)
-                    .ok_or_else(|| rerr(me, format!("fd {}: unknown deleted file {id}", f.fd)))?;
-                // Through the /proc magic link, which O_NOFOLLOW would refuse.
-                let flags = reopen_flags(f.flags) & !OFlag::O_NOFOLLOW;
-                // A new open file of the same (nameless) inode, with its own flags.
-                let fd = nix::fcntl::open(
-                    format!("/proc/self/fd/{src}").as_str(),
-                    flags,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .map_err(|e| fd_err(f, "reopen a deleted file", e))?;
-                if *pos > 0 {
-                    nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
-                        .map_err(|e| fd_err(f, "seek", e))?;
-                }
-                made = Some(fd);
+            FdKind::Ghost { .. } => {
+                made = Some(open_ghost(f, shared).map_err(|why| rerr(me, why))?);
                 -1
             }
             FdKind::Dup { of } => {
@@ -1127,8 +1183,14 @@ fn setup_fds(
         let _ = nix::unistd::close(*r);
         let _ = nix::unistd::close(*w);
     }
-    for fd in shared.fifos.values().chain(shared.anon.values()) {
-        let _ = nix::unistd::close(*fd);
+    let open: std::collections::BTreeSet<RawFd> = shared
+        .fifos
+        .values()
+        .chain(shared.common.values())
+        .copied()
+        .collect();
+    for fd in open {
+        let _ = nix::unistd::close(fd);
     }
     for (id, fd) in &shared.shm {
         if !used.contains(id) {

@@ -126,20 +126,44 @@ Examples:
   checkpoint --wait 6      # wait until application 6 ends; exit with its status
 
 Saved for every process of APP: memory (private pages that were ever touched,
-shared anonymous memory, file mappings by reference, mm fields, vDSO), every
-thread (registers, TLS and FPU state, signal mask and queued signals, alternate
-signal stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
-priority and nice value, parent-death signal), regular files, devices, pipes and
-FIFOs with unread bytes, eventfd, signalfd, timerfd, epoll, inotify, deleted files
-and memfds (content up to --ghost-limit), file locks, inherited stdio, zombies,
-signal handlers and process-wide queued
-signals, interval timers, POSIX timers, a job-control stop, pid, parent, process
-group and session, uids, gids, groups, capability sets, rlimits, umask, working
-directory, personality and no_new_privs.
+shared anonymous memory, file mappings by reference, mm fields, vDSO; each
+mapping's advice and locks: MADV_DONTFORK, DONTDUMP, WIPEONFORK, HUGEPAGE,
+NOHUGEPAGE, MERGEABLE, mlock and MAP_GROWSDOWN), SysV shared memory attached
+(the application's whole SysV IPC namespace is then saved with the image, as
+ipccheckpoint --all writes it, and restored by restart), every thread
+(registers, TLS and FPU state, signal mask and queued signals, alternate signal
+stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
+priority and nice value, parent-death signal), open files (each fd's flags,
+offset and close-on-exec, O_ASYNC, its SIGIO owner and signal: regular files,
+directories and character devices by path, pipes and FIFOs with unread bytes,
+eventfd, signalfd, timerfd, epoll, inotify, pidfds of the application's
+processes, deleted files and memfds with their content up to --ghost-limit;
+flock, POSIX and OFD locks and leases; an open file several processes share
+stays one, with one offset), inherited stdio, zombies, signal handlers and
+process-wide queued signals, interval timers, POSIX timers, a job-control stop,
+pid, parent, process group and session (every shape setsid and setpgid build,
+also groups and sessions whose leader ended), uids, gids, groups, capability
+sets, securebits, rlimits, umask, working directory (also a deleted one),
+executable (also a deleted one), personality, no_new_privs and the prctl
+settings dumpable, child subreaper, THP disabled and timer slack.
 
-A socket, a seccomp filter, a changed root or another resource it cannot save
-makes -c fail with one line naming the process and the resource; APP keeps
-running and no version is written.
+Still refused, each making -c fail with one line naming the process, the
+descriptor or mapping and what it is (APP keeps running, no version is
+written): sockets; seccomp filters; a changed root directory; io_uring
+instances; perf events; bpf objects; userfaultfds; fanotify, KVM and other
+kernel objects the checkpointer does not know; pidfds of processes outside
+the application or of ended ones; /proc/PID/mem, pagemap or environ of another
+process; terminals other than the application's own (ptmx, other ttys); GPUs
+and other devices with state (tun, fuse, kvm, vhost); an inotify instance with
+events not read yet (reading them would take them from the application); a
+lease being broken; a deleted file or memfd larger than --ghost-limit; a SysV
+shared memory segment only partly mapped; a SIGIO owner outside the
+application; an epoll watching a descriptor closed since.
+
+Not saved, as nothing shows them: SysV semaphore undo lists (SEM_UNDO; after
+restart the adjustments are not made when the process exits) and
+mlockall(MCL_FUTURE) for mappings made later. A dumpable value of 2
+(suid_dumpable) comes back as 1.
 
 -c never leaves APP changed: it is stopped task by task under ptrace, and
 killing checkpoint at any moment (kill -9, Ctrl-C) lets every task continue

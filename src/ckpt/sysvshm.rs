@@ -69,9 +69,14 @@ pub fn save(host: i32, dir: &Path) -> Result<()> {
 }
 
 /// In the init, before any process is rebuilt: the saved IPC namespace, if
-/// the image has one.
+/// the image has one and the new namespace is still empty.
 pub fn restore(dir: &Path, img: &Image) -> Result<()> {
     if !img.ipc {
+        return Ok(());
+    }
+    // Objects restored by the caller (the grid layer restores a unit's own
+    // copy of the namespace) are the ones the processes attach.
+    if crate::sysvipc::procfs::list_all().is_ok_and(|l| !l.is_empty()) {
         return Ok(());
     }
     crate::sysvipc::restore_all(&dir.join(DIR))

@@ -626,10 +626,15 @@ fn seccomp_filter_fails_cleanly() {
 
 /// The last "tick" line of the threads program: its six counters.
 fn ticks(out: &Path) -> Vec<i64> {
+    last_numbers(out, "tick ")
+}
+
+/// The numbers of the last line of `out` that starts with `prefix`.
+fn last_numbers(out: &Path, prefix: &str) -> Vec<i64> {
     lines(out)
         .iter()
         .rev()
-        .find_map(|l| l.strip_prefix("tick "))
+        .find_map(|l| l.strip_prefix(prefix))
         .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_default()
 }
@@ -1508,10 +1513,7 @@ fn every_session_and_process_group_shape_comes_back() {
 
 /// The last "N EVENTFD TICKS INOTIFY USR1" line of the shared-objects program.
 fn shared_counts(out: &Path) -> Vec<i64> {
-    lines(out)
-        .last()
-        .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
-        .unwrap_or_default()
+    last_numbers(out, "")
 }
 
 #[test]
@@ -1691,12 +1693,7 @@ fn python_selectors_over_a_pipe_and_an_eventfd_go_on() {
                   \x20   print(i, n['pipe'], n['eventfd'], flush=True)\n\
                   \x20   time.sleep(0.02)\n";
     let id = detach_to(&env, &out, &["python3", "-c", script]);
-    let last = || -> Vec<i64> {
-        lines(&out)
-            .last()
-            .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
-            .unwrap_or_default()
-    };
+    let last = || last_numbers(&out, "");
     assert!(wait_until(T, || last().first().is_some_and(|i| *i >= 5)));
     let v = checkpoint_kill(&env, id);
     let at = last();

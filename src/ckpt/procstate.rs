@@ -35,24 +35,11 @@ pub fn query(
     host: i32,
     status: &str,
 ) -> Result<Settings> {
-    let dumpable = t.syscall_ok(
-        regs0,
-        "prctl",
-        libc::SYS_prctl,
-        [PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
-    )?;
-    let securebits = t.syscall_ok(
-        regs0,
-        "prctl",
-        libc::SYS_prctl,
-        [PR_GET_SECUREBITS, 0, 0, 0, 0, 0],
-    )?;
-    t.syscall_ok(
-        regs0,
-        "prctl",
-        libc::SYS_prctl,
-        [PR_GET_CHILD_SUBREAPER, scratch, 0, 0, 0, 0],
-    )?;
+    let prctl =
+        |op: u64, arg: u64| t.syscall_ok(regs0, "prctl", libc::SYS_prctl, [op, arg, 0, 0, 0, 0]);
+    let dumpable = prctl(PR_GET_DUMPABLE, 0)?;
+    let securebits = prctl(PR_GET_SECUREBITS, 0)?;
+    prctl(PR_GET_CHILD_SUBREAPER, scratch)?;
     let mut b = [0u8; 4];
     t.read_mem(scratch, &mut b)?;
     let timerslack_ns = std::fs::read_to_string(format!("/proc/{host}/timerslack_ns"))

@@ -1532,14 +1532,8 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
                         ),
                     ));
                 }
-                if given != v.prot as u64 {
-                    t.syscall_ok(
-                        &base,
-                        "mprotect",
-                        libc::SYS_mprotect,
-                        [v.start, len, v.prot as u64, 0, 0, 0],
-                    )?;
-                }
+                // mprotect'ed since it was attached: put right below.
+                prot = given;
             }
             Backing::SharedAnon { id, offset } => {
                 let fd = shared

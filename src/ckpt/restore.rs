@@ -781,6 +781,22 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         }
         join().map_err(e("join its process group"))?;
     }
+    // A shape this restorer cannot build (a member adopted by a subreaper
+    // from a session whose leader ended…) fails here rather than coming back
+    // in another session or group.
+    let (sid, pgid) = (
+        nix::unistd::getsid(None).map_or(0, |s| s.as_raw()),
+        nix::unistd::getpgrp().as_raw(),
+    );
+    if (p.sid > 0 && sid != p.sid) || (p.pgid > 0 && pgid != p.pgid) {
+        return Err(rerr(
+            me,
+            format!(
+                "cannot rebuild its session {} and group {} (it is in {sid} and {pgid})",
+                p.sid, p.pgid
+            ),
+        ));
+    }
     for c in children {
         spawn(c, tree, shared, &mut subtree)?;
     }

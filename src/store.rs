@@ -315,6 +315,11 @@ fn describe_fd(f: &image::Fd) -> String {
         "Pipe" if v["write"] == true => format!("{} pipe {} (write)", f.fd, v["id"]),
         "Pipe" => format!("{} pipe {} (read)", f.fd, v["id"]),
         "Inherited" => format!("{} inherited {} from the restarter", f.fd, v["std"]),
+        "SharedWith" => format!(
+            "{} the open file of fd {} of process {}",
+            f.fd, v["fd"], v["pid"]
+        ),
+        "PidFd" => format!("{} pidfd of process {}", f.fd, v["pid"]),
         other if v.is_null() => format!("{} {}", f.fd, other.to_ascii_lowercase()),
         other => format!("{} {} {v}", f.fd, other.to_ascii_lowercase()),
     }

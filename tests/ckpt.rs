@@ -1835,3 +1835,8 @@ fn an_open_file_shared_by_two_processes_keeps_one_offset() {
         .iter()
         .all(|l| l.starts_with("a ") || l.starts_with("b ")));
 }
+
+#[test]
+fn character_devices_and_every_fd_flag_come_back() {
+    program_check_survives_restart("fdflags", "");
+}

@@ -1039,10 +1039,7 @@ impl<'a> Dumper<'a> {
                 owner: None,
             });
         }
-        files::owner::dump(host, &mut fds).map_err(|(fd, why)| CkptError::Unsupported {
-            pid,
-            what: format!("fd {fd}: {why}"),
-        })?;
+        files::owner::dump(host, &mut fds).map_err(|what| CkptError::Unsupported { pid, what })?;
         // Every epoll target must be a descriptor of the process.
         for f in &fds {
             if let FdKind::Epoll { targets } = &f.kind {

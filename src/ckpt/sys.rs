@@ -424,7 +424,11 @@ pub fn pidfd_open(pid: i32, nonblock: bool) -> nix::Result<std::os::fd::OwnedFd>
 /// pidfd_open(2) of `pid` then pidfd_getfd(2) of its descriptor `fd`: a copy of
 /// that open file for the caller.
 pub fn fd_of(pid: i32, fd: i32) -> nix::Result<std::os::fd::OwnedFd> {
-    let pidfd = pidfd_open(pid, false)?;
+    pidfd_getfd(&pidfd_open(pid, false)?, fd)
+}
+
+/// pidfd_getfd(2): a copy of descriptor `fd` of the process of `pidfd`.
+pub fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, fd: i32) -> nix::Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
     // SAFETY: plain integers; `pidfd` is open for the call.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };

@@ -20,17 +20,23 @@ fn ns_id(host: i32, who: i32) -> Option<i32> {
 }
 
 /// Fills in the owner of every descriptor of process `host` that has one.
-/// Err: (fd, why) for an owner outside the application.
-pub fn dump(host: i32, fds: &mut [Fd]) -> Result<(), (i32, String)> {
+/// Err says which descriptor's owner cannot be saved (one outside the
+/// application) or read.
+pub fn dump(host: i32, fds: &mut [Fd]) -> Result<(), String> {
+    let pidfd = sys::pidfd_open(host, false)
+        .map_err(|e| format!("cannot read the SIGIO owners of its files (pidfd_open: {e})"))?;
     for f in fds.iter_mut() {
         // A copy shares the owner of the file it copies; inherited stdio
         // belongs to the restarter.
         if matches!(f.kind, FdKind::Dup { .. } | FdKind::Inherited { .. }) {
             continue;
         }
-        let Ok(copy) = sys::fd_of(host, f.fd) else {
-            continue;
-        };
+        let copy = sys::pidfd_getfd(&pidfd, f.fd).map_err(|e| {
+            format!(
+                "fd {}: cannot read its SIGIO owner (pidfd_getfd: {e})",
+                f.fd
+            )
+        })?;
         let (kind, who) = sys::get_owner(&copy).unwrap_or((0, 0));
         let sig = sys::fd_signal(copy.as_fd(), None).unwrap_or(0);
         if who == 0 && sig == 0 {
@@ -39,9 +45,9 @@ pub fn dump(host: i32, fds: &mut [Fd]) -> Result<(), (i32, String)> {
         let pid = match who {
             0 => 0,
             w => ns_id(host, w).ok_or_else(|| {
-                (
-                    f.fd,
-                    format!("its SIGIO owner {w} is a process outside the application"),
+                format!(
+                    "fd {}: its SIGIO owner {w} is a process outside the application",
+                    f.fd
                 )
             })?,
         };

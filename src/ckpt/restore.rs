@@ -797,14 +797,16 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
             ),
         ));
     }
+    // Ended children first: one that led a process group (a pipeline's first
+    // command) holds it for the children that join it.
+    for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
+        spawn_zombie(z)?;
+    }
     for c in children {
         spawn(c, tree, shared, &mut subtree)?;
     }
     for o in tree.orphans.get(&me).cloned().unwrap_or_default() {
         spawn_orphan(o, tree, shared, &mut subtree)?;
-    }
-    for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
-        spawn_zombie(z)?;
     }
     setup_fds(
         p,

@@ -8,6 +8,8 @@
  *      root's group
  *   E: its own group, then ends: E1 is left in an orphaned group
  *   F: a new session and, in it, a second group that a sibling joins
+ *   G: a group whose leader G1 ended but is not reaped (a zombie, as the
+ *      first command of a pipeline), joined by its sibling G2
  * Processes that stay sleep. Their pids, parents, groups and sessions are
  * compared from outside (/proc) before the checkpoint and after the restart. */
 #define _GNU_SOURCE
@@ -121,6 +123,26 @@ static void f(void)
     sleep_forever();
 }
 
+static pid_t g_group;
+static void g1(void)
+{
+    setpgid(0, 0);
+    nap(30);
+    _exit(0);
+}
+static void g2(void)
+{
+    nap(10);
+    setpgid(0, g_group);
+    sleep_forever();
+}
+static void g(void)
+{
+    g_group = child(g1);
+    child(g2);
+    sleep_forever(); /* G1 stays a zombie */
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -128,7 +150,7 @@ int main(int argc, char **argv)
     FILE *out = fopen(argv[1], "a");
     setvbuf(out, NULL, _IOLBF, 0);
     root_group = getpgrp();
-    void (*shapes[])(void) = {a, b, c, d, e, f};
+    void (*shapes[])(void) = {a, b, c, d, e, f, g};
     for (unsigned i = 0; i < sizeof shapes / sizeof *shapes; i++)
         child(shapes[i]);
     /* Reap the ones that end (B and E; A2 is the init's). */

@@ -21,8 +21,9 @@ const PR_SET_TIMERSLACK: i32 = 29;
 const PR_SET_CHILD_SUBREAPER: i32 = 36;
 const PR_GET_CHILD_SUBREAPER: u64 = 37;
 const PR_SET_THP_DISABLE: i32 = 41;
-/// securebits(7) SECBIT_KEEP_CAPS.
-pub const SECBIT_KEEP_CAPS: u32 = 1 << 4;
+/// securebits(7) SECBIT_KEEP_CAPS and SECBIT_KEEP_CAPS_LOCKED: with either,
+/// the restorer leaves the keep-capabilities flag as the saved bits set it.
+pub const SECBIT_KEEP_CAPS_ANY: u32 = (1 << 4) | (1 << 5);
 use super::image::DEFAULT_TIMERSLACK;
 
 /// The settings of process `host` (pid `label` in errors): the three that only

@@ -906,7 +906,7 @@ fn set_credentials(
     let [rgid, egid, sgid, fsgid] = p.gids.map(u64::from);
     let root = p.uids == [0; 4];
     // Saved securebits are already set; a KEEP_CAPS among them stays.
-    let keep_caps = p.settings.securebits & procstate::SECBIT_KEEP_CAPS != 0;
+    let keep_caps = p.settings.securebits & procstate::SECBIT_KEEP_CAPS_ANY != 0;
     if !root && !keep_caps {
         prctl("keep capabilities", PR_SET_KEEPCAPS, 1)?;
     }

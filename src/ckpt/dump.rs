@@ -916,9 +916,13 @@ impl<'a> Dumper<'a> {
             // One open file in two processes (inherited across fork(2), passed
             // over a socket): made once at restart, with one offset, flags and
             // flock. Pipes are shared by their id; FIFOs and pidfds are opened
-            // by each holder.
+            // by each holder; sockets are left to their own kind.
             let is_fifo = md.as_ref().is_some_and(|m| m.file_type().is_fifo());
-            if !is_pipe && !is_fifo && target_s != "anon_inode:[pidfd]" {
+            let own_kind = is_pipe
+                || is_fifo
+                || target_s == "anon_inode:[pidfd]"
+                || target_s.starts_with("socket:[");
+            if !own_kind {
                 if let Some((other, other_fd, _)) = self.open_files.iter().find(|(h, f, t)| {
                     *h != host && *t == target_s && sys::same_file(*h, *f, host, fd)
                 }) {

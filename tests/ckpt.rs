@@ -149,7 +149,7 @@ fn a_detached_application_restarts_in_the_foreground() {
     assert!(wait_until(T, || numbers(&out).len() >= 5));
     let v = checkpoint_kill(&env, id);
     let at_kill = assert_consecutive(&out);
-    let mut fg = env
+    let fg = env
         .cmd("restart")
         .args([&id.to_string(), &v.to_string()])
         .stdout(std::process::Stdio::null())

@@ -471,3 +471,13 @@ fn postgresql_with_a_client_in_the_middle_of_a_transaction() {
         "{text}"
     );
 }
+
+#[test]
+fn a_tcp_connection_half_closed_closes_the_same_way_after_restart() {
+    let env = Env::new();
+    let (id, out) = start(&env, "private", "tcp_half", &[], 1);
+    // CLOSE-WAIT (8) on the server, FIN-WAIT-2 (5) on the client.
+    assert_said(&lines(&out), &["states 8 5"]);
+    let l = cycle(&env, id, &out);
+    assert_said(&l, &["server b'request' b''", "client b'response' b''"]);
+}

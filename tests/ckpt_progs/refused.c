@@ -2,8 +2,9 @@
  * 1, 2, 3, ... to argv[1] every 20 ms:
  *   io_uring, perf, userfaultfd, pidfd-outside (a pidfd of the init, which
  *   is not part of the application), tty (a pseudo-terminal master),
- *   proc-mem (/proc/CHILD/mem), inotify-queued (an event not read yet).
- *   A SysV semaphore undo list is refused too (semundo.c). */
+ *   proc-mem (/proc/CHILD/mem), inotify-queued (an event not read yet),
+ *   sysv-sem-undo (a semaphore operation with SEM_UNDO; not refused: its
+ *   undo list cannot be seen, see checkpoint(1)). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/perf_event.h>

@@ -184,10 +184,9 @@ lease being broken; a deleted file or memfd larger than --ghost-limit; a SysV
 shared memory segment only partly mapped; a SIGIO owner outside the
 application; an epoll watching a descriptor closed since.
 
-A process with a SysV semaphore undo list (it did a semop with SEM_UNDO) is
-refused too: no kernel interface shows the adjustments its exit would make.
-
-Not saved, as nothing shows it: mlockall(MCL_FUTURE) for mappings made later. A dumpable value of 2
+Not saved, as nothing shows them: SysV semaphore undo lists (SEM_UNDO; after
+restart the adjustments are not made when the process exits) and
+mlockall(MCL_FUTURE) for mappings made later. A dumpable value of 2
 (suid_dumpable) comes back as 1.
 
 -c never leaves APP changed: it is stopped task by task under ptrace, and

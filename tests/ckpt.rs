@@ -656,15 +656,6 @@ fn seccomp_filter_fails_cleanly() {
     );
 }
 
-#[test]
-fn a_semaphore_undo_list_is_refused_by_name() {
-    let err = checkpoint_is_refused("semundo");
-    assert!(
-        err.contains("process 2") && err.contains("SEM_UNDO"),
-        "{err}"
-    );
-}
-
 /// The last "tick" line of the threads program: its six counters.
 fn ticks(out: &Path) -> Vec<i64> {
     last_numbers(out, "tick ")

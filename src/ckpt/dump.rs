@@ -392,14 +392,6 @@ impl<'a> Dumper<'a> {
                 what: "a seccomp filter".into(),
             });
         }
-        // Its adjustments are applied when it exits and no interface shows
-        // them: restarted without them, the semaphores would drift.
-        if sys::has_sem_undo(host) {
-            return Err(CkptError::Unsupported {
-                pid,
-                what: "a SysV semaphore undo list (semop with SEM_UNDO), which no kernel interface shows".into(),
-            });
-        }
         let maps = parse_maps(&read_proc(host, pid, "maps")?);
         let mut seen = Vec::new();
         for t in threads.iter() {

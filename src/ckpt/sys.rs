@@ -320,15 +320,6 @@ pub fn same_mm(a: i32, b: i32) -> bool {
     unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0 }
 }
 
-/// Whether process `pid` has a SysV semaphore undo list (it did a semop with
-/// SEM_UNDO): kcmp(2) KCMP_SYSVSEM against this process, which has none.
-pub fn has_sem_undo(pid: i32) -> bool {
-    const KCMP_SYSVSEM: libc::c_long = 6;
-    let me = std::process::id() as libc::c_long;
-    // SAFETY: kcmp takes plain integers.
-    unsafe { libc::syscall(libc::SYS_kcmp, pid, me, KCMP_SYSVSEM, 0, 0) > 0 }
-}
-
 /// Takes ownership of a descriptor a raw call just returned.
 pub fn owned_fd(fd: libc::c_int) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;

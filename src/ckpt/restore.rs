@@ -1745,14 +1745,19 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
     t.trace_clones()?;
     let mut threads = Vec::new();
     for th in p.threads.iter().skip(1) {
-        let mut n = thread::create(t, &base, scratch, th.tid)?;
+        let mut n = thread::create(t, &base, scratch, th.tid, th.clear_tid)?;
         n.gadget = t.gadget;
         threads.push(n);
     }
     for (i, th) in p.threads.iter().enumerate() {
         let tt: &Tracee = if i == 0 { t } else { &threads[i - 1] };
         let own = tt.regs()?;
-        thread::restore(tt, &own, scratch, th)?;
+        // Threads inherit the leader's name, set (truncated) at its setup.
+        let has = thread::Inherited {
+            comm: &p.comm,
+            clear_tid: i > 0,
+        };
+        thread::restore(tt, &own, scratch, th, &has)?;
         set_credentials(tt, &own, p, scratch)?;
         thread::queue_signals(tt, &own, scratch, p.pid, &th.pending, false)?;
     }

@@ -129,24 +129,30 @@ pub fn query(
 }
 
 /// Creates thread `tid` in the process of `leader` with clone3(2) (`set_tid`),
-/// injected into the leader; the new thread is traced from its first
-/// instruction and returned stopped.
+/// injected into the leader, with `clear_tid` as its clear_child_tid (one
+/// injected call less than set_tid_address); the new thread is traced from
+/// its first instruction and returned stopped.
 pub fn create(
     leader: &Tracee,
     base: &libc::user_regs_struct,
     scratch: u64,
     tid: i32,
+    clear_tid: u64,
 ) -> Result<Tracee> {
-    let flags = (libc::CLONE_VM
+    let mut flags = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
         | libc::CLONE_SIGHAND
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM) as u64;
+    if clear_tid != 0 {
+        flags |= libc::CLONE_CHILD_CLEARTID as u64;
+    }
     // struct clone_args (linux/sched.h), version 2: 11 words; set_tid right after.
     let set_tid = scratch + 128;
     let mut args = [0u64; 11];
     args[0] = flags;
+    args[2] = clear_tid;
     args[8] = set_tid;
     args[9] = 1;
     let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -174,15 +180,31 @@ pub fn create(
     Ok(t)
 }
 
+/// What a thread already has when [`restore`] starts: the name it inherited,
+/// and whether its clear_child_tid came with its creation.
+pub struct Inherited<'a> {
+    pub comm: &'a str,
+    pub clear_tid: bool,
+}
+
 /// Puts back the per-thread kernel state of `th` by calls injected into the
-/// thread `t` itself (the kernel only lets a thread set these for itself).
-pub fn restore(t: &Tracee, base: &libc::user_regs_struct, scratch: u64, th: &Thread) -> Result<()> {
-    t.syscall_ok(
-        base,
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [th.clear_tid, 0, 0, 0, 0, 0],
-    )?;
+/// thread `t` itself (the kernel only lets a thread set these for itself);
+/// what it `has` already is not set again.
+pub fn restore(
+    t: &Tracee,
+    base: &libc::user_regs_struct,
+    scratch: u64,
+    th: &Thread,
+    has: &Inherited,
+) -> Result<()> {
+    if !has.clear_tid {
+        t.syscall_ok(
+            base,
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            [th.clear_tid, 0, 0, 0, 0, 0],
+        )?;
+    }
     if th.robust_list.0 != 0 {
         t.syscall_ok(
             base,
@@ -212,16 +234,18 @@ pub fn restore(t: &Tracee, base: &libc::user_regs_struct, scratch: u64, th: &Thr
             [addr, size as u64, 0, sig as u64, 0, 0],
         )?;
     }
-    let mut name = th.comm.as_bytes().to_vec();
-    name.truncate(15);
-    name.push(0);
-    t.write_mem(scratch, &name)?;
-    t.syscall_ok(
-        base,
-        "prctl(PR_SET_NAME)",
-        libc::SYS_prctl,
-        [PR_SET_NAME, scratch, 0, 0, 0, 0],
-    )?;
+    if th.comm != has.comm {
+        let mut name = th.comm.as_bytes().to_vec();
+        name.truncate(15);
+        name.push(0);
+        t.write_mem(scratch, &name)?;
+        t.syscall_ok(
+            base,
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [PR_SET_NAME, scratch, 0, 0, 0, 0],
+        )?;
+    }
     if th.pdeathsig != 0 {
         t.syscall_ok(
             base,

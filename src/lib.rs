@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod ckpt;
 pub mod fsutil;
 pub mod gcp;
+pub mod jsdl;
 pub mod ns;
 pub mod process;
 pub mod registry;

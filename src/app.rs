@@ -93,6 +93,9 @@ pub struct LaunchSpec {
     pub callback: Option<PathBuf>,
     /// Kernel checkpointer the application is started for (`native`, `criu`).
     pub checkpointer: String,
+    /// A job unit of `xos-loader` (a container, or a native unit): what its
+    /// init sets up, how it starts the job and reports its end.
+    pub unit: Option<crate::container::UnitSetup>,
 }
 
 impl LaunchSpec {
@@ -118,6 +121,7 @@ impl LaunchSpec {
             job: None,
             callback: None,
             checkpointer: NATIVE.to_string(),
+            unit: None,
         }
     }
 }
@@ -230,6 +234,8 @@ fn handled_signals() -> SigSet {
         Signal::SIGQUIT,
         Signal::SIGUSR1,
         Signal::SIGUSR2,
+        // The watchdog of a job unit's wall-clock and CPU time limits.
+        Signal::SIGALRM,
     ] {
         s.add(sig);
     }
@@ -658,21 +664,26 @@ fn init_main(
     if go.read(&mut byte).unwrap_or(0) != 1 {
         return 1; // The supervisor gave up; it reports why.
     }
-    let setup = init_setup(stdio, spec).and_then(|()| match &spec.ipc_restore {
-        Some(dir) => crate::sysvipc::restore_all(dir).map(drop).map_err(|e| {
-            format!(
-                "cannot restore the SysV IPC objects of {}: {e}",
-                dir.display()
-            )
-        }),
-        None => Ok(()),
+    let setup = init_setup(stdio, spec).and_then(|loader| match &spec.ipc_restore {
+        Some(dir) => crate::sysvipc::restore_all(dir)
+            .map(|_| loader)
+            .map_err(|e| {
+                format!(
+                    "cannot restore the SysV IPC objects of {}: {e}",
+                    dir.display()
+                )
+            }),
+        None => Ok(loader),
     });
-    if let Err(m) = setup {
-        if let Some(e) = err.as_mut() {
-            let _ = e.write_all(m.as_bytes());
+    let mut loader = match setup {
+        Ok(l) => l,
+        Err(m) => {
+            if let Some(e) = err.as_mut() {
+                let _ = e.write_all(m.as_bytes());
+            }
+            return 1;
         }
-        return 1;
-    }
+    };
     // Just before the rebuilt processes are let go: with stay_frozen, report
     // success and wait until the supervisor has frozen the group.
     let mut before_detach = || {
@@ -726,6 +737,12 @@ fn init_main(
             let _ = signal::kill(Pid::from_raw(-1), sig);
             continue;
         }
+        if sig == Signal::SIGALRM {
+            if let Some(l) = loader.as_mut() {
+                l.tick();
+            }
+            continue;
+        }
         if sig != Signal::SIGCHLD {
             continue;
         }
@@ -734,12 +751,17 @@ fn init_main(
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(ws) => {
                     if ws.pid() == Some(command) {
-                        status = exit_code(ws);
+                        status = Some(ws);
                     }
                 }
                 Err(nix::Error::EINTR) => {}
                 // No child left: the application has ended.
-                Err(_) => return status.unwrap_or(1),
+                Err(_) => {
+                    if let Some(l) = loader {
+                        l.finish(status);
+                    }
+                    return status.and_then(exit_code).unwrap_or(1);
+                }
             }
         }
     }
@@ -763,6 +785,12 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
             // dispositions (not the runtime's ignored SIGPIPE) and mask.
             process::caller_dispositions();
             let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+            if let Some(u) = &spec.unit {
+                if let Err(m) = crate::container::inside::prepare_job(u) {
+                    let _ = write!(err, "{m}");
+                    return None;
+                }
+            }
             let e = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
             let _ = write!(err, "exec {}", e as i32);
             None
@@ -771,14 +799,23 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
     }
 }
 
-/// Namespaces, /proc, session and stdio of the init; an error is reported as text.
-fn init_setup(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Result<(), String> {
+/// Namespaces, /proc, session and stdio of the init (and the loader of a job
+/// unit, which it returns); an error is reported as text.
+fn init_setup(
+    stdio: [Option<File>; 3],
+    spec: &LaunchSpec,
+) -> std::result::Result<Option<crate::container::inside::Loader>, String> {
     nix::sched::unshare(CloneFlags::CLONE_NEWIPC)
         .map_err(|e| format!("cannot create an IPC namespace: {e}"))?;
     if spec.checkpointer == CRIU {
         // CRIU would have to dump a mount namespace made of every mount of
         // the host; a unit for it keeps the host's (and the host's /proc).
-        return init_stdio(stdio, spec);
+        let loader = spec
+            .unit
+            .as_ref()
+            .map(|u| crate::container::inside::setup(u, false))
+            .transpose()?;
+        return init_stdio(stdio, spec).map(|()| loader);
     }
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot create a mount namespace: {e}"))?;
@@ -791,6 +828,11 @@ fn init_setup(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Resul
         None::<&str>,
     )
     .map_err(|e| format!("cannot make / a slave mount: {e}"))?;
+    if let Some(u) = &spec.unit {
+        // The unit's loader mounts /proc, in its own root if it has one.
+        let loader = crate::container::inside::setup(u, true)?;
+        return init_stdio(stdio, spec).map(|()| Some(loader));
+    }
     nix::mount::mount(
         Some("proc"),
         "/proc",
@@ -799,7 +841,7 @@ fn init_setup(stdio: [Option<File>; 3], spec: &LaunchSpec) -> std::result::Resul
         None::<&str>,
     )
     .map_err(|e| format!("cannot mount /proc: {e}"))?;
-    init_stdio(stdio, spec)
+    init_stdio(stdio, spec).map(|()| None)
 }
 
 /// Session and stdio of the init.
@@ -896,7 +938,17 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
                     let _ = writeln!(wr, "ok {}", running.id());
                     drop(wr);
                     detach_stdio();
-                    Ok(Detached::ChildExit(running.wait().map(|_| 0).unwrap_or(1)))
+                    let code = running.wait();
+                    if let Some(u) = &spec.unit {
+                        // The unit's end is reported from here, outside the
+                        // container, where the notify address is reachable.
+                        crate::container::unit::ended(
+                            registry.root(),
+                            u.id,
+                            code.as_ref().map_or(1, |c| *c),
+                        );
+                    }
+                    Ok(Detached::ChildExit(code.map(|_| 0).unwrap_or(1)))
                 }
                 Err(e) => {
                     let _ = write!(wr, "err {e}");

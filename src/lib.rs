@@ -7,6 +7,7 @@ pub mod app;
 pub mod applock;
 pub mod cgroup;
 pub mod ckpt;
+pub mod container;
 pub mod fsutil;
 pub mod gcp;
 pub mod jsdl;

@@ -1,0 +1,390 @@
+//! Submitting, listing, inspecting and destroying job units (the engine of
+//! `xos-loader`), and the supervisor's side of a unit's end: the report to the
+//! notify address, retried until the listener takes it, then the removal of
+//! everything the unit had.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::notify::{Address, Ending, Report, Rusage};
+use super::{ContainerError, Creds, Tmpfs, UnitRecord, UnitSetup};
+use crate::app::{self, Detached, LaunchSpec};
+use crate::fsutil::{self, PathError};
+use crate::jsdl::{CheckpointerKind, JobDescription, JobLimits};
+use crate::registry::{self, AppState, Registry};
+
+type Result<T> = std::result::Result<T, ContainerError>;
+
+/// How long destroy waits for a unit's processes and supervisor.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between two delivery attempts of a report.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// A file in a unit's directory whose presence says that the unit's end is
+/// not the job's (checkpointed with --kill, or destroyed): no report is sent.
+pub const NO_REPORT: &str = "no-report";
+/// The loader's account of the job's end.
+pub const STATUS: &str = "status.json";
+/// A report not delivered yet.
+pub const REPORT: &str = "report.json";
+
+/// What to submit.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitSpec {
+    pub argv: Vec<OsString>,
+    pub job: Option<String>,
+    /// In a container (else a native or CRIU unit).
+    pub container: bool,
+    /// Backend name recorded for the unit's application.
+    pub checkpointer: String,
+    pub creds: Option<Creds>,
+    pub limits: JobLimits,
+    /// The job's whole environment (None: the caller's).
+    pub env: Option<BTreeMap<String, String>>,
+    pub cwd: Option<PathBuf>,
+    pub stdin: Option<PathBuf>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    pub notify: Option<String>,
+    pub rootfs: Option<PathBuf>,
+    /// Template name and the directory of templates.
+    pub template: Option<(String, PathBuf)>,
+    pub tmpfs: Vec<Tmpfs>,
+    pub cgroup_parent: String,
+}
+
+impl SubmitSpec {
+    /// The unit a JSDL description asks for, run as `creds`.
+    pub fn from_jsdl(jd: &JobDescription, creds: Option<Creds>) -> SubmitSpec {
+        let kind = jd.checkpointer();
+        let mut argv = vec![OsString::from(&jd.executable)];
+        argv.extend(jd.arguments.iter().map(OsString::from));
+        let mut env = BTreeMap::new();
+        env.insert(
+            "PATH".to_string(),
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin".to_string(),
+        );
+        if let Some(c) = &creds {
+            if let Some(u) = &c.user {
+                env.insert("USER".into(), u.clone());
+                env.insert("LOGNAME".into(), u.clone());
+            }
+            if let Some(h) = &c.home {
+                env.insert("HOME".into(), h.display().to_string());
+            }
+        }
+        env.extend(jd.environment.clone());
+        let file = |p: &Option<PathBuf>| p.as_ref().map(|p| jd.resolve(p));
+        SubmitSpec {
+            argv,
+            job: jd.name.clone(),
+            container: kind == CheckpointerKind::Container,
+            checkpointer: kind.backend().to_string(),
+            creds,
+            limits: jd.limits.clone(),
+            env: Some(env),
+            cwd: jd.working_directory.clone(),
+            stdin: file(&jd.input),
+            stdout: file(&jd.output),
+            stderr: file(&jd.error),
+            cgroup_parent: app::DEFAULT_CGROUP_PARENT.to_string(),
+            ..SubmitSpec::default()
+        }
+    }
+}
+
+/// The local account `user` (and group `group`, else the user's), read from
+/// /etc/passwd and /etc/group (never through NSS).
+pub fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds> {
+    let (pw, mut groups) =
+        crate::vo::server::local_account(Path::new("/etc/passwd"), Path::new("/etc/group"), user)
+            .ok_or_else(|| ContainerError::NoUser(user.to_string()))?;
+    let gid = match group {
+        Some(g) => group_id(g)?,
+        None => pw.gid,
+    };
+    if !groups.contains(&gid) {
+        groups.insert(0, gid);
+    }
+    Ok(Creds {
+        user: Some(pw.name),
+        uid: pw.uid,
+        gid,
+        groups,
+        home: Some(PathBuf::from(pw.dir)),
+    })
+}
+
+/// The gid of group `name` (or a number).
+pub fn group_id(name: &str) -> Result<u32> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    std::fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .filter_map(crate::vo::proto::Group::from_line)
+                .find(|g| g.name == name)
+        })
+        .map(|g| g.gid)
+        .ok_or_else(|| ContainerError::NoGroup(name.to_string()))
+}
+
+/// Outcome of [`submit`] in the process that receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// The job runs: its unit (container) id and application id.
+    Started { id: u32, app: u64 },
+    /// This process is the unit's background supervisor (or a child of the
+    /// launch) and has finished: it must exit at once with this status.
+    ChildExit(i32),
+}
+
+/// Creates the unit (a container with a random id when `spec.container`),
+/// starts the job in it and returns as soon as it runs. On failure nothing
+/// of the unit is left.
+pub fn submit(registry: &Registry, spec: &SubmitSpec) -> Result<Submitted> {
+    if spec.argv.is_empty() {
+        return Err(app::LaunchError::NoCommand.into());
+    }
+    if let Some(n) = &spec.notify {
+        n.parse::<Address>()?;
+    }
+    let state = registry.root().to_path_buf();
+    let id = super::reserve_id(&state)?;
+    let dir = super::unit_dir(&state, id);
+    let r = start(registry, spec, id, &dir);
+    if !matches!(
+        r,
+        Ok(Submitted::Started { .. }) | Ok(Submitted::ChildExit(_))
+    ) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    r
+}
+
+fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<Submitted> {
+    let state = registry.root();
+    let mut rootfs = spec.rootfs.clone();
+    if let Some((name, tdir)) = &spec.template {
+        let archive = super::rootfs::template(tdir, name)?;
+        let root = dir.join("root");
+        fsutil::create_dir_all(&root, 0o755)?;
+        super::rootfs::unpack(&archive, &root)?;
+        rootfs = Some(root);
+    }
+    if let Some(r) = &rootfs {
+        if !r.is_dir() {
+            return Err(ContainerError::Invalid(format!(
+                "root filesystem {}: not a directory",
+                r.display()
+            )));
+        }
+    }
+    let mut rec = UnitRecord {
+        id,
+        container: spec.container,
+        job: spec.job.clone(),
+        app: None,
+        hostname: spec.container.then(|| format!("ct-{id}")),
+        notify: spec.notify.clone(),
+        rootfs: rootfs.clone(),
+        template: spec.template.as_ref().map(|t| t.0.clone()),
+        creds: spec.creds.clone(),
+        limits: spec.limits.clone(),
+        command: spec
+            .argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        created: registry::now(),
+    };
+    super::save_record(state, &rec)?;
+    let mut ls = LaunchSpec::new(spec.argv.clone());
+    ls.limits = spec.limits.cgroup();
+    ls.cgroup_parent = spec.cgroup_parent.clone();
+    ls.stdin = spec.stdin.clone();
+    ls.stdout = spec.stdout.clone();
+    ls.stderr = spec.stderr.clone();
+    ls.new_session = true;
+    ls.logs = true;
+    ls.job = spec.job.clone();
+    ls.checkpointer = spec.checkpointer.clone();
+    ls.unit = Some(UnitSetup {
+        id,
+        container: spec.container,
+        hostname: rec.hostname.clone(),
+        rootfs,
+        tmpfs: spec.tmpfs.clone(),
+        creds: spec.creds.clone(),
+        rlimits: spec.limits.rlimits(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        wall_time: spec.limits.wall_time,
+        cpu_time: spec.limits.cpu_time,
+        status_file: dir.join(STATUS),
+    });
+    give_streams(spec)?;
+    match app::launch_detached(registry, &ls)? {
+        Detached::Started(app) => {
+            rec.app = Some(app);
+            super::save_record(state, &rec)?;
+            Ok(Submitted::Started { id, app })
+        }
+        Detached::ChildExit(c) => Ok(Submitted::ChildExit(c)),
+    }
+}
+
+/// The job's output files belong to the user it runs as.
+fn give_streams(spec: &SubmitSpec) -> Result<()> {
+    let Some(c) = &spec.creds else {
+        return Ok(());
+    };
+    for p in [&spec.stdout, &spec.stderr].into_iter().flatten() {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| PathError::new("create", p, e))?;
+        std::os::unix::fs::fchown(&f, Some(c.uid), Some(c.gid))
+            .map_err(|e| PathError::new("chown", p, e))?;
+    }
+    Ok(())
+}
+
+/// Called by the unit's supervisor once the unit has ended (`code`: its
+/// init's exit status): reports the end to the notify address, retrying
+/// while the listener is away (the report waits in the unit's directory),
+/// then removes the unit. Nothing is reported when the unit was checkpointed
+/// with --kill or destroyed.
+pub fn ended(state: &Path, id: u32, code: i32) {
+    let dir = super::unit_dir(state, id);
+    let rec = super::load_record(state, id).ok();
+    if dir.join(NO_REPORT).exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let ending = std::fs::read(dir.join(STATUS))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Ending>(&b).ok())
+        .unwrap_or_else(|| {
+            if code > 128 {
+                let sig = nix::sys::signal::Signal::try_from(code - 128).ok();
+                Ending {
+                    signal: Some(code - 128),
+                    signal_name: sig.map(|s| s.as_str().to_string()),
+                    ..Ending::default()
+                }
+            } else {
+                Ending {
+                    exit_status: Some(code),
+                    ..Ending::default()
+                }
+            }
+        });
+    let report = Report {
+        job: rec.as_ref().and_then(|r| r.job.clone()),
+        container: rec.as_ref().filter(|r| r.container).map(|r| r.id),
+        unit: id,
+        ending,
+        rusage: Rusage::children(),
+        ended: registry::now(),
+    };
+    let notify = rec
+        .and_then(|r| r.notify)
+        .and_then(|n| n.parse::<Address>().ok());
+    if let Some(addr) = notify {
+        let body = serde_json::to_vec(&report).expect("serializable");
+        let _ = fsutil::write_atomic(&dir.join(REPORT), &body, 0o600);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match addr.deliver(&report) {
+                Ok(()) => break,
+                Err(e) => log::info!("unit {id}: report not delivered yet: {e}"),
+            }
+            // Destroyed meanwhile: the report goes with it.
+            if !dir.join(REPORT).exists() || dir.join(NO_REPORT).exists() {
+                break;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A unit's state as `list` and `status` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitStatus {
+    #[serde(flatten)]
+    pub record: UnitRecord,
+    /// `starting`, `running`, `frozen`, `ended` (report not delivered yet).
+    pub state: String,
+    /// Host pid of the container's init.
+    pub pid: Option<i32>,
+    pub cgroup: Option<String>,
+    pub report: Option<Report>,
+}
+
+/// The state of unit `id` of `registry`'s state directory.
+pub fn status(registry: &Registry, id: u32) -> Result<UnitStatus> {
+    let state = registry.root();
+    let record = super::load_record(state, id)?;
+    let app = record.app.and_then(|a| registry.load(a).ok());
+    let report = std::fs::read(super::unit_dir(state, id).join(REPORT))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let st = match (&app, record.app) {
+        (Some(a), _) => match a.state() {
+            AppState::Frozen | AppState::Freezing => "frozen",
+            AppState::Running => "running",
+            AppState::Gone => "ended",
+        },
+        (None, None) => "starting",
+        (None, Some(_)) => "ended",
+    };
+    Ok(UnitStatus {
+        state: st.to_string(),
+        pid: app.as_ref().map(|a| a.root_pid),
+        cgroup: app.as_ref().map(|a| a.cgroup.name().to_string()),
+        report,
+        record,
+    })
+}
+
+/// Every unit of `registry`'s state directory (those that cannot be read are skipped).
+pub fn list(registry: &Registry) -> Vec<UnitStatus> {
+    super::unit_ids(registry.root())
+        .into_iter()
+        .filter_map(|id| status(registry, id).ok())
+        .collect()
+}
+
+/// Kills every process of unit `id` and removes it, with its report if it was
+/// not delivered yet (nothing is reported).
+pub fn destroy(registry: &Registry, id: u32) -> Result<()> {
+    let state = registry.root();
+    let rec = super::load_record(state, id)?;
+    let dir = super::unit_dir(state, id);
+    fsutil::write_atomic(&dir.join(NO_REPORT), b"destroyed\n", 0o600)?;
+    if let Some(app) = rec.app.and_then(|a| registry.load(a).ok()) {
+        app.cgroup.signal_all(nix::sys::signal::Signal::SIGKILL)?;
+        let _ = app.cgroup.thaw(TEARDOWN_TIMEOUT);
+        app.cgroup.kill(TEARDOWN_TIMEOUT)?;
+        // The supervisor removes the record and the group, then the unit.
+        let start = std::time::Instant::now();
+        while dir.exists() && start.elapsed() < TEARDOWN_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PathError::new("remove", &dir, e).into()),
+    }
+}

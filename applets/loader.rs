@@ -127,6 +127,18 @@ struct Submit {
     #[arg(long, value_name = "DIR[:OPTIONS]")]
     tmpfs: Vec<String>,
 
+    /// Connect the job's stdin to FILE (instead of the JSDL Input, else /dev/null)
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
+
+    /// Connect the job's stdout to FILE (instead of the JSDL Output, else STATE/logs/APP.out)
+    #[arg(long, value_name = "FILE")]
+    stdout: Option<PathBuf>,
+
+    /// Connect the job's stderr to FILE (instead of the JSDL Error, else STATE/logs/APP.err)
+    #[arg(long, value_name = "FILE")]
+    stderr: Option<PathBuf>,
+
     /// Kernel checkpointer of a command's unit: container, native or criu (a JSDL file says it with <Checkpointer>)
     #[arg(long, value_name = "NAME", conflicts_with = "jsdl", value_parser = ["container", "openvz", "native", "criu"])]
     checkpointer: Option<String>,
@@ -137,6 +149,22 @@ struct Submit {
 }
 
 const AFTER: &str = "\
+Subcommands:
+  xos-loader submit [--jsdl FILE | -- CMD [ARGS]...] [--job JOB] [--user U] [--group G]
+      [--notify unix:PATH|tcp:HOST:PORT] [--rootfs DIR | --template NAME]
+      [--tmpfs DIR[:OPTIONS]]... [--checkpointer container|native|criu]
+      [--stdin F] [--stdout F] [--stderr F] [--state-dir DIR] [--cgroup-parent NAME]
+  xos-loader listen ADDR [--count N]
+  xos-loader list [--json] | status CTID | destroy CTID
+
+The end report is one JSON line: job, container (null for a native unit), unit,
+exit_status or signal and signal_name, limit (the JSDL limit whose watchdog ended
+the job: WallTimeLimit or CPUTimeLimit), rusage (of every process of the unit) and
+ended (seconds since the epoch). A report is kept in STATE/containers/CTID until the
+listener acknowledges it.
+
+Environment: XOS_STATE_DIR, XOS_CGROUP_PARENT, XOS_TEMPLATE_DIR.
+
 Examples:
   xos-loader --check job.jsdl
   xos-loader listen unix:/run/aem.sock &
@@ -338,6 +366,15 @@ fn submit_spec(s: &Submit) -> anyhow::Result<SubmitSpec> {
     }
     if !spec.container && (s.rootfs.is_some() || s.template.is_some() || !s.tmpfs.is_empty()) {
         anyhow::bail!("--rootfs, --template and --tmpfs need a container (<Checkpointer>OpenVZ</Checkpointer> or --checkpointer container)");
+    }
+    for (slot, given) in [
+        (&mut spec.stdin, &s.stdin),
+        (&mut spec.stdout, &s.stdout),
+        (&mut spec.stderr, &s.stderr),
+    ] {
+        if given.is_some() {
+            slot.clone_from(given);
+        }
     }
     spec.notify = s.notify.clone();
     spec.rootfs = s

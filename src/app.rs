@@ -935,6 +935,9 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
                     Ok(Detached::ChildExit(c))
                 }
                 Ok(Launch::Running(running)) => {
+                    if let Some(u) = &spec.unit {
+                        crate::container::unit::started(registry.root(), u.id, running.id());
+                    }
                     let _ = writeln!(wr, "ok {}", running.id());
                     drop(wr);
                     detach_stdio();

@@ -78,7 +78,7 @@ pub fn setup(u: &UnitSetup, mounts: bool) -> Result<Loader> {
             Some(r) => enter_root(r)?,
             None => mount_proc()?,
         }
-        if u.container {
+        if u.container && Path::new("/sys").is_dir() {
             // A sysfs of the container's network namespace (its interfaces).
             let _ = nix::mount::umount2("/sys", MntFlags::MNT_DETACH);
             nix::mount::mount(

@@ -186,7 +186,7 @@ fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<
             )));
         }
     }
-    let mut rec = UnitRecord {
+    let rec = UnitRecord {
         id,
         container: spec.container,
         job: spec.job.clone(),
@@ -231,12 +231,19 @@ fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<
     });
     give_streams(spec)?;
     match app::launch_detached(registry, &ls)? {
-        Detached::Started(app) => {
-            rec.app = Some(app);
-            super::save_record(state, &rec)?;
-            Ok(Submitted::Started { id, app })
-        }
+        Detached::Started(app) => Ok(Submitted::Started { id, app }),
         Detached::ChildExit(c) => Ok(Submitted::ChildExit(c)),
+    }
+}
+
+/// Called by the unit's supervisor once the job runs as application `app`,
+/// before `submit` returns (and so before the unit can end).
+pub fn started(state: &Path, id: u32, app: u64) {
+    if let Ok(mut rec) = super::load_record(state, id) {
+        rec.app = Some(app);
+        if let Err(e) = super::save_record(state, &rec) {
+            log::warn!("unit {id}: {e}");
+        }
     }
 }
 

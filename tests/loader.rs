@@ -1,0 +1,524 @@
+//! xos-loader on the real kernel: JSDL jobs in containers with their limits and
+//! user, submissions that return at once with random ids, end reports over
+//! sockets (also to a listener that comes back late), template root
+//! filesystems, and whole-container checkpoint and restart on a second node.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use common::{read, show, wait_until, Env};
+
+const T: Duration = Duration::from_secs(20);
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(o.status.success(), "{what}: {}", show(o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn loader(env: &Env, args: &[&str]) -> Output {
+    env.cmd("xos-loader").args(args).output().unwrap()
+}
+
+/// Submits and returns the container id.
+fn submit(env: &Env, args: &[&str]) -> u32 {
+    let mut a = vec!["submit"];
+    a.extend_from_slice(args);
+    let out = ok(&loader(env, &a), "submit");
+    out.trim().parse().expect("a container id")
+}
+
+fn status(env: &Env, id: u32) -> Option<serde_json::Value> {
+    let o = loader(env, &["status", &id.to_string()]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).unwrap())
+}
+
+/// Waits until unit `id` is gone from the node.
+fn wait_gone(env: &Env, id: u32) {
+    assert!(
+        wait_until(T, || status(env, id).is_none()),
+        "unit {id} still there: {:?}",
+        status(env, id)
+    );
+}
+
+/// `xos-loader listen` on `addr`, for `count` reports.
+struct Listener {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Listener {
+    fn start(env: &Env, addr: &str, count: u32) -> Listener {
+        let mut child = env
+            .cmd("xos-loader")
+            .args(["listen", addr, "--count", &count.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        if let Some(p) = addr.strip_prefix("unix:") {
+            assert!(wait_until(T, || Path::new(p).exists()), "no socket {p}");
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Listener { child, lines }
+    }
+
+    fn next(&mut self) -> serde_json::Value {
+        let line = self.lines.next().expect("a report").unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const JSDL_HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
+    xmlns:jsdl-posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix"
+    xmlns:aem="urn:example:aem">"#;
+
+fn jsdl(dir: &Path, name: &str, posix: &str, extra: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            "{JSDL_HEAD}\n<jsdl:JobDescription>\n\
+             <jsdl:JobIdentification><jsdl:JobName>{}</jsdl:JobName></jsdl:JobIdentification>\n\
+             <jsdl:Application><jsdl-posix:POSIXApplication>{posix}</jsdl-posix:POSIXApplication>\
+             </jsdl:Application>\n{extra}\n</jsdl:JobDescription></jsdl:JobDefinition>\n",
+            name.trim_end_matches(".jsdl")
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Test 1: a JSDL job with arguments, environment, stdout/stderr files, a
+/// working directory, memory and process-count limits and
+/// <Checkpointer>OpenVZ</Checkpointer> runs in a container, with those limits,
+/// as the mapped user; a fork bomb stops at the process limit.
+#[test]
+fn jsdl_job_runs_in_a_container_as_the_user_with_its_limits() {
+    let env = Env::new();
+    let wd = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        wd.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let sock = env.state.path().join("aem.sock");
+    let addr = format!("unix:{}", sock.display());
+    let script = "id -u; id -g; pwd; echo \"$GREETING\"; hostname; ls /sys/class/net; \
+                  echo to-stderr >&2; sleep 1; \
+                  (i=0; while [ $i -lt 40 ]; do sleep 3 & i=$((i+1)); done) 2>/dev/null; \
+                  echo forked; exit 4";
+    let file = jsdl(
+        wd.path(),
+        "limits-1.jsdl",
+        &format!(
+            "<jsdl-posix:Executable>/bin/sh</jsdl-posix:Executable>\
+             <jsdl-posix:Argument>-c</jsdl-posix:Argument>\
+             <jsdl-posix:Argument>{}</jsdl-posix:Argument>\
+             <jsdl-posix:Output>out.txt</jsdl-posix:Output>\
+             <jsdl-posix:Error>err.txt</jsdl-posix:Error>\
+             <jsdl-posix:WorkingDirectory>{}</jsdl-posix:WorkingDirectory>\
+             <jsdl-posix:Environment name=\"GREETING\">hello  world</jsdl-posix:Environment>\
+             <jsdl-posix:MemoryLimit>67108864</jsdl-posix:MemoryLimit>\
+             <jsdl-posix:ProcessCountLimit>8</jsdl-posix:ProcessCountLimit>\
+             <jsdl-posix:UserName>nobody</jsdl-posix:UserName>\
+             <aem:Priority>high</aem:Priority>",
+            xml_escape(script),
+            wd.path().display()
+        ),
+        "<Checkpointer>OpenVZ</Checkpointer>",
+    );
+    let f = file.to_str().unwrap();
+    let check = ok(&loader(&env, &["--check", f]), "--check");
+    assert!(check.contains("checkpointer:     container"), "{check}");
+    assert!(check.contains("nobody (uid 65534"), "{check}");
+    assert!(check.contains("pids 8"), "{check}");
+    assert!(check.contains("ignored:"), "{check}");
+
+    let mut l = Listener::start(&env, &addr, 1);
+    let id = submit(&env, &["--jsdl", f, "--notify", &addr]);
+    // While it runs: its group has the limits.
+    let st = status(&env, id).expect("status");
+    assert_eq!(st["container"], true);
+    assert_eq!(st["job"], "limits-1");
+    let app = st["app"].as_u64().unwrap();
+    let rec = env.registry().load(app).unwrap();
+    let limits = rec.cgroup.limits().unwrap();
+    assert_eq!(limits.memory_max, Some(64 << 20));
+    assert_eq!(limits.pids_max, Some(8));
+    assert_eq!(rec.checkpointer, "container");
+
+    let r = l.next();
+    assert_eq!(r["container"], id, "{r}");
+    assert_eq!(r["job"], "limits-1");
+    assert_eq!(r["exit_status"], 4, "{r}");
+    let out = read(wd.path().join("out.txt"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "65534",
+            "65534",
+            wd.path().to_str().unwrap(),
+            "hello  world"
+        ],
+        "{out}"
+    );
+    assert_eq!(lines[4], format!("ct-{id}"));
+    assert_eq!(lines[5], "lo", "only its own loopback: {out}");
+    assert_eq!(lines[6], "forked");
+    let err = read(wd.path().join("err.txt"));
+    assert!(err.starts_with("to-stderr"), "{err}");
+    let md = std::fs::metadata(wd.path().join("out.txt")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), 65534);
+    wait_gone(&env, id);
+    assert!(!rec.cgroup.exists(), "the container's group is removed");
+}
+
+/// Test 1, the fork bomb: it stops at ProcessCountLimit, and the wall-clock
+/// watchdog ends the container.
+#[test]
+fn fork_bomb_stops_at_the_limit_and_the_watchdog_ends_it() {
+    let env = Env::new();
+    let sock = env.state.path().join("aem.sock");
+    let addr = format!("unix:{}", sock.display());
+    let file = jsdl(
+        env.state.path(),
+        "bomb.jsdl",
+        "<jsdl-posix:Executable>/bin/sh</jsdl-posix:Executable>\
+         <jsdl-posix:Argument>-c</jsdl-posix:Argument>\
+         <jsdl-posix:Argument>b() { b | b &amp; }; b; sleep 30</jsdl-posix:Argument>\
+         <jsdl-posix:ProcessCountLimit>20</jsdl-posix:ProcessCountLimit>\
+         <jsdl-posix:WallTimeLimit>2</jsdl-posix:WallTimeLimit>",
+        "<Checkpointer>container</Checkpointer>",
+    );
+    let mut l = Listener::start(&env, &addr, 1);
+    let id = submit(&env, &["--jsdl", file.to_str().unwrap(), "--notify", &addr]);
+    let app = status(&env, id).unwrap()["app"].as_u64().unwrap();
+    let rec = env.registry().load(app).unwrap();
+    let mut most = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        most = most.max(rec.cgroup.pids().map(|p| p.len()).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(most <= 20, "{most} tasks with a limit of 20");
+    let r = l.next();
+    assert_eq!(r["limit"], "WallTimeLimit", "{r}");
+    assert_eq!(r["signal_name"], "SIGKILL", "{r}");
+    wait_gone(&env, id);
+}
+
+/// Test 1, refusals: one line naming what is wrong, nothing created.
+#[test]
+fn bad_jsdl_is_refused_with_one_line() {
+    let env = Env::new();
+    let d = env.state.path();
+    let cases = [
+        (
+            "<jsdl-posix:Argument>x</jsdl-posix:Argument>",
+            "",
+            "Executable",
+        ),
+        (
+            "<jsdl-posix:Executable>/bin/true</jsdl-posix:Executable>\
+             <jsdl-posix:MemoryLimit>-5</jsdl-posix:MemoryLimit>",
+            "",
+            "MemoryLimit '-5'",
+        ),
+        (
+            "<jsdl-posix:Executable>/bin/true</jsdl-posix:Executable>",
+            "<Checkpointer>BLCR</Checkpointer>",
+            "unknown Checkpointer 'BLCR'",
+        ),
+        (
+            "<jsdl-posix:Executable>/bin/true</jsdl-posix:Executable>\
+             <jsdl-posix:UserName>no-such-user-xos</jsdl-posix:UserName>",
+            "",
+            "no-such-user-xos",
+        ),
+    ];
+    for (i, (posix, extra, want)) in cases.iter().enumerate() {
+        let f = jsdl(d, &format!("bad-{i}.jsdl"), posix, extra);
+        for args in [
+            vec!["--check", f.to_str().unwrap()],
+            vec!["submit", "--jsdl", f.to_str().unwrap()],
+        ] {
+            let o = loader(&env, &args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{args:?}: {}", show(&o));
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+    let o = loader(&env, &["submit", "--notify", "udp:x", "--", "true"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("udp:x"));
+    let units = env.state.path().join("containers");
+    assert!(xos::fsutil::numbered_entries::<u32>(&units).is_empty());
+}
+
+/// Test 2: submit returns while the job runs, and nothing outside the container
+/// is the job's parent; 100 submissions give 100 distinct, non-sequential ids.
+#[test]
+fn submit_returns_at_once_with_random_ids() {
+    let env = Env::new();
+    let flag = env.state.path().join("flag");
+    let start = std::time::Instant::now();
+    let id = submit(
+        &env,
+        &[
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "wait_flag() {{ while [ ! -e {} ]; do sleep 0.05; done; }}; wait_flag & wait_flag",
+                flag.display()
+            ),
+        ],
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let st = status(&env, id).unwrap();
+    assert_eq!(st["state"], "running");
+    let init = st["pid"].as_i64().unwrap() as i32;
+    let app = env.registry().load(st["app"].as_u64().unwrap()).unwrap();
+    let pid_ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let ct_ns = pid_ns(app.command_pid().unwrap());
+    for pid in app.cgroup.pids().unwrap() {
+        if pid == init {
+            continue;
+        }
+        let ppid = xos::process::stat(pid).unwrap().ppid;
+        assert_eq!(pid_ns(pid), ct_ns, "process {pid} of the container");
+        assert_eq!(
+            pid_ns(ppid),
+            ct_ns,
+            "the parent of {pid} is inside the container"
+        );
+    }
+    std::fs::write(&flag, "").unwrap();
+    wait_gone(&env, id);
+
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(submit(&env, &["--", "true"]));
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 100, "distinct ids");
+    let steps = ids
+        .windows(2)
+        .filter(|w| w[1] == w[0].wrapping_add(1))
+        .count();
+    assert!(steps < 3, "ids look sequential: {ids:?}");
+    for id in ids {
+        wait_gone(&env, id);
+    }
+}
+
+/// Test 3: listen receives the end report with the exit status (Unix and TCP),
+/// and a report made while the listener is down arrives when it comes back.
+#[test]
+fn reports_reach_the_listener_even_when_it_comes_back_late() {
+    let env = Env::new();
+    let sock = env.state.path().join("aem.sock");
+    let addr = format!("unix:{}", sock.display());
+    {
+        let mut l = Listener::start(&env, &addr, 2);
+        let a = submit(
+            &env,
+            &[
+                "--job", "j-3", "--notify", &addr, "--", "sh", "-c", "exit 7",
+            ],
+        );
+        let r = l.next();
+        assert_eq!(
+            (r["container"].as_u64(), r["exit_status"].as_i64()),
+            (Some(a as u64), Some(7))
+        );
+        assert_eq!(r["job"], "j-3");
+        assert!(r["ended"].as_u64().unwrap() > 1_600_000_000);
+        assert!(r["rusage"]["maxrss_kb"].as_u64().unwrap() > 0, "{r}");
+        let b = submit(
+            &env,
+            &["--notify", &addr, "--", "sh", "-c", "kill -TERM $$"],
+        );
+        let r = l.next();
+        assert_eq!(r["container"], b);
+        assert_eq!(
+            (r["signal"].as_i64(), r["signal_name"].as_str()),
+            (Some(15), Some("SIGTERM"))
+        );
+        wait_gone(&env, a);
+        wait_gone(&env, b);
+    }
+    // The listener is down when the job ends.
+    let _ = std::fs::remove_file(&sock);
+    let c = submit(&env, &["--notify", &addr, "--", "sh", "-c", "exit 5"]);
+    assert!(wait_until(T, || status(&env, c)
+        .is_some_and(
+            |s| s["state"] == "ended" && s["report"]["exit_status"] == 5
+        )));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(status(&env, c).is_some(), "kept until delivered");
+    let mut l = Listener::start(&env, &addr, 1);
+    let r = l.next();
+    assert_eq!(
+        (r["container"].as_u64(), r["exit_status"].as_i64()),
+        (Some(c as u64), Some(5))
+    );
+    wait_gone(&env, c);
+
+    // TCP on the loopback, a native unit (no container).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp = format!("tcp:127.0.0.1:{port}");
+    let mut l = Listener::start(&env, &tcp, 1);
+    let d = submit(
+        &env,
+        &[
+            "--checkpointer",
+            "native",
+            "--notify",
+            &tcp,
+            "--",
+            "sh",
+            "-c",
+            "exit 9",
+        ],
+    );
+    let r = l.next();
+    assert_eq!(
+        (r["unit"].as_u64(), r["exit_status"].as_i64()),
+        (Some(d as u64), Some(9))
+    );
+    assert!(r["container"].is_null(), "{r}");
+    wait_gone(&env, d);
+}
+
+/// destroy kills the unit and removes it; list shows the units.
+#[test]
+fn list_and_destroy() {
+    let env = Env::new();
+    let id = submit(&env, &["--job", "j-d", "--", "sleep", "60"]);
+    let out = ok(&loader(&env, &["list"]), "list");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&id.to_string()) && l.contains("running") && l.contains("j-d")),
+        "{out}"
+    );
+    let app = status(&env, id).unwrap()["app"].as_u64().unwrap();
+    let rec = env.registry().load(app).unwrap();
+    ok(&loader(&env, &["destroy", &id.to_string()]), "destroy");
+    assert!(status(&env, id).is_none());
+    assert!(wait_until(T, || !rec.alive() && !rec.cgroup.exists()));
+    let o = loader(&env, &["destroy", &id.to_string()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&id.to_string()));
+}
+
+/// A template tarball built from busybox-static.
+fn busybox_template(dir: &Path) -> PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("busybox-static (scripts/test.sh installs it)");
+    let root = dir.join("tree");
+    for d in ["bin", "dev", "proc", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    for app in ["sh", "ls", "cat", "hostname", "id"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(app)).unwrap();
+    }
+    std::fs::write(root.join("etc/marker"), "from the template\n").unwrap();
+    let tdir = dir.join("templates");
+    std::fs::create_dir_all(&tdir).unwrap();
+    let f = std::fs::File::create(tdir.join("bb.tar.gz")).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    b.follow_symlinks(false);
+    b.append_dir_all(".", &root).unwrap();
+    b.into_inner().unwrap().finish().unwrap();
+    tdir
+}
+
+/// Test 5: a template root filesystem: the job sees only it.
+#[test]
+fn template_root_filesystem_is_all_the_job_sees() {
+    let env = Env::new();
+    let tdir = busybox_template(env.state.path());
+    let out = env.state.path().join("out");
+    let sock = env.state.path().join("aem.sock");
+    let addr = format!("unix:{}", sock.display());
+    let mut l = Listener::start(&env, &addr, 1);
+    let id = submit(
+        &env,
+        &[
+            "--template",
+            "bb",
+            "--template-dir",
+            tdir.to_str().unwrap(),
+            "--stdout",
+            out.to_str().unwrap(),
+            "--notify",
+            &addr,
+            "--",
+            "/bin/sh",
+            "-c",
+            "ls /; cat /etc/marker; ls /proc | grep -c '^[0-9]'; echo x > /dev/null && echo dev-ok",
+        ],
+    );
+    let r = l.next();
+    assert_eq!(r["exit_status"], 0, "{r}");
+    let text = read(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..5], ["bin", "dev", "etc", "proc", "tmp"], "{text}");
+    assert_eq!(lines[5], "from the template");
+    assert!(
+        lines[6].parse::<u32>().unwrap() <= 4,
+        "its own /proc: {text}"
+    );
+    assert_eq!(lines[7], "dev-ok");
+    wait_gone(&env, id);
+    let o = loader(
+        &env,
+        &[
+            "submit",
+            "--template",
+            "nope",
+            "--template-dir",
+            tdir.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("template 'nope'"));
+}

@@ -1,27 +1,146 @@
-//! The container checkpointer's place in the common API (the role OpenVZ had:
-//! a job's units in one container, checkpointed and restarted whole). It comes
-//! with container job units (`xos-loader`); until then it says so, so that a
-//! version written by it elsewhere is refused here with one clear line.
+//! The container checkpointer (the role OpenVZ had): a job unit that runs in a
+//! container of `xos-loader` ([`crate::container`]) is checkpointed and
+//! restarted whole. Its image directory holds:
+//!
+//! - `container.json`: the unit (container id, hostname, job, notify address,
+//!   root filesystem, limits) and its tmpfs mounts;
+//! - `tmpfs-N.tar`: the content of each tmpfs mounted inside the container;
+//! - `native/`: every process of the container and its SysV IPC objects,
+//!   written by the built-in checkpointer ([`super::native`]), including the
+//!   job's processes; the container's init (the loader) is made anew at
+//!   restart and reports the job's end to the notify address given then.
+//!
+//! A restart rebuilds the container with the same id and hostname, its
+//! namespaces, cgroup limits and tmpfs contents, then its processes, on this
+//! node or another (another state directory).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::api::{
-    Checkpointer, DumpOptions, GcpError, Probe, RestartOptions, Restarted, Result, UnitImage,
+    Checkpointer, DumpOptions, Feature, GcpError, Probe, RestartOptions, Restarted, Result,
+    UnitImage,
 };
+use super::native::Native;
+use crate::app::{self, Detached};
+use crate::cgroup::FreezerState;
+use crate::container::{self, unit, Tmpfs, UnitRecord, UnitSetup};
+use crate::fsutil::{self, PathError};
 use crate::registry::{AppRecord, Registry};
 
 /// The name units and metadata use for it.
 pub const CONTAINER: &str = "container";
 
-/// The container checkpointer (not built yet).
+const META: &str = "container.json";
+const META_MAGIC: &str = "xos-container-image";
+const META_FORMAT: u32 = 1;
+const NATIVE_DIR: &str = "native";
+/// How long a restart waits for the old supervisor of the same container id
+/// (checkpointed with --kill on this node) to remove it.
+const OLD_UNIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `container.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ContainerImage {
+    unit: UnitRecord,
+    /// Tmpfs mounts; `archive` is the name of the tar file in the image.
+    tmpfs: Vec<Tmpfs>,
+}
+
+/// The container checkpointer.
 #[derive(Debug, Default, Clone)]
 pub struct Container;
 
-impl Container {
-    fn unavailable(&self) -> GcpError {
-        GcpError::Unavailable {
+fn bad(path: &Path, reason: impl std::fmt::Display) -> GcpError {
+    GcpError::BadImage {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The container unit of state directory `state` whose application is `app`.
+fn unit_of(state: &Path, app: &AppRecord) -> Result<UnitRecord> {
+    container::unit_ids(state)
+        .into_iter()
+        .filter_map(|id| container::load_record(state, id).ok())
+        .find(|r| r.app == Some(app.id) && r.container)
+        .ok_or_else(|| GcpError::Unavailable {
             backend: CONTAINER.to_string(),
-            why: "container job units are not built yet in this version of xos".to_string(),
+            why: format!(
+                "application {} is not a container of xos-loader in {}",
+                app.id,
+                state.display()
+            ),
+        })
+}
+
+fn read_meta(dir: &Path) -> Result<ContainerImage> {
+    let path = dir.join(META);
+    let body = fsutil::read_checked(&path, META_MAGIC, META_FORMAT)?;
+    serde_json::from_slice(&body).map_err(|e| bad(&path, e))
+}
+
+impl Container {
+    /// Writes `container.json` and the tmpfs archives of `unit`'s container
+    /// (frozen) into `dir`.
+    fn save(&self, rec: &UnitRecord, unit: &AppRecord, dir: &Path) -> Result<()> {
+        let mounts = container::rootfs::container_tmpfs(unit.root_pid).map_err(|e| {
+            PathError::new("read the mounts of", format!("/proc/{}", unit.root_pid), e)
+        })?;
+        let mut tmpfs = Vec::new();
+        for (n, m) in mounts.into_iter().enumerate() {
+            let name = format!("tmpfs-{n}.tar");
+            let from = PathBuf::from(format!("/proc/{}/root", unit.root_pid))
+                .join(m.target.strip_prefix("/").unwrap_or(&m.target));
+            container::rootfs::pack(&from, &dir.join(&name)).map_err(|source| {
+                GcpError::BadImage {
+                    path: dir.join(&name),
+                    reason: container::ContainerError::SaveTmpfs {
+                        id: rec.id,
+                        target: m.target.clone(),
+                        source,
+                    }
+                    .to_string(),
+                }
+            })?;
+            tmpfs.push(Tmpfs {
+                target: m.target,
+                options: m.options,
+                archive: Some(PathBuf::from(name)),
+            });
+        }
+        let body = serde_json::to_vec_pretty(&ContainerImage {
+            unit: rec.clone(),
+            tmpfs,
+        })
+        .expect("serializable");
+        fsutil::write_checked(&dir.join(META), META_MAGIC, META_FORMAT, &body)?;
+        Ok(())
+    }
+
+    /// Reserves the container id on this node: free, or held by the
+    /// container this very image was taken from with --kill, whose
+    /// supervisor is removing it.
+    fn reserve(&self, state: &Path, id: u32) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            match container::reserve(state, id) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.errno() != Some(libc::EEXIST) => return Err(e.into()),
+                Err(_) => {}
+            }
+            let leaving = container::unit_dir(state, id)
+                .join(unit::NO_REPORT)
+                .exists();
+            if !leaving || start.elapsed() > OLD_UNIT_TIMEOUT {
+                return Err(GcpError::Unavailable {
+                    backend: CONTAINER.to_string(),
+                    why: container::ContainerError::InUse(id).to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -33,20 +152,99 @@ impl Checkpointer for Container {
 
     fn probe(&self) -> Probe {
         Probe {
-            version: Err("container job units are not built yet in this version of xos".into()),
-            features: Vec::new(),
+            version: Ok(env!("CARGO_PKG_VERSION").to_string()),
+            features: vec![Feature::Threads, Feature::SysvIpc],
         }
     }
 
-    fn checkpoint(&self, _: &Path, _: &AppRecord, _: &Path, _: &DumpOptions) -> Result<UnitImage> {
-        Err(self.unavailable())
+    fn checkpoint(
+        &self,
+        state: &Path,
+        unit: &AppRecord,
+        dir: &Path,
+        opts: &DumpOptions,
+    ) -> Result<UnitImage> {
+        let rec = unit_of(state, unit)?;
+        let frozen_here = unit.cgroup.freezer_state()? != FreezerState::Frozen;
+        if frozen_here {
+            unit.cgroup.freeze(opts.timeout)?;
+        }
+        // Killed for a checkpoint, the container's end is not the job's.
+        let marker = container::unit_dir(state, rec.id).join(unit::NO_REPORT);
+        let result = self.save(&rec, unit, dir).and_then(|()| {
+            if opts.kill {
+                fsutil::write_atomic(&marker, b"checkpointed\n", 0o600)?;
+            }
+            Native.checkpoint(state, unit, &dir.join(NATIVE_DIR), opts)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&marker);
+        }
+        if frozen_here && unit.alive() {
+            let _ = unit.cgroup.thaw(opts.timeout);
+        }
+        let mut img = result?;
+        img.backend = CONTAINER.to_string();
+        img.bytes = super::meta::tree_size(dir);
+        Ok(img)
     }
 
-    fn verify(&self, _: &Path) -> Result<()> {
-        Err(self.unavailable())
+    fn verify(&self, dir: &Path) -> Result<()> {
+        let meta = read_meta(dir)?;
+        for t in &meta.tmpfs {
+            let a = dir.join(t.archive.as_deref().unwrap_or(Path::new("")));
+            if !a.is_file() {
+                return Err(bad(&a, "missing tmpfs archive"));
+            }
+        }
+        Native.verify(&dir.join(NATIVE_DIR))
     }
 
-    fn restart(&self, _: &Registry, _: &Path, _: &RestartOptions) -> Result<Restarted> {
-        Err(self.unavailable())
+    fn restart(&self, registry: &Registry, dir: &Path, opts: &RestartOptions) -> Result<Restarted> {
+        self.verify(dir)?;
+        let meta = read_meta(dir)?;
+        let state = registry.root();
+        let id = meta.unit.id;
+        self.reserve(state, id)?;
+        let udir = container::unit_dir(state, id);
+        let rec = UnitRecord {
+            app: None,
+            notify: opts.notify.clone().or(meta.unit.notify.clone()),
+            job: opts.job.clone().or(meta.unit.job.clone()),
+            ..meta.unit.clone()
+        };
+        let started = container::save_record(state, &rec)
+            .map_err(GcpError::from)
+            .and_then(|()| {
+                let mut spec = super::native::restart_spec(&dir.join(NATIVE_DIR), opts)?;
+                spec.checkpointer = CONTAINER.to_string();
+                spec.unit = Some(UnitSetup {
+                    id,
+                    container: true,
+                    hostname: rec.hostname.clone(),
+                    rootfs: rec.rootfs.clone(),
+                    tmpfs: meta
+                        .tmpfs
+                        .iter()
+                        .map(|t| Tmpfs {
+                            archive: t.archive.as_ref().map(|a| dir.join(a)),
+                            ..t.clone()
+                        })
+                        .collect(),
+                    wall_time: rec.limits.wall_time,
+                    cpu_time: rec.limits.cpu_time,
+                    status_file: udir.join(unit::STATUS),
+                    ..UnitSetup::default()
+                });
+                Ok(app::launch_detached(registry, &spec)?)
+            });
+        match started {
+            Ok(Detached::Started(app)) => Ok(Restarted::Started(app)),
+            Ok(Detached::ChildExit(c)) => Ok(Restarted::ChildExit(c)),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&udir);
+                Err(e)
+            }
+        }
     }
 }

@@ -84,21 +84,28 @@ impl Checkpointer for Native {
 
     fn restart(&self, registry: &Registry, dir: &Path, opts: &RestartOptions) -> Result<Restarted> {
         self.verify(dir)?;
-        let img = ckpt::load_image_at(dir)?;
-        let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
-        spec.limits = img.limits.clone();
-        spec.cgroup_parent = opts.cgroup_parent.clone();
-        set_stdio(&mut spec, opts);
-        spec.ipc_restore = Some(dir.join(IPC_DIR)).filter(|d| d.exists());
-        spec.restore = Some((dir.to_path_buf(), img));
-        spec.stay_frozen = opts.frozen;
-        spec.job = opts.job.clone();
-        spec.callback = opts.callback.clone();
+        let spec = restart_spec(dir, opts)?;
         Ok(match app::launch_detached(registry, &spec)? {
             Detached::Started(id) => Restarted::Started(id),
             Detached::ChildExit(c) => Restarted::ChildExit(c),
         })
     }
+}
+
+/// How the processes (and SysV IPC objects) of the image in `dir` are
+/// started again; the container backend adds its container to it.
+pub(super) fn restart_spec(dir: &Path, opts: &RestartOptions) -> Result<LaunchSpec> {
+    let img = ckpt::load_image_at(dir)?;
+    let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
+    spec.limits = img.limits.clone();
+    spec.cgroup_parent = opts.cgroup_parent.clone();
+    set_stdio(&mut spec, opts);
+    spec.ipc_restore = Some(dir.join(IPC_DIR)).filter(|d| d.exists());
+    spec.restore = Some((dir.to_path_buf(), img));
+    spec.stay_frozen = opts.frozen;
+    spec.job = opts.job.clone();
+    spec.callback = opts.callback.clone();
+    Ok(spec)
 }
 
 /// The unit's SysV IPC objects, inside its image directory.

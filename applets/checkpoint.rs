@@ -87,6 +87,10 @@ struct Args {
     #[arg(long, value_name = "SIZE", default_value = "10M", value_parser = common::parse_size)]
     ghost_limit: u64,
 
+    /// With -c: a Unix stream socket connected to a process outside the application does not refuse the checkpoint; it comes back cut (the application sees its peer gone)
+    #[arg(long)]
+    external_unix: bool,
+
     /// State directory holding the registry
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -237,6 +241,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             timeout,
             wait: a.wait,
             ghost_limit: a.ghost_limit,
+            external_unix: a.external_unix,
             cancel: Some(cancel),
         };
         // On a terminal, the bytes written so far into the version being made.

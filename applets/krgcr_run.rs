@@ -56,6 +56,10 @@ struct Args {
     #[arg(long, value_name = "PROGRAM", requires = "job")]
     callback: Option<PathBuf>,
 
+    /// Network: host (the caller's, the default), private (a network namespace of its own with only lo, whose TCP and UDP endpoints checkpoint and restart with it), or veth:ADDR/PREFIX[,NETNS] (private, plus eth0 at ADDR, the other end of a veth pair in the caller's or the named namespace at the subnet's first other address)
+    #[arg(long, value_name = "MODE", default_value = "host", value_parser = parse_net)]
+    net: xos::net::NetMode,
+
     /// Memory limit, e.g. 512M or 2G
     #[arg(short, long, value_name = "SIZE", value_parser = common::parse_size)]
     memory: Option<u64>,
@@ -146,7 +150,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
             }
         }
     }
+    if a.net.is_private() && a.checkpointer == app::CRIU {
+        eprintln!(
+            "krgcr-run: --net {} works with the native checkpointer only",
+            a.net
+        );
+        return 125;
+    }
     spec.checkpointer = a.checkpointer;
+    spec.net = a.net;
     spec.limits = Limits {
         memory_max: a.memory,
         cpu_weight: a.cpu_weight,
@@ -242,4 +254,8 @@ fn setup_failed(applet: &str, e: app::LaunchError) -> i32 {
     };
     common::fail(applet, e);
     code
+}
+
+fn parse_net(s: &str) -> Result<xos::net::NetMode, String> {
+    s.parse().map_err(|e: xos::net::BadNetMode| e.to_string())
 }

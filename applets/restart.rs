@@ -67,6 +67,10 @@ struct Args {
     #[arg(long)]
     wait: bool,
 
+    /// Network of the restarted application instead of the one it was checkpointed with (see krgcr-run --net); TCP connections need the same addresses
+    #[arg(long, value_name = "MODE", value_parser = |s: &str| s.parse::<xos::net::NetMode>().map_err(|e| e.to_string()))]
+    net: Option<xos::net::NetMode>,
+
     /// Reopen files that changed since the checkpoint (another size, shorter than the saved offset) instead of refusing
     #[arg(long)]
     allow_changed_files: bool,
@@ -198,6 +202,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
     let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
     spec.limits = img.limits.clone();
+    spec.net = a.net.clone().unwrap_or_else(|| img.net.clone());
     spec.cgroup_parent = a.cgroup_parent;
     for (stream, file) in [
         ("stdin", &a.stdin),

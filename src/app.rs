@@ -96,6 +96,8 @@ pub struct LaunchSpec {
     /// A job unit of `xos-loader` (a container, or a native unit): what its
     /// init sets up, how it starts the job and reports its end.
     pub unit: Option<crate::container::UnitSetup>,
+    /// The application's network (`krgcr-run --net`).
+    pub net: crate::net::NetMode,
 }
 
 impl LaunchSpec {
@@ -122,6 +124,7 @@ impl LaunchSpec {
             callback: None,
             checkpointer: NATIVE.to_string(),
             unit: None,
+            net: crate::net::NetMode::Host,
         }
     }
 }
@@ -401,6 +404,7 @@ fn new_record(spec: &LaunchSpec, id: u64, group: &Group, root: Pid) -> Result<Ap
         limits: spec.limits.clone(),
         job: spec.job.clone(),
         callback: spec.callback.clone(),
+        net: spec.net.clone(),
     })
 }
 
@@ -536,6 +540,7 @@ fn start_in_group(
     let restore = |m: &SigSet| {
         let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(m), None);
     };
+    let host_if = crate::net::netns::host_ifname(id, &registry.token()?);
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID) {
         restore(&old_mask);
         return Err(sys_err("create a PID namespace")(e));
@@ -551,7 +556,7 @@ fn start_in_group(
             for fd in close_in_child.iter().chain(&spec.close_fds) {
                 let _ = nix::unistd::close(*fd);
             }
-            let code = init_main(go_r, err_w, stdio, spec, &old_mask);
+            let code = init_main(go_r, err_w, stdio, spec, &old_mask, &host_if);
             return Ok(Launch::ChildExit(code));
         }
         Ok(ForkResult::Parent { child }) => child,
@@ -657,6 +662,7 @@ fn init_main(
     stdio: [Option<File>; 3],
     spec: &LaunchSpec,
     old_mask: &SigSet,
+    host_if: &str,
 ) -> i32 {
     let mut err = Some(File::from(err));
     let mut go = File::from(go);
@@ -664,7 +670,7 @@ fn init_main(
     if go.read(&mut byte).unwrap_or(0) != 1 {
         return 1; // The supervisor gave up; it reports why.
     }
-    let setup = init_setup(stdio, spec).and_then(|loader| match &spec.ipc_restore {
+    let setup = init_setup(stdio, spec, host_if).and_then(|loader| match &spec.ipc_restore {
         Some(dir) => crate::sysvipc::restore_all(dir)
             .map(|_| loader)
             .map_err(|e| {
@@ -804,9 +810,11 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
 fn init_setup(
     stdio: [Option<File>; 3],
     spec: &LaunchSpec,
+    host_if: &str,
 ) -> std::result::Result<Option<crate::container::inside::Loader>, String> {
     nix::sched::unshare(CloneFlags::CLONE_NEWIPC)
         .map_err(|e| format!("cannot create an IPC namespace: {e}"))?;
+    crate::net::netns::create(&spec.net, host_if)?;
     if spec.checkpointer == CRIU {
         // CRIU would have to dump a mount namespace made of every mount of
         // the host; a unit for it keeps the host's (and the host's /proc).

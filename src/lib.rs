@@ -11,6 +11,7 @@ pub mod container;
 pub mod fsutil;
 pub mod gcp;
 pub mod jsdl;
+pub mod net;
 pub mod ns;
 pub mod process;
 pub mod registry;

@@ -66,6 +66,9 @@ pub struct AppRecord {
     /// Program called at its checkpoints and restarts (`krgcr-run --callback`).
     #[serde(default)]
     pub callback: Option<PathBuf>,
+    /// Its network (`krgcr-run --net`).
+    #[serde(default)]
+    pub net: crate::net::NetMode,
 }
 
 /// The state of an application, derived from the kernel, never stored.
@@ -379,6 +382,7 @@ mod tests {
             cwd: "/".into(),
             started: now(),
             checkpointer: "native".into(),
+            net: Default::default(),
             limits: Limits::default(),
             job: None,
             callback: None,

@@ -427,6 +427,7 @@ fn a_group_with_tasks_is_refused_and_leftovers_are_pruned() {
         limits: Default::default(),
         job: None,
         callback: None,
+        net: Default::default(),
     };
     a.registry().save(&rec).unwrap();
     let o = a.cmd("checkpoint").arg("--prune").output().unwrap();

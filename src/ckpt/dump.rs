@@ -220,6 +220,8 @@ pub struct Dumper<'a> {
     anon_files: Vec<(i32, i32, String)>,
     /// Set by a signal to the checkpointer: stop at the next safe point.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Sockets saved so far.
+    pub sockets: crate::ckpt::sockets::Dumper,
 }
 
 /// How calls are injected into the processes being saved.
@@ -358,6 +360,7 @@ impl<'a> Dumper<'a> {
             ghosts: BTreeMap::new(),
             ghost_limit: DEFAULT_GHOST_LIMIT,
             cancel: None,
+            sockets: crate::ckpt::sockets::Dumper::new(root_host, Default::default()),
         }
     }
 
@@ -851,6 +854,7 @@ impl<'a> Dumper<'a> {
                 continue;
             }
             let is_pipe = target_s.starts_with("pipe:[");
+            let is_socket = target_s.starts_with("socket:[");
             if !is_pipe {
                 if let Some((of, _)) = seen
                     .iter()
@@ -866,7 +870,12 @@ impl<'a> Dumper<'a> {
                 }
                 seen.push((fd, target_s.clone()));
             }
-            let kind = if let Some(id) = target_s
+            let kind = if is_socket {
+                let id = self
+                    .dump_socket(host, fd, pid)
+                    .map_err(|w| unsupported(&format!(": {w}")))?;
+                FdKind::Socket { id }
+            } else if let Some(id) = target_s
                 .strip_prefix("pipe:[")
                 .and_then(|r| r.strip_suffix(']'))
             {
@@ -953,6 +962,7 @@ impl<'a> Dumper<'a> {
                 locks,
             });
         }
+        self.dump_in_flight(pid)?;
         // Every epoll target must be a descriptor of the process.
         for f in &fds {
             if let FdKind::Epoll { targets } = &f.kind {
@@ -968,6 +978,92 @@ impl<'a> Dumper<'a> {
             }
         }
         Ok(fds)
+    }
+
+    /// Saves the socket behind descriptor `fd` of process `host`; returns its id.
+    fn dump_socket(&mut self, host: i32, fd: i32, pid: i32) -> std::result::Result<u64, String> {
+        let sock = crate::ckpt::sockets::take_fd(host, fd)
+            .map_err(|e| format!("cannot take a copy of it: {e}"))?;
+        let cwd = fs::read_link(format!("/proc/{host}/cwd")).unwrap_or_default();
+        self.save_socket(sock, &cwd, pid)
+    }
+
+    fn save_socket(
+        &mut self,
+        sock: std::os::fd::OwnedFd,
+        cwd: &Path,
+        _pid: i32,
+    ) -> std::result::Result<u64, String> {
+        let dir = self.dir;
+        let mut write = |name: &str, b: &[u8]| -> std::result::Result<Blob, String> {
+            let mut w = BlobWriter::create(dir, name.to_string(), 0).map_err(|e| e.to_string())?;
+            w.write(dir, b).map_err(|e| e.to_string())?;
+            w.finish(dir).map_err(|e| e.to_string())
+        };
+        self.sockets.dump(sock, cwd, &mut write)
+    }
+
+    /// Says what each descriptor in flight in a saved socket's queue is (a
+    /// socket, a pipe, a file by path), saving what it refers to.
+    fn dump_in_flight(&mut self, pid: i32) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        while let Some(p) = self.sockets.pending.pop() {
+            let raw = p.fd.as_raw_fd();
+            let link = fs::read_link(format!("/proc/self/fd/{raw}"))
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let unsupported = |why: String| CkptError::Unsupported {
+                pid,
+                what: format!("a descriptor in flight ({link}){why}"),
+            };
+            let text = fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).unwrap_or_default();
+            let flags = files::FdInfo { text: &text }
+                .get("flags:")
+                .and_then(|v| u32::from_str_radix(v, 8).ok())
+                .unwrap_or(0)
+                & !(libc::O_CLOEXEC as u32);
+            let path = PathBuf::from(format!("/proc/self/fd/{raw}"));
+            let kind = if link.starts_with("socket:[") {
+                let sock =
+                    p.fd.try_clone()
+                        .map_err(|e| unsupported(format!(": {e}")))?;
+                let id = self
+                    .save_socket(sock, Path::new("/"), pid)
+                    .map_err(|w| unsupported(format!(": {w}")))?;
+                FdKind::Socket { id }
+            } else if let Some(id) = link
+                .strip_prefix("pipe:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse::<u64>().ok())
+            {
+                if !self.pipes.contains_key(&id) {
+                    let img = self.dump_pipe(&path, pid, id, "pipe")?;
+                    self.pipes.insert(id, img);
+                }
+                FdKind::Pipe {
+                    id,
+                    write: flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32,
+                }
+            } else if link.starts_with('/') && !link.ends_with(" (deleted)") {
+                let md = fs::metadata(&path).map_err(|e| unsupported(format!(": {e}")))?;
+                if !(md.is_file() || md.is_dir()) {
+                    return Err(unsupported(String::new()));
+                }
+                FdKind::Path {
+                    path: PathBuf::from(&link),
+                    pos: nix::unistd::lseek(&p.fd, 0, nix::unistd::Whence::SeekCur).unwrap_or(0)
+                        as u64,
+                    size: md.len(),
+                    ftype: md.mode() & libc::S_IFMT,
+                    inherited: None,
+                }
+            } else {
+                return Err(unsupported(String::new()));
+            };
+            self.sockets.set_in_flight(&p, flags, kind);
+        }
+        Ok(())
     }
 
     /// Copies the unread bytes of a pipe without consuming them (tee(2)).

@@ -43,6 +43,12 @@ pub struct Image {
     /// Named pipes open in the application, with their unread bytes.
     #[serde(default)]
     pub fifos: Vec<FifoImg>,
+    /// The application's network (`krgcr-run --net`), created again at restart.
+    #[serde(default)]
+    pub net: crate::net::NetMode,
+    /// Every socket of the application, those in flight included.
+    #[serde(default)]
+    pub sockets: Vec<crate::ckpt::sockets::SocketImg>,
 }
 
 /// A FIFO (named pipe): its path and, as for a pipe, its unread bytes.
@@ -351,6 +357,10 @@ pub enum FdKind {
     /// (watch descriptor, mask, path) of every watch.
     Inotify {
         watches: Vec<(i32, u32, PathBuf)>,
+    },
+    /// A socket of the application (the image's socket with this id).
+    Socket {
+        id: u64,
     },
     /// One end of a pipe of the application.
     Pipe {

@@ -16,6 +16,7 @@ mod ptrace;
 pub mod restore;
 mod seize;
 mod sigframe;
+pub mod sockets;
 mod sys;
 mod thread;
 mod timer;
@@ -121,6 +122,10 @@ pub struct CheckpointOptions {
     pub wait: bool,
     /// Largest deleted file or memfd whose content is saved with the image.
     pub ghost_limit: u64,
+    /// Save Unix streams connected to processes outside the application as
+    /// cut (the application sees its peer gone after restart) instead of
+    /// refusing the checkpoint.
+    pub external_unix: bool,
     /// Set (by a signal handler) to abort: the application is let go unchanged
     /// and no version is written.
     pub cancel: Option<Arc<AtomicBool>>,
@@ -220,6 +225,14 @@ fn write_image(
         let mut d = dump::Dumper::new(&tmp, rec.root_pid, ns_pids);
         d.cancel = opts.cancel.clone();
         d.ghost_limit = opts.ghost_limit;
+        d.sockets = sockets::Dumper::new(
+            rec.root_pid,
+            sockets::DumpOptions {
+                external_unix: opts.external_unix,
+                private_net: rec.net.is_private(),
+                app: rec.id,
+            },
+        );
         let mut out = Vec::new();
         for p in procs.iter_mut() {
             out.push(d.dump(&mut p.threads, p.host, p.stopped)?);
@@ -229,7 +242,7 @@ fn write_image(
             .flat_map(|p| p.threads.iter())
             .map(|t| image::xstate_features(&image::from_hex(&t.xstate).unwrap_or_default()))
             .fold(0, |a, b| a | b);
-        Ok(image::Image {
+        let img = image::Image {
             app: rec.id,
             version,
             created: registry::now(),
@@ -249,7 +262,16 @@ fn write_image(
             ghosts: d.ghosts.values().cloned().collect(),
             pipes: d.pipes.values().cloned().collect(),
             fifos: d.fifos.values().cloned().collect(),
-        })
+            net: rec.net.clone(),
+            sockets: d
+                .sockets
+                .finish()
+                .map_err(|what| CkptError::Unsupported { pid: 1, what })?,
+        };
+        if opts.kill {
+            d.sockets.for_kill();
+        }
+        Ok(img)
     })();
     match result {
         Ok(img) => Ok(Pending { tmp, img }),

@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{files, sys, thread, timer, CkptError};
+use super::{files, sockets, sys, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -76,12 +76,14 @@ struct Shared {
     /// FIFO id -> a descriptor opened for reading and writing, so that the
     /// processes' own opens by path do not block.
     fifos: HashMap<u64, RawFd>,
+    /// Socket id -> the socket, built in the init.
+    sockets: HashMap<u64, RawFd>,
     /// First descriptor number above everything the image uses.
     base: RawFd,
 }
 
 /// Reads a data file of the image, checking its length and checksum.
-fn read_blob(dir: &Path, b: &Blob) -> Result<Vec<u8>> {
+pub(crate) fn read_blob(dir: &Path, b: &Blob) -> Result<Vec<u8>> {
     let path = dir.join(&b.file);
     let data = std::fs::read(&path).map_err(|e| CkptError::Image {
         path: path.clone(),
@@ -162,6 +164,7 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
         pipes: HashMap::new(),
         shm: HashMap::new(),
         fifos: HashMap::new(),
+        sockets: HashMap::new(),
         base,
     };
     for p in &img.pipes {
@@ -234,6 +237,48 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
             })?;
         }
         s.shm.insert(b.id, high_fd(OwnedFd::from(f), base)?);
+    }
+    if !img.sockets.is_empty() {
+        let pipes = s.pipes.clone();
+        // A descriptor in flight in a socket's queue that is not a socket.
+        let open_other = |k: &FdKind, flags: u32| -> std::result::Result<OwnedFd, String> {
+            match k {
+                FdKind::Pipe { id, write } => {
+                    let (r, w) = pipes.get(id).ok_or_else(|| format!("unknown pipe {id}"))?;
+                    let end = if *write { *w } else { *r };
+                    unsafe_borrow(end)
+                        .try_clone_to_owned()
+                        .map_err(|e| format!("dup: {e}"))
+                }
+                FdKind::Path { path, pos, .. } => {
+                    let fd = nix::fcntl::open(
+                        path,
+                        reopen_flags(flags) | OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                    if *pos > 0 {
+                        nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
+                            .map_err(|e| format!("seek: {e}"))?;
+                    }
+                    Ok(fd)
+                }
+                _ => Err("a descriptor in flight of a kind not saved".into()),
+            }
+        };
+        let made = sockets::restore_all(
+            dir,
+            &img.sockets,
+            img.app,
+            !img.net.is_private(),
+            &open_other,
+        )
+        .map_err(|e| rerr(1, e))?;
+        for (id, fd) in made {
+            if id >> 63 == 0 {
+                s.sockets.insert(id, high_fd(fd, base)?);
+            }
+        }
     }
     Ok(s)
 }
@@ -372,6 +417,7 @@ pub fn restore_tree(
         .flat_map(|(r, w)| [*r, *w])
         .chain(shared.shm.values().copied())
         .chain(shared.fifos.values().copied())
+        .chain(shared.sockets.values().copied())
     {
         let _ = nix::unistd::close(fd);
     }
@@ -913,6 +959,13 @@ fn setup_fds(
                 made = None;
                 *std
             }
+            FdKind::Socket { id } => {
+                made = None;
+                *shared
+                    .sockets
+                    .get(id)
+                    .ok_or_else(|| rerr(me, format!("fd {}: unknown socket {id}", f.fd)))?
+            }
         };
         let n = match &made {
             Some(fd) => fcntl(fd, FcntlArg::F_DUPFD(stage_base)),
@@ -987,7 +1040,7 @@ fn setup_fds(
         let _ = nix::unistd::close(*r);
         let _ = nix::unistd::close(*w);
     }
-    for fd in shared.fifos.values() {
+    for fd in shared.fifos.values().chain(shared.sockets.values()) {
         let _ = nix::unistd::close(*fd);
     }
     for (id, fd) in &shared.shm {

@@ -98,6 +98,7 @@ pub(super) fn restart_spec(dir: &Path, opts: &RestartOptions) -> Result<LaunchSp
     let img = ckpt::load_image_at(dir)?;
     let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
     spec.limits = img.limits.clone();
+    spec.net = img.net.clone();
     spec.cgroup_parent = opts.cgroup_parent.clone();
     set_stdio(&mut spec, opts);
     spec.ipc_restore = Some(dir.join(IPC_DIR)).filter(|d| d.exists());
@@ -173,6 +174,7 @@ impl Native {
                 timeout: opts.timeout,
                 wait: opts.wait,
                 ghost_limit: ckpt::dump::DEFAULT_GHOST_LIMIT,
+                external_unix: false,
                 cancel: opts.cancel.clone(),
             },
         )?;

@@ -127,6 +127,10 @@ struct Submit {
     #[arg(long, value_name = "DIR[:OPTIONS]")]
     tmpfs: Vec<String>,
 
+    /// The container's network: private (only lo, the default), veth:ADDR/PREFIX[,NETNS] (and eth0 at ADDR, the other end of a veth pair in the caller's or the named namespace), or host
+    #[arg(long, value_name = "MODE", value_parser = parse_net)]
+    net: Option<xos::net::NetMode>,
+
     /// Connect the job's stdin to FILE (instead of the JSDL Input, else /dev/null)
     #[arg(long, value_name = "FILE")]
     stdin: Option<PathBuf>,
@@ -320,6 +324,10 @@ fn shell_word(s: &str) -> String {
     }
 }
 
+fn parse_net(s: &str) -> Result<xos::net::NetMode, String> {
+    s.parse().map_err(|e: xos::net::BadNetMode| e.to_string())
+}
+
 fn parse_tmpfs(s: &str) -> anyhow::Result<Tmpfs> {
     let (dir, opts) = s.split_once(':').unwrap_or((s, ""));
     let target = PathBuf::from(dir);
@@ -364,8 +372,10 @@ fn submit_spec(s: &Submit) -> anyhow::Result<SubmitSpec> {
     if let Some(j) = &spec.job {
         xos::gcp::meta::check_job(j)?;
     }
-    if !spec.container && (s.rootfs.is_some() || s.template.is_some() || !s.tmpfs.is_empty()) {
-        anyhow::bail!("--rootfs, --template and --tmpfs need a container (<Checkpointer>OpenVZ</Checkpointer> or --checkpointer container)");
+    if !spec.container
+        && (s.rootfs.is_some() || s.template.is_some() || !s.tmpfs.is_empty() || s.net.is_some())
+    {
+        anyhow::bail!("--rootfs, --template, --tmpfs and --net need a container (<Checkpointer>OpenVZ</Checkpointer> or --checkpointer container)");
     }
     for (slot, given) in [
         (&mut spec.stdin, &s.stdin),
@@ -377,6 +387,7 @@ fn submit_spec(s: &Submit) -> anyhow::Result<SubmitSpec> {
         }
     }
     spec.notify = s.notify.clone();
+    spec.net = s.net.clone();
     spec.rootfs = s
         .rootfs
         .as_ref()

@@ -655,7 +655,6 @@ fn container_checkpoint_and_restart_on_another_node() {
 }
 
 #[test]
-#[ignore = "needs socket checkpoint (issue 11)"]
 fn container_with_a_unix_socket_checkpoint_and_restart_on_another_node() {
     checkpoint_and_restart_on_another_node(true);
 }

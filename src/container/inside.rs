@@ -54,14 +54,12 @@ pub fn setup(u: &UnitSetup, mounts: bool) -> Result<Loader> {
     if u.container {
         // The init is in the job's cgroup already: that becomes the root of
         // the container's cgroup namespace.
-        nix::sched::unshare(
-            CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWCGROUP,
-        )
-        .map_err(|e| format!("cannot create the container's namespaces: {e}"))?;
+        // Its network namespace is made before (crate::net, `NetMode`).
+        nix::sched::unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("cannot create the container's namespaces: {e}"))?;
         if let Some(h) = &u.hostname {
             nix::unistd::sethostname(h).map_err(|e| format!("cannot set hostname {h}: {e}"))?;
         }
-        super::sys::loopback_up().map_err(|e| format!("cannot bring lo up: {e}"))?;
     }
     if mounts {
         let root = u.rootfs.as_deref().unwrap_or(Path::new("/"));

@@ -15,13 +15,15 @@
 //! the loader when the job ends), `report.json` (kept until delivered), `root/`
 //! (a template unpacked for the unit).
 //!
-//! Interfaces: namespaces(7), pivot_root(2), sethostname(2), netdevice(7),
-//! getrusage(2), setgroups(2).
+//! The container's network namespace is [`crate::net`]'s (`private`: only
+//! `lo`; `veth:ADDR/PREFIX`: and an `eth0`).
+//!
+//! Interfaces: namespaces(7), pivot_root(2), sethostname(2), getrusage(2),
+//! setgroups(2).
 
 pub mod inside;
 pub mod notify;
 pub mod rootfs;
-mod sys;
 pub mod unit;
 
 use std::collections::BTreeMap;

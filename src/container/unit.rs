@@ -54,6 +54,8 @@ pub struct SubmitSpec {
     /// Template name and the directory of templates.
     pub template: Option<(String, PathBuf)>,
     pub tmpfs: Vec<Tmpfs>,
+    /// The container's network (private when not given).
+    pub net: Option<crate::net::NetMode>,
     pub cgroup_parent: String,
 }
 
@@ -152,6 +154,11 @@ pub fn submit(registry: &Registry, spec: &SubmitSpec) -> Result<Submitted> {
     if spec.argv.is_empty() {
         return Err(app::LaunchError::NoCommand.into());
     }
+    if spec.net.is_some() && !spec.container {
+        return Err(ContainerError::Invalid(
+            "a network mode needs a container".into(),
+        ));
+    }
     if let Some(n) = &spec.notify {
         n.parse::<Address>()?;
     }
@@ -215,6 +222,9 @@ fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<
     ls.logs = true;
     ls.job = spec.job.clone();
     ls.checkpointer = spec.checkpointer.clone();
+    if spec.container {
+        ls.net = spec.net.clone().unwrap_or(crate::net::NetMode::Private);
+    }
     ls.unit = Some(UnitSetup {
         id,
         container: spec.container,

@@ -107,6 +107,18 @@ struct Submit {
     #[arg(long, value_name = "GROUP")]
     group: Option<String>,
 
+    /// Run the job as the local account xos-amsd maps the VO user of this XOS-cert to (as pam_app_aem does)
+    #[arg(long, value_name = "CERT", conflicts_with_all = ["user", "group"])]
+    cert: Option<PathBuf>,
+
+    /// xos-amsd's socket (default: the one its configuration names)
+    #[arg(long, value_name = "PATH", env = "XOS_AMSD_SOCKET")]
+    amsd_socket: Option<PathBuf>,
+
+    /// xos-amsd's configuration, for its socket
+    #[arg(long, value_name = "FILE", env = "XOS_AMSD_CONFIG", default_value = xos::vo::config::DEFAULT_PATH)]
+    amsd_config: PathBuf,
+
     /// Where the end report goes: unix:PATH or tcp:HOST:PORT
     #[arg(long, value_name = "ADDR")]
     notify: Option<String>,
@@ -347,7 +359,12 @@ fn submit_spec(s: &Submit) -> anyhow::Result<SubmitSpec> {
             let jd = jsdl::parse_file(f)?;
             let user = s.user.as_deref().or(jd.user.as_deref());
             let group = s.group.as_deref().or(jd.group.as_deref());
-            SubmitSpec::from_jsdl(&jd, creds(user, group)?)
+            // A certificate's mapping replaces the JSDL's user (below).
+            let c = match s.cert {
+                Some(_) => None,
+                None => creds(user, group)?,
+            };
+            SubmitSpec::from_jsdl(&jd, c)
         }
         None => {
             if s.command.is_empty() {
@@ -366,6 +383,13 @@ fn submit_spec(s: &Submit) -> anyhow::Result<SubmitSpec> {
             }
         }
     };
+    if let Some(cert) = &s.cert {
+        let socket = match &s.amsd_socket {
+            Some(p) => p.clone(),
+            None => xos::vo::config::Config::load(&s.amsd_config, false)?.socket,
+        };
+        spec.creds = Some(unit::vo_creds(&socket, cert)?);
+    }
     if let Some(j) = &s.job {
         spec.job = Some(j.clone());
     }

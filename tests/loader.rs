@@ -4,6 +4,7 @@
 //! filesystems, and whole-container checkpoint and restart on a second node.
 
 mod common;
+mod vo_common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -657,4 +658,88 @@ fn container_checkpoint_and_restart_on_another_node() {
 #[test]
 fn container_with_a_unix_socket_checkpoint_and_restart_on_another_node() {
     checkpoint_and_restart_on_another_node(true);
+}
+
+/// The CPU-time watchdog ends a container whose processes together used more
+/// than CPUTimeLimit, though none of them reached it alone.
+#[test]
+fn cpu_time_watchdog_counts_every_process() {
+    let env = Env::new();
+    let addr = format!("unix:{}", env.state.path().join("aem.sock").display());
+    let file = jsdl(
+        env.state.path(),
+        "cpu.jsdl",
+        "<jsdl-posix:Executable>/bin/sh</jsdl-posix:Executable>\
+         <jsdl-posix:Argument>-c</jsdl-posix:Argument>\
+         <jsdl-posix:Argument>b() { while :; do :; done; }; b &amp; b &amp; b &amp; wait</jsdl-posix:Argument>\
+         <jsdl-posix:CPUTimeLimit>3</jsdl-posix:CPUTimeLimit>",
+        "<Checkpointer>OpenVZ</Checkpointer>",
+    );
+    let mut l = Listener::start(&env, &addr, 1);
+    let id = submit(&env, &["--jsdl", file.to_str().unwrap(), "--notify", &addr]);
+    let r = l.next();
+    assert_eq!(r["limit"], "CPUTimeLimit", "{r}");
+    let cpu = r["rusage"]["utime_us"].as_u64().unwrap() + r["rusage"]["stime_us"].as_u64().unwrap();
+    assert!(cpu >= 3_000_000, "{r}");
+    wait_gone(&env, id);
+}
+
+/// With an XOS-cert, the job runs as the local account xos-amsd maps its VO
+/// user to; a certificate it refuses creates nothing.
+#[test]
+fn a_certificate_maps_the_job_to_its_vo_account() {
+    let env = Env::new();
+    let pki = vo_common::Pki::new("ctvo");
+    let d = vo_common::Daemon::start(&pki, "Pool ctvo 73800-73801\nGroupPool ctvo 74800-74809\n");
+    let cert = pki.user("5b1e0c2a");
+    let acct = d.map_ok(&cert);
+    let out = env.state.path().join("out");
+    let addr = format!("unix:{}", env.state.path().join("aem.sock").display());
+    let mut l = Listener::start(&env, &addr, 1);
+    let socket = d.socket();
+    let id = submit(
+        &env,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--amsd-socket",
+            socket.to_str().unwrap(),
+            "--stdout",
+            out.to_str().unwrap(),
+            "--notify",
+            &addr,
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -g",
+        ],
+    );
+    assert_eq!(l.next()["exit_status"], 0);
+    assert_eq!(
+        read(&out),
+        format!("{}\n{}", acct.passwd.uid, acct.passwd.gid)
+    );
+    wait_gone(&env, id);
+    let bad = env.state.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let o = loader(
+        &env,
+        &[
+            "submit",
+            "--cert",
+            bad.to_str().unwrap(),
+            "--amsd-socket",
+            socket.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).lines().count(),
+        1,
+        "{}",
+        show(&o)
+    );
+    assert!(xos::fsutil::numbered_entries::<u32>(&env.state.path().join("containers")).is_empty());
 }

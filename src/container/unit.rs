@@ -121,6 +121,43 @@ pub fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds> {
     })
 }
 
+/// The local account xos-amsd (listening on `socket`) maps the VO user of
+/// the certificate `cert` to, once its policy accepts that account (the auth
+/// and account steps of pam_app_aem; the container is the job's session).
+pub fn vo_creds(socket: &Path, cert: &Path) -> Result<Creds> {
+    use crate::vo::proto::{self, Request, Response};
+    let pem = fsutil::read_string(cert)?;
+    let call = |req: &Request| {
+        proto::call(socket, Duration::from_secs(30), req)
+            .map_err(|e| ContainerError::Invalid(format!("xos-amsd {}: {e}", socket.display())))
+    };
+    let refused = |step: &str, r: Response| {
+        ContainerError::Invalid(match r {
+            Response::Refused(why) => format!("{}: {step} refused: {why}", cert.display()),
+            Response::Error(e) => format!("{}: {step} failed: {e}", cert.display()),
+            other => format!("{}: {step}: unexpected answer {other:?}", cert.display()),
+        })
+    };
+    let acct = match call(&Request::Map { cert_pem: pem })? {
+        Response::Mapped(a) => a,
+        other => return Err(refused("authentication", other)),
+    };
+    let p = acct.passwd;
+    match call(&Request::CheckAccount {
+        user: p.name.clone(),
+    })? {
+        Response::Ok => {}
+        other => return Err(refused("account", other)),
+    }
+    Ok(Creds {
+        user: Some(p.name),
+        uid: p.uid,
+        gid: p.gid,
+        groups: acct.gids,
+        home: Some(PathBuf::from(p.dir)),
+    })
+}
+
 /// The gid of group `name` (or a number).
 pub fn group_id(name: &str) -> Result<u32> {
     if let Ok(n) = name.parse() {

@@ -671,7 +671,7 @@ fn init_main(
         return 1; // The supervisor gave up; it reports why.
     }
     let setup = init_setup(stdio, spec, host_if).and_then(|loader| match &spec.ipc_restore {
-        Some(dir) => crate::sysvipc::restore_all(dir)
+        Some(dir) => crate::sysvipc::restore_all(&in_view(&loader, dir))
             .map(|_| loader)
             .map_err(|e| {
                 format!(
@@ -703,7 +703,8 @@ fn init_main(
             allow_changed_files: spec.allow_changed_files,
             redirected: spec.redirected,
         };
-        crate::ckpt::restore::restore_tree(dir, img, &opts, &mut before_detach).map(|p| (p, img))
+        let dir = in_view(&loader, dir);
+        crate::ckpt::restore::restore_tree(&dir, img, &opts, &mut before_detach).map(|p| (p, img))
     });
     drop(go);
     let command = match restored {
@@ -773,6 +774,16 @@ fn init_main(
     }
 }
 
+/// Where the init finds a file of the image being restored: a job unit's
+/// loader that entered a root filesystem of its own reaches the image through
+/// a descriptor.
+fn in_view(loader: &Option<crate::container::inside::Loader>, path: &Path) -> PathBuf {
+    match loader {
+        Some(l) => l.image_path(path),
+        None => path.to_path_buf(),
+    }
+}
+
 /// Forks the command (pid 2) and executes it; None in the child when exec failed
 /// (reported on `err`), or in the init when the fork failed.
 fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option<Pid> {
@@ -821,7 +832,7 @@ fn init_setup(
         let loader = spec
             .unit
             .as_ref()
-            .map(|u| crate::container::inside::setup(u, false))
+            .map(|u| crate::container::inside::setup(u, false, None))
             .transpose()?;
         return init_stdio(stdio, spec).map(|()| loader);
     }
@@ -838,7 +849,8 @@ fn init_setup(
     .map_err(|e| format!("cannot make / a slave mount: {e}"))?;
     if let Some(u) = &spec.unit {
         // The unit's loader mounts /proc, in its own root if it has one.
-        let loader = crate::container::inside::setup(u, true)?;
+        let image = spec.restore.as_ref().map(|(d, _)| d.as_path());
+        let loader = crate::container::inside::setup(u, true, image)?;
         return init_stdio(stdio, spec).map(|()| Some(loader));
     }
     nix::mount::mount(

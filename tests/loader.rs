@@ -743,3 +743,75 @@ fn a_certificate_maps_the_job_to_its_vo_account() {
     );
     assert!(xos::fsutil::numbered_entries::<u32>(&env.state.path().join("containers")).is_empty());
 }
+
+/// A container on a template root filesystem is checkpointed with that root
+/// (its own copy) and restarted on another node, which has no such template.
+#[test]
+fn template_container_moves_with_its_root_filesystem() {
+    let node1 = Env::new();
+    let node2 = node1.sibling();
+    let ck = tempfile::tempdir().unwrap();
+    let tdir = busybox_template(node1.state.path());
+    let job = "tpl-job";
+    let id = submit(
+        &node1,
+        &[
+            "--job",
+            job,
+            "--template",
+            "bb",
+            "--template-dir",
+            tdir.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done; \
+             cat /tmp/count; exit 3",
+        ],
+    );
+    let inside = |env: &Env| {
+        let init = status(env, id).unwrap()["pid"].as_i64().unwrap();
+        PathBuf::from(format!("/proc/{init}/root/tmp"))
+    };
+    let count = |dir: &Path| read(dir.join("count")).parse::<u64>().unwrap_or(0);
+    let d1 = inside(&node1);
+    assert!(wait_until(T, || count(&d1) >= 3), "the job counts");
+    let o = node1
+        .cmd("xcheckpoint")
+        .env("XOS_CHECKPOINT_DIR", ck.path())
+        .args([job, "--kill"])
+        .output()
+        .unwrap();
+    ok(&o, "xcheckpoint --kill");
+    wait_gone(&node1, id);
+
+    let addr = format!("unix:{}", node2.state.path().join("aem.sock").display());
+    let out = node2.state.path().join("out");
+    let mut l = Listener::start(&node2, &addr, 1);
+    let o = node2
+        .cmd("xrestart")
+        .env("XOS_CHECKPOINT_DIR", ck.path())
+        .args([
+            job,
+            "1",
+            "--notify",
+            &addr,
+            "--stdout",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    ok(&o, "xrestart on node 2");
+    let d2 = inside(&node2);
+    let before = count(&d2);
+    assert!(before >= 3, "its root came along: {before}");
+    assert!(wait_until(T, || count(&d2) > before + 2), "the job goes on");
+    std::fs::write(d2.join("stop"), "").unwrap();
+    let r = l.next();
+    assert_eq!(
+        (r["container"].as_u64(), r["exit_status"].as_i64()),
+        (Some(id as u64), Some(3))
+    );
+    assert!(read(&out).parse::<u64>().unwrap() > before + 2);
+    wait_gone(&node2, id);
+}

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use nix::mount::{MntFlags, MsFlags};
@@ -36,12 +36,16 @@ pub struct Loader {
     wall: Option<u64>,
     cpu: Option<u64>,
     limit: Option<String>,
+    /// The image being restored and a descriptor of it, when the init's root
+    /// is the container's (the image is outside).
+    image: Option<(PathBuf, File)>,
 }
 
 /// Sets the container up in the init, which has its own IPC and mount
 /// namespaces already (`mounts` false: it keeps the host's mount namespace,
-/// and nothing is mounted).
-pub fn setup(u: &UnitSetup, mounts: bool) -> Result<Loader> {
+/// and nothing is mounted). `image`: the directory of the image the init
+/// restores afterwards.
+pub fn setup(u: &UnitSetup, mounts: bool, image: Option<&Path>) -> Result<Loader> {
     // Opened before the root changes: it is on the host.
     let status = std::fs::OpenOptions::new()
         .write(true)
@@ -61,6 +65,17 @@ pub fn setup(u: &UnitSetup, mounts: bool) -> Result<Loader> {
             nix::unistd::sethostname(h).map_err(|e| format!("cannot set hostname {h}: {e}"))?;
         }
     }
+    let image = match (image, &u.rootfs) {
+        (Some(dir), Some(_)) if mounts => {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(dir)
+                .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+            Some((dir.to_path_buf(), f))
+        }
+        _ => None,
+    };
     if mounts {
         let root = u.rootfs.as_deref().unwrap_or(Path::new("/"));
         for t in &u.tmpfs {
@@ -98,6 +113,7 @@ pub fn setup(u: &UnitSetup, mounts: bool) -> Result<Loader> {
         wall: u.wall_time,
         cpu: u.cpu_time,
         limit: None,
+        image,
     })
 }
 
@@ -201,6 +217,23 @@ pub fn prepare_job(u: &UnitSetup) -> Result<()> {
 }
 
 impl Loader {
+    /// `path` as the init sees it after entering the container's root: a
+    /// file of the image is reached through the image's descriptor.
+    pub fn image_path(&self, path: &Path) -> PathBuf {
+        match &self.image {
+            Some((dir, f)) => match path.strip_prefix(dir) {
+                Ok(rel) => {
+                    use std::os::fd::AsRawFd;
+                    // Through pid 1 (this init): the processes being
+                    // rebuilt open their page files themselves.
+                    PathBuf::from(format!("/proc/1/fd/{}", f.as_raw_fd())).join(rel)
+                }
+                Err(_) => path.to_path_buf(),
+            },
+            None => path.to_path_buf(),
+        }
+    }
+
     /// Called on SIGALRM: ends the whole container when it is over its
     /// wall-clock or CPU time, and arms the next check.
     pub fn tick(&mut self) {

@@ -37,6 +37,8 @@ const META: &str = "container.json";
 const META_MAGIC: &str = "xos-container-image";
 const META_FORMAT: u32 = 1;
 const NATIVE_DIR: &str = "native";
+/// The root filesystem of a container made from a template (its own copy).
+const ROOT_ARCHIVE: &str = "root.tar";
 /// How long a restart waits for the old supervisor of the same container id
 /// (checkpointed with --kill on this node) to remove it.
 const OLD_UNIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,6 +112,11 @@ impl Container {
                 options: m.options,
                 archive: Some(PathBuf::from(name)),
             });
+        }
+        if let (Some(_), Some(root)) = (&rec.template, &rec.rootfs) {
+            // Read on the host, where none of the container's mounts are.
+            let to = dir.join(ROOT_ARCHIVE);
+            container::rootfs::pack(root, &to).map_err(|e| bad(&to, e))?;
         }
         let body = serde_json::to_vec_pretty(&ContainerImage {
             unit: rec.clone(),
@@ -207,37 +214,51 @@ impl Checkpointer for Container {
         let id = meta.unit.id;
         self.reserve(state, id)?;
         let udir = container::unit_dir(state, id);
-        let rec = UnitRecord {
+        let mut rec = UnitRecord {
             app: None,
             notify: opts.notify.clone().or(meta.unit.notify.clone()),
             job: opts.job.clone().or(meta.unit.job.clone()),
             ..meta.unit.clone()
         };
-        let started = container::save_record(state, &rec)
-            .map_err(GcpError::from)
-            .and_then(|()| {
-                let mut spec = super::native::restart_spec(&dir.join(NATIVE_DIR), opts)?;
-                spec.checkpointer = CONTAINER.to_string();
-                spec.unit = Some(UnitSetup {
-                    id,
-                    container: true,
-                    hostname: rec.hostname.clone(),
-                    rootfs: rec.rootfs.clone(),
-                    tmpfs: meta
-                        .tmpfs
-                        .iter()
-                        .map(|t| Tmpfs {
-                            archive: t.archive.as_ref().map(|a| dir.join(a)),
-                            ..t.clone()
-                        })
-                        .collect(),
-                    wall_time: rec.limits.wall_time,
-                    cpu_time: rec.limits.cpu_time,
-                    status_file: udir.join(unit::STATUS),
-                    ..UnitSetup::default()
-                });
-                Ok(app::launch_detached(registry, &spec)?)
+        let root_archive = dir.join(ROOT_ARCHIVE);
+        let started = (|| -> Result<()> {
+            if root_archive.is_file() {
+                let root = udir.join("root");
+                fsutil::create_dir_all(&root, 0o755)?;
+                container::rootfs::unpack(&root_archive, &root)
+                    .map_err(|e| bad(&root_archive, e))?;
+                rec.rootfs = Some(root);
+            }
+            Ok(container::save_record(state, &rec)?)
+        })()
+        .and_then(|()| {
+            let mut spec = super::native::restart_spec(&dir.join(NATIVE_DIR), opts)?;
+            spec.checkpointer = CONTAINER.to_string();
+            if rec.rootfs.is_some() {
+                // The files its submitter gave as its streams are outside
+                // its root: it gets the restart's (or /dev/null) instead.
+                spec.redirected = [true; 3];
+            }
+            spec.unit = Some(UnitSetup {
+                id,
+                container: true,
+                hostname: rec.hostname.clone(),
+                rootfs: rec.rootfs.clone(),
+                tmpfs: meta
+                    .tmpfs
+                    .iter()
+                    .map(|t| Tmpfs {
+                        archive: t.archive.as_ref().map(|a| dir.join(a)),
+                        ..t.clone()
+                    })
+                    .collect(),
+                wall_time: rec.limits.wall_time,
+                cpu_time: rec.limits.cpu_time,
+                status_file: udir.join(unit::STATUS),
+                ..UnitSetup::default()
             });
+            Ok(app::launch_detached(registry, &spec)?)
+        });
         match started {
             Ok(Detached::Started(app)) => Ok(Restarted::Started(app)),
             Ok(Detached::ChildExit(c)) => Ok(Restarted::ChildExit(c)),

@@ -239,6 +239,8 @@ fn handled_signals() -> SigSet {
         Signal::SIGUSR2,
         // The watchdog of a job unit's wall-clock and CPU time limits.
         Signal::SIGALRM,
+        // A job unit joining a container.
+        Signal::SIGIO,
     ] {
         s.add(sig);
     }
@@ -744,9 +746,11 @@ fn init_main(
             let _ = signal::kill(Pid::from_raw(-1), sig);
             continue;
         }
-        if sig == Signal::SIGALRM {
-            if let Some(l) = loader.as_mut() {
+        if let (Some(l), Signal::SIGALRM | Signal::SIGIO) = (loader.as_mut(), sig) {
+            if sig == Signal::SIGALRM {
                 l.tick();
+            } else {
+                l.accept(old_mask);
             }
             continue;
         }
@@ -757,6 +761,9 @@ fn init_main(
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(ws) => {
+                    if let Some(l) = loader.as_mut() {
+                        l.reaped(ws);
+                    }
                     if ws.pid() == Some(command) {
                         status = Some(ws);
                     }
@@ -895,11 +902,24 @@ impl Running {
     /// SIGHUP, SIGUSR1 and SIGUSR2 on to it, then removes its cgroup and record.
     /// Returns the command's exit status (128 + signal if it was killed).
     pub fn wait(self) -> Result<i32> {
+        self.wait_ticking(None)
+    }
+
+    /// Like [`Running::wait`], calling `tick` about every second meanwhile.
+    pub fn wait_ticking(self, mut tick: Option<&mut dyn FnMut()>) -> Result<i32> {
         let set = handled_signals();
+        if tick.is_some() {
+            nix::unistd::alarm::set(1);
+        }
         let code = loop {
             let Ok(sig) = set.wait() else { continue };
             if forwarded(sig) {
                 let _ = signal::kill(self.init, sig);
+                continue;
+            }
+            if let (Some(t), Signal::SIGALRM) = (tick.as_mut(), sig) {
+                t();
+                nix::unistd::alarm::set(1);
                 continue;
             }
             if sig != Signal::SIGCHLD {
@@ -915,6 +935,7 @@ impl Running {
                 Err(e) => return Err(sys_err("wait for the application")(e)),
             }
         };
+        nix::unistd::alarm::cancel();
         let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
         let _ = self.registry.save_exit(self.record.id, code);
         let cleaned = self.record.cgroup.destroy(CLEANUP_TIMEOUT);
@@ -961,7 +982,13 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
                     let _ = writeln!(wr, "ok {}", running.id());
                     drop(wr);
                     detach_stdio();
-                    let code = running.wait();
+                    // A container's supervisor reports the ends of the job
+                    // units that joined it as they come.
+                    let mut members = spec.unit.as_ref().filter(|u| u.container).map(|u| {
+                        move || crate::container::unit::members_ended(registry.root(), u.id)
+                    });
+                    let code =
+                        running.wait_ticking(members.as_mut().map(|m| m as &mut dyn FnMut()));
                     if let Some(u) = &spec.unit {
                         // The unit's end is reported from here, outside the
                         // container, where the notify address is reachable.

@@ -815,3 +815,146 @@ fn template_container_moves_with_its_root_filesystem() {
     assert!(read(&out).parse::<u64>().unwrap() > before + 2);
     wait_gone(&node2, id);
 }
+
+/// A shell loop that waits for file `flag`, then prints what it is and exits
+/// with `code`.
+fn wait_for(flag: &Path, code: i32) -> String {
+    format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; hostname; echo $PPID; exit {code}",
+        flag.display()
+    )
+}
+
+/// The units of one job on one node share its container: a unit submitted
+/// for a job whose container runs is forked by that container's loader (its
+/// parent is inside), reports its own end, can be destroyed alone, and the
+/// container ends with its last unit.
+#[test]
+fn units_of_one_job_share_its_container() {
+    let env = Env::new();
+    let d = env.state.path();
+    let addr = format!("unix:{}", d.join("aem.sock").display());
+    let mut l = Listener::start(&env, &addr, 2);
+    let a = submit(
+        &env,
+        &[
+            "--job",
+            "mj",
+            "--notify",
+            &addr,
+            "--",
+            "sh",
+            "-c",
+            &wait_for(&d.join("a"), 1),
+        ],
+    );
+    let out_b = d.join("out-b");
+    let b = submit(
+        &env,
+        &[
+            "--job",
+            "mj",
+            "--notify",
+            &addr,
+            "--stdout",
+            out_b.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &wait_for(&d.join("b"), 2),
+        ],
+    );
+    assert_ne!(a, b);
+    let (sa, sb) = (status(&env, a).unwrap(), status(&env, b).unwrap());
+    assert_eq!(sb["member_of"], a);
+    assert_eq!(sa["app"], sb["app"], "one container");
+    let c = submit(
+        &env,
+        &["--job", "mj", "--notify", &addr, "--", "sleep", "60"],
+    );
+    ok(
+        &loader(&env, &["destroy", &c.to_string()]),
+        "destroy a unit",
+    );
+    assert!(status(&env, c).is_none());
+    assert_eq!(status(&env, a).unwrap()["state"], "running");
+
+    std::fs::write(d.join("b"), "").unwrap();
+    let r = l.next();
+    assert_eq!(
+        (r["container"].as_u64(), r["unit"].as_u64()),
+        (Some(a as u64), Some(b as u64))
+    );
+    assert_eq!(r["exit_status"], 2, "{r}");
+    assert_eq!(
+        read(&out_b),
+        format!("ct-{a}\n1"),
+        "in the container, a child of its loader"
+    );
+    wait_gone(&env, b);
+    assert_eq!(status(&env, a).unwrap()["state"], "running");
+    std::fs::write(d.join("a"), "").unwrap();
+    let r = l.next();
+    assert_eq!(
+        (r["unit"].as_u64(), r["exit_status"].as_i64()),
+        (Some(a as u64), Some(1)),
+        "{r}"
+    );
+    wait_gone(&env, a);
+    // A unit of another job gets a container of its own.
+    let e = submit(&env, &["--job", "other", "--", "true"]);
+    wait_gone(&env, e);
+}
+
+/// A container with a joined unit is checkpointed and restarted whole: both
+/// units go on on the other node and report there.
+#[test]
+fn a_joined_unit_moves_with_its_container() {
+    let node1 = Env::new();
+    let node2 = node1.sibling();
+    let ck = tempfile::tempdir().unwrap();
+    let d = node1.state.path();
+    let a = submit(
+        &node1,
+        &["--job", "mj2", "--", "sh", "-c", &wait_for(&d.join("a"), 1)],
+    );
+    let b = submit(
+        &node1,
+        &["--job", "mj2", "--", "sh", "-c", &wait_for(&d.join("b"), 2)],
+    );
+    let o = node1
+        .cmd("xcheckpoint")
+        .env("XOS_CHECKPOINT_DIR", ck.path())
+        .args(["mj2", "--kill"])
+        .output()
+        .unwrap();
+    ok(&o, "xcheckpoint --kill");
+    wait_gone(&node1, a);
+    wait_gone(&node1, b);
+    let addr = format!("unix:{}", node2.state.path().join("aem.sock").display());
+    let mut l = Listener::start(&node2, &addr, 2);
+    let o = node2
+        .cmd("xrestart")
+        .env("XOS_CHECKPOINT_DIR", ck.path())
+        .args(["mj2", "1", "--notify", &addr])
+        .output()
+        .unwrap();
+    ok(&o, "xrestart");
+    assert_eq!(status(&node2, b).unwrap()["member_of"], a);
+    std::fs::write(d.join("b"), "").unwrap();
+    let r = l.next();
+    assert_eq!(
+        (r["container"].as_u64(), r["unit"].as_u64()),
+        (Some(a as u64), Some(b as u64))
+    );
+    assert_eq!(r["exit_status"], 2, "{r}");
+    std::fs::write(d.join("a"), "").unwrap();
+    let r = l.next();
+    assert_eq!(
+        (r["unit"].as_u64(), r["exit_status"].as_i64()),
+        (Some(a as u64), Some(1)),
+        "{r}"
+    );
+    wait_gone(&node2, a);
+    wait_gone(&node2, b);
+}

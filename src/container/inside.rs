@@ -39,6 +39,8 @@ pub struct Loader {
     /// The image being restored and a descriptor of it, when the init's root
     /// is the container's (the image is outside).
     image: Option<(PathBuf, File)>,
+    /// Job units joining the container.
+    control: Option<super::members::Control>,
 }
 
 /// Sets the container up in the init, which has its own IPC and mount
@@ -53,8 +55,19 @@ pub fn setup(u: &UnitSetup, mounts: bool, image: Option<&Path>) -> Result<Loader
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
-        .open(&u.status_file)
-        .map_err(|e| format!("cannot open {}: {e}", u.status_file.display()))?;
+        .open(u.dir.join(super::unit::STATUS))
+        .map_err(|e| {
+            format!(
+                "cannot open {}/{}: {e}",
+                u.dir.display(),
+                super::unit::STATUS
+            )
+        })?;
+    // Bound on the host, before the root changes.
+    let control = u
+        .container
+        .then(|| super::members::Control::open(&u.dir))
+        .transpose()?;
     if u.container {
         // The init is in the job's cgroup already: that becomes the root of
         // the container's cgroup namespace.
@@ -114,6 +127,7 @@ pub fn setup(u: &UnitSetup, mounts: bool, image: Option<&Path>) -> Result<Loader
         cpu: u.cpu_time,
         limit: None,
         image,
+        control,
     })
 }
 
@@ -255,6 +269,20 @@ impl Loader {
             let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
         }
         nix::unistd::alarm::set(1);
+    }
+
+    /// Starts the job units waiting to join the container (on SIGIO).
+    pub fn accept(&mut self, old_mask: &nix::sys::signal::SigSet) {
+        if let Some(c) = self.control.as_mut() {
+            c.accept(old_mask);
+        }
+    }
+
+    /// Called for every process the init reaps.
+    pub fn reaped(&mut self, ws: WaitStatus) {
+        if let Some(c) = self.control.as_mut() {
+            c.reaped(ws);
+        }
     }
 
     /// Writes how the job's command ended (`None`: it was not seen ending).

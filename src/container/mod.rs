@@ -22,8 +22,10 @@
 //! setgroups(2).
 
 pub mod inside;
+pub mod members;
 pub mod notify;
 pub mod rootfs;
+mod sys;
 pub mod unit;
 
 use std::collections::BTreeMap;
@@ -85,8 +87,10 @@ pub struct UnitSetup {
     /// Watchdog limits (seconds).
     pub wall_time: Option<u64>,
     pub cpu_time: Option<u64>,
-    /// Where the loader writes how the job ended (host path).
-    pub status_file: PathBuf,
+    /// The unit's directory (host path): the loader writes how the job ended
+    /// there, and a container's loader takes the job units that join it on
+    /// its control socket there ([`members`]).
+    pub dir: PathBuf,
 }
 
 /// A job unit of this node, as `unit.json` keeps it.
@@ -105,6 +109,9 @@ pub struct UnitRecord {
     pub limits: JobLimits,
     pub command: Vec<String>,
     pub created: u64,
+    /// For a job unit that joined the container of its job: that container.
+    #[serde(default)]
+    pub member_of: Option<u32>,
 }
 
 /// The directory of every unit of state directory `state`.

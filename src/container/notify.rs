@@ -29,6 +29,19 @@ pub struct Rusage {
 }
 
 impl Rusage {
+    /// The usage since `earlier` (the largest resident set is the latest).
+    pub fn since(&self, earlier: &Rusage) -> Rusage {
+        Rusage {
+            utime_us: self.utime_us.saturating_sub(earlier.utime_us),
+            stime_us: self.stime_us.saturating_sub(earlier.stime_us),
+            maxrss_kb: self.maxrss_kb,
+            minflt: self.minflt.saturating_sub(earlier.minflt),
+            majflt: self.majflt.saturating_sub(earlier.majflt),
+            nvcsw: self.nvcsw.saturating_sub(earlier.nvcsw),
+            nivcsw: self.nivcsw.saturating_sub(earlier.nivcsw),
+        }
+    }
+
     /// The usage of the calling process's reaped children.
     pub fn children() -> Rusage {
         use nix::sys::resource::{getrusage, UsageWho};

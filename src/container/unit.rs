@@ -200,6 +200,11 @@ pub fn submit(registry: &Registry, spec: &SubmitSpec) -> Result<Submitted> {
         n.parse::<Address>()?;
     }
     let state = registry.root().to_path_buf();
+    if spec.container {
+        if let Some((ct, app)) = job_container(registry, spec.job.as_deref()) {
+            return join_container(registry, spec, &ct, app);
+        }
+    }
     let id = super::reserve_id(&state)?;
     let dir = super::unit_dir(&state, id);
     let r = start(registry, spec, id, &dir);
@@ -247,6 +252,7 @@ fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         created: registry::now(),
+        member_of: None,
     };
     super::save_record(state, &rec)?;
     let mut ls = LaunchSpec::new(spec.argv.clone());
@@ -274,7 +280,7 @@ fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<
         cwd: spec.cwd.clone(),
         wall_time: spec.limits.wall_time,
         cpu_time: spec.limits.cpu_time,
-        status_file: dir.join(STATUS),
+        dir: dir.to_path_buf(),
     });
     give_streams(spec)?;
     match app::launch_detached(registry, &ls)? {
@@ -286,12 +292,120 @@ fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<
 /// Called by the unit's supervisor once the job runs as application `app`,
 /// before `submit` returns (and so before the unit can end).
 pub fn started(state: &Path, id: u32, app: u64) {
-    if let Ok(mut rec) = super::load_record(state, id) {
-        rec.app = Some(app);
-        if let Err(e) = super::save_record(state, &rec) {
-            log::warn!("unit {id}: {e}");
+    // The units that joined the container (after a restart) run in it too.
+    let members = super::members::running(&super::unit_dir(state, id));
+    for unit in std::iter::once(id).chain(members.into_iter().map(|(_, u)| u)) {
+        if let Ok(mut rec) = super::load_record(state, unit) {
+            rec.app = Some(app);
+            if let Err(e) = super::save_record(state, &rec) {
+                log::warn!("unit {unit}: {e}");
+            }
         }
     }
+}
+
+/// The running container of `job` on this node (the first unit's record and
+/// its application id), which the job's other units join.
+fn job_container(registry: &Registry, job: Option<&str>) -> Option<(UnitRecord, u64)> {
+    let job = job?;
+    let state = registry.root();
+    super::unit_ids(state).into_iter().find_map(|id| {
+        let r = super::load_record(state, id).ok()?;
+        let dir = super::unit_dir(state, id);
+        if !r.container || r.member_of.is_some() || r.job.as_deref() != Some(job) {
+            return None;
+        }
+        if dir.join(NO_REPORT).exists() || !dir.join(super::members::CONTROL).exists() {
+            return None;
+        }
+        let app = r.app?;
+        registry.load(app).ok().filter(|a| a.alive())?;
+        Some((r, app))
+    })
+}
+
+/// Starts `spec` as a unit of the container `ct` of its job: the
+/// container's loader forks it, so it runs inside, with the container's
+/// namespaces, cgroup and root.
+fn join_container(
+    registry: &Registry,
+    spec: &SubmitSpec,
+    ct: &UnitRecord,
+    app: u64,
+) -> Result<Submitted> {
+    if spec.rootfs.is_some()
+        || spec.template.is_some()
+        || !spec.tmpfs.is_empty()
+        || spec.net.is_some()
+    {
+        return Err(ContainerError::Invalid(format!(
+            "job {} runs in container {} already: its other units share its root \
+             filesystem, tmpfs and network",
+            ct.job.as_deref().unwrap_or("-"),
+            ct.id
+        )));
+    }
+    let state = registry.root();
+    let id = super::reserve_id(state)?;
+    let dir = super::unit_dir(state, id);
+    let r = (|| -> Result<Submitted> {
+        let rec = UnitRecord {
+            id,
+            container: true,
+            job: spec.job.clone(),
+            app: Some(app),
+            hostname: ct.hostname.clone(),
+            notify: spec.notify.clone(),
+            rootfs: ct.rootfs.clone(),
+            template: None,
+            creds: spec.creds.clone(),
+            limits: spec.limits.clone(),
+            command: spec
+                .argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            created: registry::now(),
+            member_of: Some(ct.id),
+        };
+        super::save_record(state, &rec)?;
+        give_streams(spec)?;
+        let logs = registry.log_paths(app);
+        let open = |p: &Option<PathBuf>, dflt: &Path, read: bool| -> Result<std::fs::File> {
+            let p = p.as_deref().unwrap_or(dflt);
+            let mut o = std::fs::OpenOptions::new();
+            if read {
+                o.read(true);
+            } else {
+                o.append(true).create(true);
+            }
+            o.open(p).map_err(|e| PathError::new("open", p, e).into())
+        };
+        let stdio = [
+            open(&spec.stdin, Path::new("/dev/null"), true)?,
+            open(&spec.stdout, &logs[0], false)?,
+            open(&spec.stderr, &logs[1], false)?,
+        ];
+        let req = super::members::MemberStart {
+            unit: id,
+            argv: rec.command.clone(),
+            creds: spec.creds.clone(),
+            rlimits: spec.limits.rlimits(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+        };
+        use std::os::fd::AsFd;
+        super::members::join(
+            &super::unit_dir(state, ct.id),
+            &req,
+            [stdio[0].as_fd(), stdio[1].as_fd(), stdio[2].as_fd()],
+        )?;
+        Ok(Submitted::Started { id, app })
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    r
 }
 
 /// The job's output files belong to the user it runs as.
@@ -319,7 +433,9 @@ fn give_streams(spec: &SubmitSpec) -> Result<()> {
 pub fn ended(state: &Path, id: u32, code: i32) {
     let dir = super::unit_dir(state, id);
     let rec = super::load_record(state, id).ok();
-    if dir.join(NO_REPORT).exists() {
+    let report = !dir.join(NO_REPORT).exists();
+    report_members(state, id, report, false);
+    if !report {
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
@@ -349,27 +465,77 @@ pub fn ended(state: &Path, id: u32, code: i32) {
         rusage: Rusage::children(),
         ended: registry::now(),
     };
-    let notify = rec
-        .and_then(|r| r.notify)
-        .and_then(|n| n.parse::<Address>().ok());
-    if let Some(addr) = notify {
-        let body = serde_json::to_vec(&report).expect("serializable");
+    deliver(&dir, rec.and_then(|r| r.notify), &report, false);
+}
+
+/// Reports `report` to `notify` (if any), retrying while the listener is
+/// away (unless `once`), the report kept in `dir` meanwhile; then removes
+/// `dir`. False when it was not delivered (only `once`): `dir` stays.
+fn deliver(dir: &Path, notify: Option<String>, report: &Report, once: bool) -> bool {
+    if let Some(addr) = notify.and_then(|n| n.parse::<Address>().ok()) {
+        let body = serde_json::to_vec(report).expect("serializable");
         let _ = fsutil::write_atomic(&dir.join(REPORT), &body, 0o600);
         let mut pause = Duration::from_millis(100);
         loop {
-            match addr.deliver(&report) {
+            match addr.deliver(report) {
                 Ok(()) => break,
-                Err(e) => log::info!("unit {id}: report not delivered yet: {e}"),
+                Err(e) => log::info!("unit {}: report not delivered yet: {e}", report.unit),
             }
             // Destroyed meanwhile: the report goes with it.
             if !dir.join(REPORT).exists() || dir.join(NO_REPORT).exists() {
                 break;
             }
+            if once {
+                return false;
+            }
             std::thread::sleep(pause);
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
+    true
+}
+
+/// Called by a container's supervisor about every second: reports the ends
+/// of the units that joined it (one attempt each; the others wait for the
+/// next call).
+pub fn members_ended(state: &Path, ct: u32) {
+    let ctdir = super::unit_dir(state, ct);
+    if !ctdir.join(NO_REPORT).exists() {
+        report_members(state, ct, true, true);
+    }
+}
+
+/// Reports the ends of the units that joined container `ct` and removes them
+/// (`report` false: the container was checkpointed with --kill or destroyed,
+/// its units go with it unreported; `once`: one delivery attempt).
+fn report_members(state: &Path, ct: u32, report: bool, once: bool) {
+    let ctdir = super::unit_dir(state, ct);
+    for (unit, end) in super::members::ended(&ctdir) {
+        let dir = super::unit_dir(state, unit);
+        let rec = super::load_record(state, unit).ok();
+        if report && !dir.join(NO_REPORT).exists() {
+            let r = Report {
+                job: rec.as_ref().and_then(|r| r.job.clone()),
+                container: Some(ct),
+                unit,
+                ending: end.ending,
+                rusage: end.rusage,
+                ended: end.ended,
+            };
+            if !deliver(&dir, rec.and_then(|r| r.notify), &r, once) {
+                continue;
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        super::members::forget(&ctdir, unit);
+    }
+    if !report {
+        for (_, unit) in super::members::running(&ctdir) {
+            let _ = std::fs::remove_dir_all(super::unit_dir(state, unit));
+        }
+    }
 }
 
 /// A unit's state as `list` and `status` show it.
@@ -426,7 +592,31 @@ pub fn destroy(registry: &Registry, id: u32) -> Result<()> {
     let rec = super::load_record(state, id)?;
     let dir = super::unit_dir(state, id);
     fsutil::write_atomic(&dir.join(NO_REPORT), b"destroyed\n", 0o600)?;
-    if let Some(app) = rec.app.and_then(|a| registry.load(a).ok()) {
+    let app = rec.app.and_then(|a| registry.load(a).ok());
+    if let (Some(ct), Some(app)) = (rec.member_of, &app) {
+        // A unit that joined a container: its processes only (its session).
+        let nspid = super::members::running(&super::unit_dir(state, ct))
+            .into_iter()
+            .find(|(_, u)| *u == id)
+            .map(|(p, _)| p);
+        for pid in app.cgroup.pids()? {
+            if nspid.is_some() && super::members::inner_pid(pid) == nspid {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // Its container's supervisor removes it once its loader saw it end.
+        let start = std::time::Instant::now();
+        while dir.exists() && start.elapsed() < TEARDOWN_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else if let Some(app) = app {
         app.cgroup.signal_all(nix::sys::signal::Signal::SIGKILL)?;
         let _ = app.cgroup.thaw(TEARDOWN_TIMEOUT);
         app.cgroup.kill(TEARDOWN_TIMEOUT)?;

@@ -47,6 +47,9 @@ const OLD_UNIT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ContainerImage {
     unit: UnitRecord,
+    /// The job units that joined it: their pid in the container, and them.
+    #[serde(default)]
+    members: Vec<(i32, UnitRecord)>,
     /// Tmpfs mounts; `archive` is the name of the tar file in the image.
     tmpfs: Vec<Tmpfs>,
 }
@@ -67,7 +70,7 @@ fn unit_of(state: &Path, app: &AppRecord) -> Result<UnitRecord> {
     container::unit_ids(state)
         .into_iter()
         .filter_map(|id| container::load_record(state, id).ok())
-        .find(|r| r.app == Some(app.id) && r.container)
+        .find(|r| r.app == Some(app.id) && r.container && r.member_of.is_none())
         .ok_or_else(|| GcpError::Unavailable {
             backend: CONTAINER.to_string(),
             why: format!(
@@ -87,7 +90,7 @@ fn read_meta(dir: &Path) -> Result<ContainerImage> {
 impl Container {
     /// Writes `container.json` and the tmpfs archives of `unit`'s container
     /// (frozen) into `dir`.
-    fn save(&self, rec: &UnitRecord, unit: &AppRecord, dir: &Path) -> Result<()> {
+    fn save(&self, state: &Path, rec: &UnitRecord, unit: &AppRecord, dir: &Path) -> Result<()> {
         let mounts = container::rootfs::container_tmpfs(unit.root_pid).map_err(|e| {
             PathError::new("read the mounts of", format!("/proc/{}", unit.root_pid), e)
         })?;
@@ -118,8 +121,14 @@ impl Container {
             let to = dir.join(ROOT_ARCHIVE);
             container::rootfs::pack(root, &to).map_err(|e| bad(&to, e))?;
         }
+        let ctdir = container::unit_dir(state, rec.id);
+        let members = container::members::running(&ctdir)
+            .into_iter()
+            .filter_map(|(pid, u)| Some((pid, container::load_record(state, u).ok()?)))
+            .collect();
         let body = serde_json::to_vec_pretty(&ContainerImage {
             unit: rec.clone(),
+            members,
             tmpfs,
         })
         .expect("serializable");
@@ -178,7 +187,7 @@ impl Checkpointer for Container {
         }
         // Killed for a checkpoint, the container's end is not the job's.
         let marker = container::unit_dir(state, rec.id).join(unit::NO_REPORT);
-        let result = self.save(&rec, unit, dir).and_then(|()| {
+        let result = self.save(state, &rec, unit, dir).and_then(|()| {
             if opts.kill {
                 fsutil::write_atomic(&marker, b"checkpointed\n", 0o600)?;
             }
@@ -229,7 +238,20 @@ impl Checkpointer for Container {
                     .map_err(|e| bad(&root_archive, e))?;
                 rec.rootfs = Some(root);
             }
-            Ok(container::save_record(state, &rec)?)
+            container::save_record(state, &rec)?;
+            for (pid, m) in &meta.members {
+                self.reserve(state, m.id)?;
+                container::save_record(
+                    state,
+                    &UnitRecord {
+                        app: None,
+                        notify: opts.notify.clone().or(m.notify.clone()),
+                        ..m.clone()
+                    },
+                )?;
+                container::members::record(&udir, *pid, m.id)?;
+            }
+            Ok(())
         })()
         .and_then(|()| {
             let mut spec = super::native::restart_spec(&dir.join(NATIVE_DIR), opts)?;
@@ -254,7 +276,7 @@ impl Checkpointer for Container {
                     .collect(),
                 wall_time: rec.limits.wall_time,
                 cpu_time: rec.limits.cpu_time,
-                status_file: udir.join(unit::STATUS),
+                dir: udir.clone(),
                 ..UnitSetup::default()
             });
             Ok(app::launch_detached(registry, &spec)?)
@@ -263,6 +285,14 @@ impl Checkpointer for Container {
             Ok(Detached::Started(app)) => Ok(Restarted::Started(app)),
             Ok(Detached::ChildExit(c)) => Ok(Restarted::ChildExit(c)),
             Err(e) => {
+                for (_, m) in &meta.members {
+                    if container::members::running(&udir)
+                        .iter()
+                        .any(|(_, u)| *u == m.id)
+                    {
+                        let _ = std::fs::remove_dir_all(container::unit_dir(state, m.id));
+                    }
+                }
                 let _ = std::fs::remove_dir_all(&udir);
                 Err(e)
             }

@@ -224,6 +224,9 @@ pub struct Running {
     registry: Registry,
     init: Pid,
     old_mask: SigSet,
+    /// A job unit of `xos-loader` (its id; whether it is a container): its
+    /// end is reported by the supervisor.
+    unit: Option<(u32, bool)>,
 }
 
 /// Signals the supervisor and the init handle synchronously.
@@ -607,11 +610,15 @@ fn start_in_group(
     if let Err(e) = registry.save(&record) {
         return fail(e.into());
     }
+    if let Some(u) = &spec.unit {
+        crate::container::unit::started(registry.root(), u.id, id);
+    }
     Ok(Launch::Running(Box::new(Running {
         record,
         registry: registry.clone(),
         init: child,
         old_mask,
+        unit: spec.unit.as_ref().map(|u| (u.id, u.container)),
     })))
 }
 
@@ -901,12 +908,27 @@ impl Running {
     /// Waits until the application has ended (its last process), passing SIGTERM,
     /// SIGHUP, SIGUSR1 and SIGUSR2 on to it, then removes its cgroup and record.
     /// Returns the command's exit status (128 + signal if it was killed).
+    /// A job unit's end is reported (see [`crate::container::unit::ended`]),
+    /// and a container's supervisor reports the ends of the units that
+    /// joined it as they come.
     pub fn wait(self) -> Result<i32> {
-        self.wait_ticking(None)
+        let unit = self.unit;
+        let root = self.registry.root().to_path_buf();
+        let mut members = unit.filter(|(_, container)| *container).map(|(id, _)| {
+            let root = &root;
+            move || crate::container::unit::members_ended(root, id)
+        });
+        let code = self.wait_ticking(members.as_mut().map(|m| m as &mut dyn FnMut()));
+        if let Some((id, _)) = unit {
+            // Reported from here, outside the container, where the notify
+            // address is reachable.
+            crate::container::unit::ended(&root, id, *code.as_ref().unwrap_or(&1));
+        }
+        code
     }
 
     /// Like [`Running::wait`], calling `tick` about every second meanwhile.
-    pub fn wait_ticking(self, mut tick: Option<&mut dyn FnMut()>) -> Result<i32> {
+    fn wait_ticking(self, mut tick: Option<&mut dyn FnMut()>) -> Result<i32> {
         let set = handled_signals();
         if tick.is_some() {
             nix::unistd::alarm::set(1);
@@ -976,29 +998,10 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
                     Ok(Detached::ChildExit(c))
                 }
                 Ok(Launch::Running(running)) => {
-                    if let Some(u) = &spec.unit {
-                        crate::container::unit::started(registry.root(), u.id, running.id());
-                    }
                     let _ = writeln!(wr, "ok {}", running.id());
                     drop(wr);
                     detach_stdio();
-                    // A container's supervisor reports the ends of the job
-                    // units that joined it as they come.
-                    let mut members = spec.unit.as_ref().filter(|u| u.container).map(|u| {
-                        move || crate::container::unit::members_ended(registry.root(), u.id)
-                    });
-                    let code =
-                        running.wait_ticking(members.as_mut().map(|m| m as &mut dyn FnMut()));
-                    if let Some(u) = &spec.unit {
-                        // The unit's end is reported from here, outside the
-                        // container, where the notify address is reachable.
-                        crate::container::unit::ended(
-                            registry.root(),
-                            u.id,
-                            code.as_ref().map_or(1, |c| *c),
-                        );
-                    }
-                    Ok(Detached::ChildExit(code.map(|_| 0).unwrap_or(1)))
+                    Ok(Detached::ChildExit(running.wait().map(|_| 0).unwrap_or(1)))
                 }
                 Err(e) => {
                     let _ = write!(wr, "err {e}");
@@ -1074,6 +1077,7 @@ fn adopt(registry: &Registry, spec: &LaunchSpec, start: ExternalStart<'_>) -> Re
                 registry: registry.clone(),
                 init: root,
                 old_mask,
+                unit: None,
             })
         });
     if result.is_err() {

@@ -958,3 +958,81 @@ fn a_joined_unit_moves_with_its_container() {
     wait_gone(&node2, a);
     wait_gone(&node2, b);
 }
+
+/// `checkpoint -c CTID` saves the whole container as a version of its
+/// application, and `restart APP VERSION` brings the container back (same id,
+/// hostname, tmpfs content and message queue) to report its end.
+#[test]
+fn checkpoint_c_ctid_and_restart_bring_the_container_back() {
+    let env = Env::new();
+    let d = env.state.path();
+    let scratch = d.join("scratch");
+    let out = d.join("out");
+    let addr = format!("unix:{}", d.join("aem.sock").display());
+    let mut l = Listener::start(&env, &addr, 1);
+    let script = format!(
+        "ipcmk -Q >/dev/null; i=0; while [ ! -e {stop} ]; do i=$((i+1)); echo $i > {s}/count; \
+         sleep 0.1; done; hostname; ipcs -q | grep -c '^0x'; cat {s}/count; exit 4",
+        stop = d.join("stop").display(),
+        s = scratch.display()
+    );
+    let id = submit(
+        &env,
+        &[
+            "--tmpfs",
+            scratch.to_str().unwrap(),
+            "--notify",
+            &addr,
+            "--stdout",
+            out.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let st = status(&env, id).unwrap();
+    let app = st["app"].as_u64().unwrap().to_string();
+    let inside =
+        PathBuf::from(format!("/proc/{}/root", st["pid"])).join(scratch.strip_prefix("/").unwrap());
+    assert!(wait_until(T, || read(inside.join("count"))
+        .parse::<u64>()
+        .unwrap_or(0)
+        >= 3));
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", &id.to_string(), "--kill"])
+        .output()
+        .unwrap();
+    let said = ok(&o, "checkpoint -c CTID --kill");
+    assert!(
+        said.contains(&format!("application {app}: version 1")),
+        "{said}"
+    );
+    wait_gone(&env, id);
+    ok(
+        &env.cmd("restart")
+            .args([&app, "1", "--detach"])
+            .output()
+            .unwrap(),
+        "restart",
+    );
+    let st = status(&env, id).expect("the same container id");
+    let inside =
+        PathBuf::from(format!("/proc/{}/root", st["pid"])).join(scratch.strip_prefix("/").unwrap());
+    let before = read(inside.join("count")).parse::<u64>().unwrap();
+    assert!(wait_until(T, || read(inside.join("count"))
+        .parse::<u64>()
+        .unwrap_or(0)
+        > before));
+    std::fs::write(d.join("stop"), "").unwrap();
+    let r = l.next();
+    assert_eq!(
+        (r["container"].as_u64(), r["exit_status"].as_i64()),
+        (Some(id as u64), Some(4))
+    );
+    let text = read(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..2], [format!("ct-{id}").as_str(), "1"], "{text}");
+    wait_gone(&env, id);
+}

@@ -157,6 +157,13 @@ pub fn unit_ids(state: &Path) -> Vec<u32> {
     fsutil::numbered_entries(&units_dir(state))
 }
 
+/// The application running container (or job unit) `spec` of state
+/// directory `state`, when `spec` is the id of one.
+pub fn app_of(state: &Path, spec: &str) -> Option<u64> {
+    let id: u32 = spec.trim().parse().ok()?;
+    load_record(state, id).ok()?.app
+}
+
 /// A random unit id, never 0.
 fn random_id() -> std::io::Result<u32> {
     use std::io::Read;

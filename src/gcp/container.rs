@@ -213,89 +213,190 @@ impl Checkpointer for Container {
                 return Err(bad(&a, "missing tmpfs archive"));
             }
         }
-        Native.verify(&dir.join(NATIVE_DIR))
+        Native.verify(&native_dir(dir))
     }
 
     fn restart(&self, registry: &Registry, dir: &Path, opts: &RestartOptions) -> Result<Restarted> {
         self.verify(dir)?;
-        let meta = read_meta(dir)?;
-        let state = registry.root();
-        let id = meta.unit.id;
-        self.reserve(state, id)?;
-        let udir = container::unit_dir(state, id);
-        let mut rec = UnitRecord {
-            app: None,
-            notify: opts.notify.clone().or(meta.unit.notify.clone()),
-            job: opts.job.clone().or(meta.unit.job.clone()),
-            ..meta.unit.clone()
-        };
-        let root_archive = dir.join(ROOT_ARCHIVE);
-        let started = (|| -> Result<()> {
-            if root_archive.is_file() {
-                let root = udir.join("root");
-                fsutil::create_dir_all(&root, 0o755)?;
-                container::rootfs::unpack(&root_archive, &root)
-                    .map_err(|e| bad(&root_archive, e))?;
-                rec.rootfs = Some(root);
-            }
-            container::save_record(state, &rec)?;
-            for (pid, m) in &meta.members {
-                self.reserve(state, m.id)?;
-                container::save_record(
-                    state,
-                    &UnitRecord {
-                        app: None,
-                        notify: opts.notify.clone().or(m.notify.clone()),
-                        ..m.clone()
-                    },
-                )?;
-                container::members::record(&udir, *pid, m.id)?;
-            }
-            Ok(())
-        })()
-        .and_then(|()| {
-            let mut spec = super::native::restart_spec(&dir.join(NATIVE_DIR), opts)?;
-            spec.checkpointer = CONTAINER.to_string();
-            if rec.rootfs.is_some() {
-                // The files its submitter gave as its streams are outside
-                // its root: it gets the restart's (or /dev/null) instead.
-                spec.redirected = [true; 3];
-            }
-            spec.unit = Some(UnitSetup {
-                id,
-                container: true,
-                hostname: rec.hostname.clone(),
-                rootfs: rec.rootfs.clone(),
-                tmpfs: meta
-                    .tmpfs
-                    .iter()
-                    .map(|t| Tmpfs {
-                        archive: t.archive.as_ref().map(|a| dir.join(a)),
-                        ..t.clone()
-                    })
-                    .collect(),
-                wall_time: rec.limits.wall_time,
-                cpu_time: rec.limits.cpu_time,
-                dir: udir.clone(),
-                ..UnitSetup::default()
-            });
+        let setup = prepare_restart(registry, dir, opts.notify.clone(), opts.job.clone())?;
+        let started = super::native::restart_spec(&native_dir(dir), opts).and_then(|mut spec| {
+            with_container(&mut spec, setup);
             Ok(app::launch_detached(registry, &spec)?)
         });
         match started {
             Ok(Detached::Started(app)) => Ok(Restarted::Started(app)),
             Ok(Detached::ChildExit(c)) => Ok(Restarted::ChildExit(c)),
             Err(e) => {
-                for (_, m) in &meta.members {
-                    if container::members::running(&udir)
-                        .iter()
-                        .any(|(_, u)| *u == m.id)
-                    {
-                        let _ = std::fs::remove_dir_all(container::unit_dir(state, m.id));
-                    }
-                }
-                let _ = std::fs::remove_dir_all(&udir);
+                undo_restart(registry, dir);
                 Err(e)
             }
         }
     }
+}
+
+/// The processes' image inside a container's image: `native/` (xcheckpoint),
+/// or the image itself (`checkpoint -c`).
+fn native_dir(dir: &Path) -> PathBuf {
+    let n = dir.join(NATIVE_DIR);
+    if n.is_dir() {
+        n
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Whether `dir` holds the image of a whole container.
+pub fn is_container_image(dir: &Path) -> bool {
+    dir.join(META).is_file()
+}
+
+/// Makes a restart of the processes in `spec` one of the container `setup`
+/// (from [`prepare_restart`]).
+pub fn with_container(spec: &mut app::LaunchSpec, setup: UnitSetup) {
+    spec.checkpointer = CONTAINER.to_string();
+    if setup.rootfs.is_some() {
+        // The files its submitter gave as its streams are outside its
+        // root: it gets the restart's (or /dev/null) instead.
+        spec.redirected = [true; 3];
+    }
+    spec.unit = Some(setup);
+}
+
+/// Recreates on this node (`registry`'s state directory) the container whose
+/// image is `dir`, with its id, and the units that had joined it, reporting
+/// to `notify` (else where they did); returns what its loader sets up. The
+/// processes are the caller's to restart, with [`with_container`]; if that
+/// fails, [`undo_restart`] removes what this made.
+pub fn prepare_restart(
+    registry: &Registry,
+    dir: &Path,
+    notify: Option<String>,
+    job: Option<String>,
+) -> Result<UnitSetup> {
+    let meta = read_meta(dir)?;
+    let state = registry.root();
+    let id = meta.unit.id;
+    Container.reserve(state, id)?;
+    let udir = container::unit_dir(state, id);
+    let mut rec = UnitRecord {
+        app: None,
+        notify: notify.clone().or(meta.unit.notify.clone()),
+        job: job.or(meta.unit.job.clone()),
+        ..meta.unit.clone()
+    };
+    let root_archive = dir.join(ROOT_ARCHIVE);
+    let made = (|| -> Result<()> {
+        if root_archive.is_file() {
+            let root = udir.join("root");
+            fsutil::create_dir_all(&root, 0o755)?;
+            container::rootfs::unpack(&root_archive, &root).map_err(|e| bad(&root_archive, e))?;
+            rec.rootfs = Some(root);
+        }
+        container::save_record(state, &rec)?;
+        for (pid, m) in &meta.members {
+            Container.reserve(state, m.id)?;
+            // Recorded first: undo_restart finds it there.
+            container::members::record(&udir, *pid, m.id)?;
+            container::save_record(
+                state,
+                &UnitRecord {
+                    app: None,
+                    notify: notify.clone().or(m.notify.clone()),
+                    ..m.clone()
+                },
+            )?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = made {
+        undo_restart(registry, dir);
+        return Err(e);
+    }
+    Ok(UnitSetup {
+        id,
+        container: true,
+        hostname: rec.hostname.clone(),
+        rootfs: rec.rootfs.clone(),
+        tmpfs: meta
+            .tmpfs
+            .iter()
+            .map(|t| Tmpfs {
+                archive: t.archive.as_ref().map(|a| dir.join(a)),
+                ..t.clone()
+            })
+            .collect(),
+        wall_time: rec.limits.wall_time,
+        cpu_time: rec.limits.cpu_time,
+        dir: udir,
+        ..UnitSetup::default()
+    })
+}
+
+/// Removes what [`prepare_restart`] made for the container of image `dir`,
+/// unless that container runs.
+pub fn undo_restart(registry: &Registry, dir: &Path) {
+    let Ok(meta) = read_meta(dir) else {
+        return;
+    };
+    let state = registry.root();
+    let udir = container::unit_dir(state, meta.unit.id);
+    let running = container::load_record(state, meta.unit.id)
+        .ok()
+        .and_then(|r| r.app)
+        .and_then(|a| registry.load(a).ok())
+        .is_some_and(|a| a.alive());
+    if running {
+        return;
+    }
+    for (_, u) in container::members::running(&udir) {
+        let _ = std::fs::remove_dir_all(container::unit_dir(state, u));
+    }
+    let _ = std::fs::remove_dir_all(&udir);
+}
+
+/// `checkpoint -c` of a container: its processes as a version of its
+/// application (the built-in checkpointer), with what the container holds
+/// besides (`container.json`, its tmpfs and root, its SysV IPC objects in
+/// `ipc/`) in the same version directory, which `restart` recognises.
+pub fn checkpoint_version(
+    state: &Path,
+    unit: &AppRecord,
+    opts: &crate::ckpt::CheckpointOptions,
+) -> Result<crate::ckpt::Checkpointed> {
+    let rec = unit_of(state, unit)?;
+    let frozen_here = unit.cgroup.freezer_state()? != FreezerState::Frozen;
+    if frozen_here {
+        unit.cgroup.freeze(opts.timeout)?;
+    }
+    // Not in the application's image directory, which the checkpoint tidies.
+    let tmp = state.join(format!(".container-{}.tmp", unit.id));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let marker = container::unit_dir(state, rec.id).join(unit::NO_REPORT);
+    let result = fsutil::create_dir_all(&tmp, 0o700)
+        .map_err(GcpError::from)
+        .and_then(|()| Container.save(state, &rec, unit, &tmp))
+        .and_then(|()| super::native::save_ipc(unit.root_pid, &tmp.join("ipc")))
+        .and_then(|()| {
+            if opts.kill {
+                fsutil::write_atomic(&marker, b"checkpointed\n", 0o600)?;
+            }
+            Ok(crate::ckpt::checkpoint(state, unit, opts)?)
+        })
+        .and_then(|done| {
+            let rd = std::fs::read_dir(&tmp).map_err(|e| PathError::new("list", &tmp, e))?;
+            for ent in rd.flatten() {
+                let to = done.dir.join(ent.file_name());
+                std::fs::rename(ent.path(), &to)
+                    .map_err(|e| PathError::new("rename into", &to, e))?;
+            }
+            Ok(done)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&marker);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    if frozen_here && unit.alive() {
+        let _ = unit.cgroup.thaw(opts.timeout);
+    }
+    result
 }

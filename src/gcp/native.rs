@@ -114,7 +114,7 @@ const IPC_DIR: &str = "ipc";
 
 /// Saves every SysV IPC object of the IPC namespace of `pid` into `dir`, from a
 /// child that enters that namespace (the caller keeps its own).
-fn save_ipc(pid: i32, dir: &Path) -> Result<()> {
+pub(super) fn save_ipc(pid: i32, dir: &Path) -> Result<()> {
     use std::io::{Read, Write};
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
         GcpError::Io(PathError::new(

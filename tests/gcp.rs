@@ -407,13 +407,10 @@ fn refused_restarts_start_nothing() {
         .output()
         .unwrap();
     one_line_error(&o, "checkpointer criu is not available on this node");
-    // The container checkpointer is declared but not built yet.
+    // An image the container checkpointer did not write.
     m.units[1].backend = "container".into();
     xos::gcp::meta::write(&v(3), &m).unwrap();
-    one_line_error(
-        &n2.run("xrestart", &["job-3", "3"]),
-        "checkpointer container is not available on this node: container job units are not built yet",
-    );
+    one_line_error(&n2.run("xrestart", &["job-3", "3"]), "container.json");
 
     assert!(
         n2.env.registry().list().unwrap().is_empty(),

@@ -867,14 +867,7 @@ fn init_setup(
         let loader = crate::container::inside::setup(u, true, image)?;
         return init_stdio(stdio, spec).map(|()| Some(loader));
     }
-    nix::mount::mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot mount /proc: {e}"))?;
+    crate::container::inside::mount_proc()?;
     init_stdio(stdio, spec).map(|()| None)
 }
 

@@ -48,6 +48,28 @@ fn wait_gone(env: &Env, id: u32) {
     );
 }
 
+/// `xcheckpoint JOB --kill` on `node`, into checkpoint directory `ck`.
+fn xcheckpoint_kill(node: &Env, ck: &Path, job: &str) {
+    let o = node
+        .cmd("xcheckpoint")
+        .env("XOS_CHECKPOINT_DIR", ck)
+        .args([job, "--kill"])
+        .output()
+        .unwrap();
+    ok(&o, "xcheckpoint --kill");
+}
+
+/// `xrestart ARGS` on `node`, from checkpoint directory `ck`.
+fn xrestart(node: &Env, ck: &Path, args: &[&str]) {
+    let o = node
+        .cmd("xrestart")
+        .env("XOS_CHECKPOINT_DIR", ck)
+        .args(args)
+        .output()
+        .unwrap();
+    ok(&o, "xrestart");
+}
+
 /// `xos-loader listen` on `addr`, for `count` reports.
 struct Listener {
     child: Child,
@@ -589,13 +611,7 @@ fn checkpoint_and_restart_on_another_node(socket: bool) {
         "the tmpfs is the container's own"
     );
 
-    let o = node1
-        .cmd("xcheckpoint")
-        .env("XOS_CHECKPOINT_DIR", ck.path())
-        .args([job, "--kill"])
-        .output()
-        .unwrap();
-    ok(&o, "xcheckpoint --kill");
+    xcheckpoint_kill(&node1, ck.path(), job);
     wait_gone(&node1, id);
     let at_checkpoint = read(ck.path().join(job).join("1/unit-1/tmpfs-0.tar")).len();
     assert!(at_checkpoint > 0, "the tmpfs content is in the image");
@@ -776,32 +792,24 @@ fn template_container_moves_with_its_root_filesystem() {
     let count = |dir: &Path| read(dir.join("count")).parse::<u64>().unwrap_or(0);
     let d1 = inside(&node1);
     assert!(wait_until(T, || count(&d1) >= 3), "the job counts");
-    let o = node1
-        .cmd("xcheckpoint")
-        .env("XOS_CHECKPOINT_DIR", ck.path())
-        .args([job, "--kill"])
-        .output()
-        .unwrap();
-    ok(&o, "xcheckpoint --kill");
+    xcheckpoint_kill(&node1, ck.path(), job);
     wait_gone(&node1, id);
 
     let addr = format!("unix:{}", node2.state.path().join("aem.sock").display());
     let out = node2.state.path().join("out");
     let mut l = Listener::start(&node2, &addr, 1);
-    let o = node2
-        .cmd("xrestart")
-        .env("XOS_CHECKPOINT_DIR", ck.path())
-        .args([
+    xrestart(
+        &node2,
+        ck.path(),
+        &[
             job,
             "1",
             "--notify",
             &addr,
             "--stdout",
             out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    ok(&o, "xrestart on node 2");
+        ],
+    );
     let d2 = inside(&node2);
     let before = count(&d2);
     assert!(before >= 3, "its root came along: {before}");
@@ -922,24 +930,12 @@ fn a_joined_unit_moves_with_its_container() {
         &node1,
         &["--job", "mj2", "--", "sh", "-c", &wait_for(&d.join("b"), 2)],
     );
-    let o = node1
-        .cmd("xcheckpoint")
-        .env("XOS_CHECKPOINT_DIR", ck.path())
-        .args(["mj2", "--kill"])
-        .output()
-        .unwrap();
-    ok(&o, "xcheckpoint --kill");
+    xcheckpoint_kill(&node1, ck.path(), "mj2");
     wait_gone(&node1, a);
     wait_gone(&node1, b);
     let addr = format!("unix:{}", node2.state.path().join("aem.sock").display());
     let mut l = Listener::start(&node2, &addr, 2);
-    let o = node2
-        .cmd("xrestart")
-        .env("XOS_CHECKPOINT_DIR", ck.path())
-        .args(["mj2", "1", "--notify", &addr])
-        .output()
-        .unwrap();
-    ok(&o, "xrestart");
+    xrestart(&node2, ck.path(), &["mj2", "1", "--notify", &addr]);
     assert_eq!(status(&node2, b).unwrap()["member_of"], a);
     std::fs::write(d.join("b"), "").unwrap();
     let r = l.next();

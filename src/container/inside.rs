@@ -142,7 +142,8 @@ fn mount_tmpfs(at: &Path, options: &str) -> Result<()> {
     .map_err(|e| format!("cannot mount a tmpfs on {}: {e}", at.display()))
 }
 
-fn mount_proc() -> Result<()> {
+/// Mounts a /proc of the caller's PID namespace on /proc.
+pub(crate) fn mount_proc() -> Result<()> {
     nix::mount::mount(
         Some("proc"),
         "/proc",

@@ -99,6 +99,27 @@ impl SubmitSpec {
     }
 }
 
+impl SubmitSpec {
+    /// The record of unit `id` made from this.
+    fn record(&self, id: u32) -> UnitRecord {
+        UnitRecord {
+            id,
+            container: self.container,
+            job: self.job.clone(),
+            notify: self.notify.clone(),
+            creds: self.creds.clone(),
+            limits: self.limits.clone(),
+            command: self
+                .argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            created: registry::now(),
+            ..UnitRecord::default()
+        }
+    }
+}
+
 /// The local account `user` (and group `group`, else the user's), read from
 /// /etc/passwd and /etc/group (never through NSS).
 pub fn resolve_creds(user: &str, group: Option<&str>) -> Result<Creds> {
@@ -236,23 +257,10 @@ fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<
         }
     }
     let rec = UnitRecord {
-        id,
-        container: spec.container,
-        job: spec.job.clone(),
-        app: None,
         hostname: spec.container.then(|| format!("ct-{id}")),
-        notify: spec.notify.clone(),
         rootfs: rootfs.clone(),
         template: spec.template.as_ref().map(|t| t.0.clone()),
-        creds: spec.creds.clone(),
-        limits: spec.limits.clone(),
-        command: spec
-            .argv
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        created: registry::now(),
-        member_of: None,
+        ..spec.record(id)
     };
     super::save_record(state, &rec)?;
     let mut ls = LaunchSpec::new(spec.argv.clone());
@@ -350,23 +358,12 @@ fn join_container(
     let dir = super::unit_dir(state, id);
     let r = (|| -> Result<Submitted> {
         let rec = UnitRecord {
-            id,
             container: true,
-            job: spec.job.clone(),
             app: Some(app),
             hostname: ct.hostname.clone(),
-            notify: spec.notify.clone(),
             rootfs: ct.rootfs.clone(),
-            template: None,
-            creds: spec.creds.clone(),
-            limits: spec.limits.clone(),
-            command: spec
-                .argv
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect(),
-            created: registry::now(),
             member_of: Some(ct.id),
+            ..spec.record(id)
         };
         super::save_record(state, &rec)?;
         give_streams(spec)?;

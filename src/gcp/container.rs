@@ -20,8 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::api::{
-    Checkpointer, DumpOptions, Feature, GcpError, Probe, RestartOptions, Restarted, Result,
-    UnitImage,
+    Checkpointer, DumpOptions, GcpError, Probe, RestartOptions, Restarted, Result, UnitImage,
 };
 use super::native::Native;
 use crate::app::{self, Detached};
@@ -167,10 +166,8 @@ impl Checkpointer for Container {
     }
 
     fn probe(&self) -> Probe {
-        Probe {
-            version: Ok(env!("CARGO_PKG_VERSION").to_string()),
-            features: vec![Feature::Threads, Feature::SysvIpc],
-        }
+        // What the built-in checkpointer can do, it does for containers.
+        Native.probe()
     }
 
     fn checkpoint(
@@ -181,25 +178,11 @@ impl Checkpointer for Container {
         opts: &DumpOptions,
     ) -> Result<UnitImage> {
         let rec = unit_of(state, unit)?;
-        let frozen_here = unit.cgroup.freezer_state()? != FreezerState::Frozen;
-        if frozen_here {
-            unit.cgroup.freeze(opts.timeout)?;
-        }
-        // Killed for a checkpoint, the container's end is not the job's.
-        let marker = container::unit_dir(state, rec.id).join(unit::NO_REPORT);
-        let result = self.save(state, &rec, unit, dir).and_then(|()| {
-            if opts.kill {
-                fsutil::write_atomic(&marker, b"checkpointed\n", 0o600)?;
-            }
+        let mut img = frozen_for_checkpoint(state, &rec, unit, opts.timeout, opts.kill, |mark| {
+            self.save(state, &rec, unit, dir)?;
+            mark()?;
             Native.checkpoint(state, unit, &dir.join(NATIVE_DIR), opts)
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&marker);
-        }
-        if frozen_here && unit.alive() {
-            let _ = unit.cgroup.thaw(opts.timeout);
-        }
-        let mut img = result?;
+        })?;
         img.backend = CONTAINER.to_string();
         img.bytes = super::meta::tree_size(dir);
         Ok(img)
@@ -364,39 +347,56 @@ pub fn checkpoint_version(
     opts: &crate::ckpt::CheckpointOptions,
 ) -> Result<crate::ckpt::Checkpointed> {
     let rec = unit_of(state, unit)?;
-    let frozen_here = unit.cgroup.freezer_state()? != FreezerState::Frozen;
-    if frozen_here {
-        unit.cgroup.freeze(opts.timeout)?;
-    }
     // Not in the application's image directory, which the checkpoint tidies.
     let tmp = state.join(format!(".container-{}.tmp", unit.id));
     let _ = std::fs::remove_dir_all(&tmp);
+    let result = frozen_for_checkpoint(state, &rec, unit, opts.timeout, opts.kill, |mark| {
+        fsutil::create_dir_all(&tmp, 0o700)?;
+        Container.save(state, &rec, unit, &tmp)?;
+        super::native::save_ipc(unit.root_pid, &tmp.join("ipc"))?;
+        mark()?;
+        let done = crate::ckpt::checkpoint(state, unit, opts)?;
+        let rd = std::fs::read_dir(&tmp).map_err(|e| PathError::new("list", &tmp, e))?;
+        for ent in rd.flatten() {
+            let to = done.dir.join(ent.file_name());
+            std::fs::rename(ent.path(), &to).map_err(|e| PathError::new("rename into", &to, e))?;
+        }
+        Ok(done)
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+/// Runs `work` with the container `rec` (application `unit`) frozen, thawed
+/// again afterwards unless it was frozen before or is gone. `work` calls its
+/// argument just before it may kill the container (`kill`): from then on the
+/// container's end is not the job's, and nothing is reported, unless `work`
+/// fails.
+fn frozen_for_checkpoint<T>(
+    state: &Path,
+    rec: &UnitRecord,
+    unit: &AppRecord,
+    timeout: Duration,
+    kill: bool,
+    work: impl FnOnce(&dyn Fn() -> Result<()>) -> Result<T>,
+) -> Result<T> {
+    let frozen_here = unit.cgroup.freezer_state()? != FreezerState::Frozen;
+    if frozen_here {
+        unit.cgroup.freeze(timeout)?;
+    }
     let marker = container::unit_dir(state, rec.id).join(unit::NO_REPORT);
-    let result = fsutil::create_dir_all(&tmp, 0o700)
-        .map_err(GcpError::from)
-        .and_then(|()| Container.save(state, &rec, unit, &tmp))
-        .and_then(|()| super::native::save_ipc(unit.root_pid, &tmp.join("ipc")))
-        .and_then(|()| {
-            if opts.kill {
-                fsutil::write_atomic(&marker, b"checkpointed\n", 0o600)?;
-            }
-            Ok(crate::ckpt::checkpoint(state, unit, opts)?)
-        })
-        .and_then(|done| {
-            let rd = std::fs::read_dir(&tmp).map_err(|e| PathError::new("list", &tmp, e))?;
-            for ent in rd.flatten() {
-                let to = done.dir.join(ent.file_name());
-                std::fs::rename(ent.path(), &to)
-                    .map_err(|e| PathError::new("rename into", &to, e))?;
-            }
-            Ok(done)
-        });
+    let mark = || -> Result<()> {
+        if kill {
+            fsutil::write_atomic(&marker, b"checkpointed\n", 0o600)?;
+        }
+        Ok(())
+    };
+    let result = work(&mark);
     if result.is_err() {
         let _ = std::fs::remove_file(&marker);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
     if frozen_here && unit.alive() {
-        let _ = unit.cgroup.thaw(opts.timeout);
+        let _ = unit.cgroup.thaw(timeout);
     }
     result
 }

@@ -136,9 +136,25 @@ signals, interval timers, POSIX timers, a job-control stop, pid, parent, process
 group and session, uids, gids, groups, capability sets, rlimits, umask, working
 directory, personality and no_new_privs.
 
-A socket, a seccomp filter, a changed root or another resource it cannot save
-makes -c fail with one line naming the process and the resource; APP keeps
-running and no version is written.
+Sockets: Unix stream, datagram and seqpacket sockets (pairs, accepted
+connections, listeners with their connections not yet accepted, path, deleted and
+abstract names, unread data and descriptors in flight, shutdown state, options);
+a datagram socket connected to a path outside APP (/dev/log) is connected to it
+again at restart; a stream to a process outside APP makes -c fail unless
+--external-unix (APP then finds its peer gone). TCP (IPv4 and IPv6): listening
+sockets and established connections with sequence numbers, windows, options and
+unread and unacknowledged data (TCP_REPAIR); their traffic is held with nftables
+(the nft program) from before they are read until the restart has rebuilt them:
+a private network namespace (krgcr-run --net private or veth) is held whole, in
+the host's namespace only APP's connections are, and peers see no reset. A
+restart on this node keeps the connections; elsewhere the addresses must follow
+(--net veth). UDP: bound and connected sockets and their queued datagrams, with
+their senders. Connections to a TCP listener not yet accepted are not saved.
+
+A netlink, packet, ping, SCTP or other socket, a TCP connection that is closing, a
+seccomp filter, a changed root or another resource it cannot save makes -c fail
+with one line naming the process and the resource; APP keeps running and no
+version is written.
 
 -c never leaves APP changed: it is stopped task by task under ptrace, and
 killing checkpoint at any moment (kill -9, Ctrl-C) lets every task continue

@@ -112,6 +112,14 @@ Examples:
   krgcr-run --detach --print-id --stdout app.log ./server
   krgcr-run --memory 1G --cpus 1.5 --pids 100 ./solver input.dat
   krgcr-run --detach --job job-42 --checkpointer criu ./worker
+  krgcr-run --detach --net private redis-server --save ''
+  ip netns add clients; krgcr-run --detach --net veth:10.77.0.2/24,clients ./server
+
+With --net private or veth the application's TCP and UDP endpoints are saved and
+restored with it (and restart gives it the same network). veth puts eth0 at ADDR in
+the application, its default route via the other end, which is named xvIDTOKEN and
+sits in the caller's namespace (or /run/netns/NETNS) at the subnet's first other
+address; the pair is made again at restart, so clients reach the same address.
 
 Exit status: CMD's status; 125 if the application could not be set up, 126 if CMD
 cannot be executed, 127 if it is not found. With --detach: 0 once it runs.";

@@ -12,6 +12,13 @@
 #                                (median of XOS_BENCH_ROUNDS rounds, default 5), and
 #                                the latency for a small process
 #
+#   scripts/bench.sh net         checkpoint -c --kill and restart of an application in
+#                                --net private holding XOS_BENCH_CONNS (default 1000)
+#                                established TCP connections (both ends inside, a
+#                                little unread data on each) against the same
+#                                application without sockets; prints the cost per
+#                                connection (median of XOS_BENCH_ROUNDS, default 5)
+#
 #   scripts/bench.sh nss         getpwnam of a mapped VO user through libnss_xos.so.2
 #                                against getpwnam of a local user through nss_files,
 #                                and PAM session open + close through pam_xos.so
@@ -22,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    echo "usage: scripts/bench.sh ipc [DIR] | ckpt [DIR] | nss" >&2
+    echo "usage: scripts/bench.sh ipc [DIR] | ckpt [DIR] | net | nss" >&2
     exit 2
 }
 
@@ -513,7 +520,62 @@ PY
             mount --bind '$dir/pam.d' /etc/pam.d && exec python3 '$dir/bench.py'"
 }
 
+bench_net() {
+    local bin dir conns rounds
+    bin=$(release_bin)
+    dir=$(mktemp -d)
+    conns=${XOS_BENCH_CONNS:-1000}
+    rounds=${XOS_BENCH_ROUNDS:-5}
+    cat >"$dir/conns.py" <<'PY'
+import resource, socket, sys, time
+n = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (4 * n + 64, 4 * n + 64))
+keep = []
+if n:
+    l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(128)
+    for i in range(n):
+        c = socket.create_connection(l.getsockname()); s, _ = l.accept()
+        c.sendall(b"ping %d" % i); s.sendall(b"pong")
+        keep += [c, s]
+open(sys.argv[2], "w").write("ready")
+while True:
+    time.sleep(60)
+PY
+    XOS_STATE_DIR="$dir/state" XOS_BENCH_BIN="$bin" python3 - "$dir" "$conns" "$rounds" <<'PY'
+import os, statistics, subprocess, sys, time
+d, conns, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+bin = os.environ["XOS_BENCH_BIN"]
+def run(*a):
+    return subprocess.run([bin, *a], check=True, capture_output=True, text=True).stdout
+def cycle(n):
+    ready = f"{d}/ready"
+    if os.path.exists(ready): os.unlink(ready)
+    app = run("krgcr-run", "--net", "private", "--detach", "--print-id", "--stdout", "/dev/null",
+              "--stderr", "/dev/null", "python3", f"{d}/conns.py", str(n), ready).strip()
+    while not os.path.exists(ready): time.sleep(0.01)
+    t = time.perf_counter(); run("checkpoint", "-c", "--kill", app); ck = time.perf_counter() - t
+    while app in run("checkpoint", "--list").split(): time.sleep(0.01)
+    t = time.perf_counter(); run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", app, "1"); rs = time.perf_counter() - t
+    pid = [l.split()[2] for l in run("checkpoint", "--list").splitlines()[1:] if l.split()[0] == app]
+    for p in pid: os.kill(int(p), 9)
+    return ck, rs
+res = {}
+for n in (0, conns):
+    xs = [cycle(n) for _ in range(rounds)]
+    res[n] = (statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs))
+(b_ck, b_rs), (s_ck, s_rs) = res[0], res[conns]
+print(f"net: application in --net private, median of {rounds}")
+print(f"  checkpoint -c --kill   no sockets {b_ck*1e3:8.1f} ms   {conns} TCP connections {s_ck*1e3:8.1f} ms   per connection {(s_ck-b_ck)/conns*1e6:7.1f} us")
+print(f"  restart                no sockets {b_rs*1e3:8.1f} ms   {conns} TCP connections {s_rs*1e3:8.1f} ms   per connection {(s_rs-b_rs)/conns*1e6:7.1f} us")
+print("  target: well under 1000 us per connection")
+PY
+    rm -rf "$dir"
+}
+
 case "${1:-}" in
+    net)
+        bench_net
+        ;;
     ipc)
         shift
         bench_ipc "$@"

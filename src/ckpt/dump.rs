@@ -994,13 +994,18 @@ impl<'a> Dumper<'a> {
         cwd: &Path,
         _pid: i32,
     ) -> std::result::Result<u64, String> {
+        self.sockets.dump(sock, cwd)
+    }
+
+    /// The sockets saved, their data written into the image.
+    pub fn finish_sockets(&mut self) -> std::result::Result<crate::ckpt::sockets::Images, String> {
         let dir = self.dir;
         let mut write = |name: &str, b: &[u8]| -> std::result::Result<Blob, String> {
             let mut w = BlobWriter::create(dir, name.to_string(), 0).map_err(|e| e.to_string())?;
             w.write(dir, b).map_err(|e| e.to_string())?;
             w.finish(dir).map_err(|e| e.to_string())
         };
-        self.sockets.dump(sock, cwd, &mut write)
+        self.sockets.finish(&mut write)
     }
 
     /// Says what each descriptor in flight in a saved socket's queue is (a

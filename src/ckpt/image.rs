@@ -49,6 +49,9 @@ pub struct Image {
     /// Every socket of the application, those in flight included.
     #[serde(default)]
     pub sockets: Vec<crate::ckpt::sockets::SocketImg>,
+    /// The unread data of every socket (see `SocketImg::data`).
+    #[serde(default)]
+    pub socket_data: Option<Blob>,
 }
 
 /// A FIFO (named pipe): its path and, as for a pipe, its unread bytes.

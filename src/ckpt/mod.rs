@@ -242,6 +242,9 @@ fn write_image(
             .flat_map(|p| p.threads.iter())
             .map(|t| image::xstate_features(&image::from_hex(&t.xstate).unwrap_or_default()))
             .fold(0, |a, b| a | b);
+        let (sockets, socket_data) = d
+            .finish_sockets()
+            .map_err(|what| CkptError::Unsupported { pid: 1, what })?;
         let img = image::Image {
             app: rec.id,
             version,
@@ -263,10 +266,8 @@ fn write_image(
             pipes: d.pipes.values().cloned().collect(),
             fifos: d.fifos.values().cloned().collect(),
             net: rec.net.clone(),
-            sockets: d
-                .sockets
-                .finish()
-                .map_err(|what| CkptError::Unsupported { pid: 1, what })?,
+            sockets,
+            socket_data,
         };
         if opts.kill {
             d.sockets.for_kill();

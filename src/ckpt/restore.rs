@@ -145,6 +145,7 @@ fn blobs(img: &Image) -> impl Iterator<Item = &Blob> {
         .chain(img.shared.iter())
         .chain(img.pipes.iter().map(|p| &p.data))
         .chain(img.fifos.iter().map(|f| &f.pipe.data))
+        .chain(img.socket_data.iter())
 }
 
 fn high_fd(fd: OwnedFd, base: RawFd) -> Result<RawFd> {
@@ -269,6 +270,7 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
         let made = sockets::restore_all(
             dir,
             &img.sockets,
+            img.socket_data.as_ref(),
             img.app,
             !img.net.is_private(),
             &open_other,

@@ -60,7 +60,11 @@ impl Addr {
         match name.split_first() {
             None => None,
             Some((0, rest)) => Some(Addr::UnixAbstract(to_hex(rest))),
-            Some(_) => Some(Addr::UnixPath(to_hex(name))),
+            // A path name as the kernel keeps it may end in NULs.
+            Some(_) => {
+                let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+                Some(Addr::UnixPath(to_hex(&name[..end])))
+            }
         }
     }
 
@@ -153,12 +157,19 @@ pub struct SocketImg {
     /// Unread messages or stream pieces, in order; their bytes are `data`.
     #[serde(default)]
     pub queue: Vec<Chunk>,
+    /// (offset, length) of its bytes in the image's socket data file.
     #[serde(default)]
-    pub data: Option<Blob>,
+    pub data: (u64, u64),
     /// An established TCP connection.
     #[serde(default)]
     pub tcp: Option<tcp::Conn>,
 }
+
+/// Stores a data file of the image: (name, bytes) -> its record.
+pub type WriteBlob<'a> = dyn FnMut(&str, &[u8]) -> Result<Blob, String> + 'a;
+
+/// The sockets of an image and the file holding their unread data.
+pub type Images = (Vec<SocketImg>, Option<Blob>);
 
 /// How the checkpoint treats sockets.
 #[derive(Debug, Clone, Default)]
@@ -186,6 +197,8 @@ pub struct Dumper {
     ns_pid: i32,
     unix: Option<HashMap<u32, diag::UnixDiag>>,
     images: BTreeMap<u64, SocketImg>,
+    /// The unread data of every socket, one after the other.
+    data: Vec<u8>,
     /// In-flight descriptors met in queues, for the caller to classify.
     pub pending: Vec<InFlight>,
     /// TCP sockets put in repair mode: taken out again unless the checkpoint
@@ -211,6 +224,7 @@ impl Dumper {
             ns_pid,
             unix: None,
             images: BTreeMap::new(),
+            data: Vec::new(),
             pending: Vec::new(),
             repaired: Vec::new(),
             lock: None,
@@ -218,13 +232,8 @@ impl Dumper {
     }
 
     /// Saves socket `fd` (a copy of one of process `pid`'s) unless it already
-    /// is; returns its id. `write` stores a blob of the image.
-    pub fn dump(
-        &mut self,
-        fd: OwnedFd,
-        cwd: &Path,
-        write: &mut dyn FnMut(&str, &[u8]) -> Result<Blob, String>,
-    ) -> Result<u64, String> {
+    /// is; returns its id.
+    pub fn dump(&mut self, fd: OwnedFd, cwd: &Path) -> Result<u64, String> {
         let id = inode(fd.as_raw_fd());
         if self.images.contains_key(&id) {
             return Ok(id);
@@ -255,7 +264,7 @@ impl Dumper {
             cut: false,
             opts: opts::save(fd.as_fd(), domain, stype, protocol),
             queue: Vec::new(),
-            data: None,
+            data: (0, 0),
             tcp: None,
         };
         let mut fds = Vec::new();
@@ -285,7 +294,8 @@ impl Dumper {
             }
         };
         if !bytes.is_empty() {
-            img.data = Some(write(&format!("socket-{id}.img"), &bytes)?);
+            img.data = (self.data.len() as u64, bytes.len() as u64);
+            self.data.extend_from_slice(&bytes);
         }
         for (chunk, slot, fd) in fds {
             self.pending.push(InFlight {
@@ -313,14 +323,23 @@ impl Dumper {
     }
 
     /// Checks that every connection ends where it can be rebuilt; returns the
-    /// images. Called once every process is saved.
-    pub fn finish(&mut self) -> Result<Vec<SocketImg>, String> {
+    /// images and their data, stored by `write` as one file. Called once every
+    /// process is saved.
+    pub fn finish(&mut self, write: &mut WriteBlob) -> Result<Images, String> {
         unix::check_peers(
             &mut self.images,
             self.unix.as_ref(),
             self.opts.external_unix,
         )?;
-        Ok(std::mem::take(&mut self.images).into_values().collect())
+        let data = if self.data.is_empty() {
+            None
+        } else {
+            Some(write("sockets.img", &std::mem::take(&mut self.data))?)
+        };
+        Ok((
+            std::mem::take(&mut self.images).into_values().collect(),
+            data,
+        ))
     }
 
     /// The application is being killed: its TCP sockets stay in repair mode,
@@ -362,10 +381,20 @@ pub type OpenOther<'a> = &'a dyn Fn(&FdKind, u32) -> Result<OwnedFd, String>;
 pub fn restore_all(
     dir: &Path,
     socks: &[SocketImg],
+    blob: Option<&Blob>,
     app: u64,
     host_net: bool,
     open_other: OpenOther,
 ) -> Result<HashMap<u64, OwnedFd>, String> {
+    let all = match blob {
+        Some(b) => crate::ckpt::restore::read_blob(dir, b).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let read_data = |s: &SocketImg| -> Result<&[u8], String> {
+        let (off, len) = (s.data.0 as usize, s.data.1 as usize);
+        all.get(off..off + len)
+            .ok_or_else(|| format!("{}: its data is missing from the image", describe(s)))
+    };
     let mut made: HashMap<u64, OwnedFd> = HashMap::new();
     let by_id: HashMap<u64, &SocketImg> = socks.iter().map(|s| (s.id, s)).collect();
     // The ends first, then what joins them, then the data.
@@ -385,20 +414,20 @@ pub fn restore_all(
             }
         }
     }
-    unix::connect_all(socks, &made)?;
+    unix::connect_all(socks, &mut made)?;
     let conns: Vec<&SocketImg> = socks.iter().filter(|s| s.tcp.is_some()).collect();
     for s in &conns {
-        let fd = tcp::create_repaired(s, &read_data(dir, s)?)?;
+        let fd = tcp::create_repaired(s, read_data(s)?)?;
         made.insert(s.id, fd);
     }
     for s in socks {
         if s.queue.is_empty() && !s.cut {
             continue;
         }
-        let data = read_data(dir, s)?;
+        let data = read_data(s)?;
         match (s.family, s.stype) {
-            (libc::AF_UNIX, _) => unix::refill(s, &data, &mut made, open_other)?,
-            (_, libc::SOCK_DGRAM) => udp::refill(s, &data, &made)?,
+            (libc::AF_UNIX, _) => unix::refill(s, data, &mut made, open_other)?,
+            (_, libc::SOCK_DGRAM) => udp::refill(s, data, &made)?,
             _ => {}
         }
     }
@@ -407,7 +436,7 @@ pub fn restore_all(
         crate::net::lock::unlock_app(app);
     }
     for s in &conns {
-        tcp::release(made[&s.id].as_fd(), s, &read_data(dir, s)?)?;
+        tcp::release(made[&s.id].as_fd(), s, read_data(s)?)?;
     }
     for s in socks {
         if let Some(fd) = made.get(&s.id) {
@@ -417,13 +446,6 @@ pub fn restore_all(
         }
     }
     Ok(made)
-}
-
-fn read_data(dir: &Path, s: &SocketImg) -> Result<Vec<u8>, String> {
-    match &s.data {
-        Some(b) => crate::ckpt::restore::read_blob(dir, b).map_err(|e| e.to_string()),
-        None => Ok(Vec::new()),
-    }
 }
 
 /// One line naming a socket in messages.

@@ -112,7 +112,10 @@ pub fn restore_early(fd: BorrowedFd, saved: &[(i32, i32, String)]) -> Result<(),
     restore_filtered(fd, saved, |l, o| EARLY.contains(&(l, o)))
 }
 
-/// Sets every saved option that differs from the socket's.
+/// Sets every saved option that differs from the socket's (IPV6_V6ONLY, which
+/// cannot change once bound, was set early).
 pub fn restore(fd: BorrowedFd, saved: &[(i32, i32, String)]) -> Result<(), String> {
-    restore_filtered(fd, saved, |_, _| true)
+    restore_filtered(fd, saved, |l, o| {
+        (l, o) != (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+    })
 }

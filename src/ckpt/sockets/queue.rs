@@ -30,7 +30,10 @@ const MAX_FDS: usize = 253;
 
 /// The unread data of `fd`: the bytes, the pieces, and the descriptors in
 /// flight as (piece, place, copy in this process).
-pub type Peeked = (Vec<u8>, Vec<Chunk>, Vec<(usize, usize, OwnedFd)>);
+pub type Peeked = (Vec<u8>, Vec<Chunk>, InFlightFds);
+
+/// Descriptors in flight as (piece, place, copy in this process).
+pub type InFlightFds = Vec<(usize, usize, OwnedFd)>;
 
 /// Reads the receive queue of `fd` without consuming it. `senders`: keep the
 /// address of each datagram's sender.

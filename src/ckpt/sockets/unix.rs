@@ -35,7 +35,7 @@ pub fn dump(
     table: &HashMap<u32, UnixDiag>,
     cwd: &Path,
     _external: bool,
-) -> Result<(Vec<u8>, Vec<(usize, usize, OwnedFd)>), String> {
+) -> Result<(Vec<u8>, queue::InFlightFds), String> {
     let d = table
         .get(&(img.id as u32))
         .ok_or("a unix socket of another network namespace")?;
@@ -62,15 +62,8 @@ pub fn dump(
         };
     }
     if let State::Listening { .. } = img.state {
-        for icon in &d.icons {
-            let e = table.get(icon);
-            if e.is_some_and(|e| e.rqlen.0 > 0) {
-                return Err("a connection to it not yet accepted holds unread data".into());
-            }
-            if let Some(client) = e.and_then(|e| e.peer) {
-                img.waiting.push(u64::from(client));
-            }
-        }
+        // Its waiting connections have no inode yet: their clients are found
+        // by the listener's name (see check_peers).
         return Ok((Vec::new(), Vec::new()));
     }
     let (data, chunks, fds): Peeked = queue::peek(fd.as_fd(), img.stype == libc::SOCK_DGRAM)?;
@@ -87,8 +80,26 @@ pub fn check_peers(
     table: Option<&HashMap<u32, UnixDiag>>,
     external: bool,
 ) -> Result<(), String> {
-    let waiting: Vec<u64> = images.values().flat_map(|s| s.waiting.clone()).collect();
+    // A client whose connection waits on a listener: its peer (the
+    // listener's half, not accepted yet) has no inode, and nothing shut it.
+    let listeners: Vec<(u64, Addr)> = images
+        .values()
+        .filter(|s| s.family == libc::AF_UNIX && matches!(s.state, State::Listening { .. }))
+        .filter_map(|s| Some((s.id, s.local.clone()?)))
+        .collect();
     let ids: Vec<u64> = images.keys().copied().collect();
+    let mut waiting = Vec::new();
+    for id in &ids {
+        let s = &images[id];
+        if s.family != libc::AF_UNIX || s.peer_id != Some(0) || s.shutdown != 0 {
+            continue;
+        }
+        if let Some((l, _)) = listeners.iter().find(|(_, a)| Some(a) == s.peer.as_ref()) {
+            waiting.push(*id);
+            let l = *l;
+            images.get_mut(&l).unwrap().waiting.push(*id);
+        }
+    }
     for id in ids {
         let s = &images[&id];
         if s.family != libc::AF_UNIX {
@@ -156,6 +167,16 @@ pub fn create(
         .and_then(|p| by_id.get(&p))
         .filter(|p| p.peer_id == Some(s.id));
     if let Some(p) = mutual {
+        if accepted_from(p, by_id).is_some() {
+            // The client end; the other comes from its listener's accept.
+            let fd = socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| err("socket", e))?;
+            made.insert(s.id, fd);
+            return Ok(());
+        }
+        if accepted_from(s, by_id).is_some() {
+            return Ok(()); // Made with its client's connection.
+        }
         let (a, b) = socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| err("socketpair", e))?;
         made.insert(s.id, a);
@@ -192,6 +213,19 @@ pub fn create(
     Ok(())
 }
 
+/// The listener of the application `s` was accepted from: a connected stream
+/// bearing a listener's name.
+fn accepted_from<'a>(s: &SocketImg, by_id: &HashMap<u64, &'a SocketImg>) -> Option<&'a SocketImg> {
+    if s.stype == libc::SOCK_DGRAM || s.state != State::Connected {
+        return None;
+    }
+    let name = s.local.as_ref()?;
+    by_id
+        .values()
+        .find(|l| matches!(l.state, State::Listening { .. }) && l.local.as_ref() == Some(name))
+        .copied()
+}
+
 /// Binds `s`'s name, taking over a path left by the checkpointed socket (a
 /// socket file nobody listens on).
 fn bind_name(s: &SocketImg, fd: BorrowedFd) -> Result<(), String> {
@@ -225,16 +259,29 @@ fn bind_name(s: &SocketImg, fd: BorrowedFd) -> Result<(), String> {
 
 /// Makes the connections that go through a name: clients waiting on a
 /// listener, datagram sockets connected to another.
-pub fn connect_all(socks: &[SocketImg], made: &HashMap<u64, OwnedFd>) -> Result<(), String> {
+pub fn connect_all(socks: &[SocketImg], made: &mut HashMap<u64, OwnedFd>) -> Result<(), String> {
     let by_id: HashMap<u64, &SocketImg> = socks.iter().map(|s| (s.id, s)).collect();
-    for l in socks.iter().filter(|s| s.family == libc::AF_UNIX) {
-        let addr = match (&l.local, full_path(l)) {
-            (_, Some(p)) => {
-                super::sys::unix_storage(&UnixAddr::new(&p).map_err(|e| e.to_string())?)
-            }
-            (Some(a), None) => a.to_storage()?,
-            (None, None) => continue,
+    // Accepted connections first, as they were before the waiting ones: the
+    // client connects to the listener, which accepts at once.
+    for s in socks.iter().filter(|s| s.family == libc::AF_UNIX) {
+        let (Some(l), Some(client)) = (accepted_from(s, &by_id), s.peer_id) else {
+            continue;
         };
+        let addr = listener_addr(l)?;
+        let c = made
+            .get(&client)
+            .ok_or_else(|| format!("{}: its client is missing", describe(s)))?;
+        connect(c.as_raw_fd(), &addr)
+            .map_err(|e| format!("{}: connect its client again: {e}", describe(s)))?;
+        let fd = nix::sys::socket::accept4(made[&l.id].as_raw_fd(), SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| format!("{}: accept: {e}", describe(s)))?;
+        made.insert(s.id, crate::ckpt::sys::owned_fd(fd));
+    }
+    for l in socks
+        .iter()
+        .filter(|s| s.family == libc::AF_UNIX && !s.waiting.is_empty())
+    {
+        let addr = listener_addr(l)?;
         for c in &l.waiting {
             let fd = made
                 .get(c)
@@ -261,6 +308,16 @@ pub fn connect_all(socks: &[SocketImg], made: &HashMap<u64, OwnedFd>) -> Result<
             .map_err(|e| format!("{}: cannot connect to {addr} again: {e}", describe(s)))?;
     }
     Ok(())
+}
+
+fn listener_addr(l: &SocketImg) -> Result<SockaddrStorage, String> {
+    match (&l.local, full_path(l)) {
+        (_, Some(p)) => Ok(super::sys::unix_storage(
+            &UnixAddr::new(&p).map_err(|e| e.to_string())?,
+        )),
+        (Some(a), None) => a.to_storage(),
+        (None, None) => Err(format!("{}: a listener without a name", describe(l))),
+    }
 }
 
 /// Puts `s`'s unread data back, sent by its other end (or, for a datagram

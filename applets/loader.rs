@@ -179,7 +179,19 @@ the job: WallTimeLimit or CPUTimeLimit), rusage (of every process of the unit) a
 ended (seconds since the epoch). A report is kept in STATE/containers/CTID until the
 listener acknowledges it.
 
-Environment: XOS_STATE_DIR, XOS_CGROUP_PARENT, XOS_TEMPLATE_DIR.
+A unit submitted for a job whose container runs on this node joins that container:
+its loader forks it (same namespaces, cgroup and root; its own user, limits and
+report); the container ends with its last unit.
+
+Checkpoint and restart: xcheckpoint JOB (the container checkpointer) and checkpoint
+-c CTID save the whole container: its processes and SysV IPC objects, its tmpfs
+mounts with their content, a template root, its id, hostname and limits, the units
+that joined it. xrestart JOB VERSION [--notify ADDR] (on this node or another) and
+restart APP VERSION bring it back with the same id and hostname; its end is then
+reported to the address given at restart, else to the one it had.
+
+Environment: XOS_STATE_DIR, XOS_CGROUP_PARENT, XOS_TEMPLATE_DIR, XOS_AMSD_SOCKET,
+XOS_AMSD_CONFIG.
 
 Examples:
   xos-loader --check job.jsdl

@@ -231,7 +231,7 @@ fn fork_bomb_stops_at_the_limit_and_the_watchdog_ends_it() {
         "bomb.jsdl",
         "<jsdl-posix:Executable>/bin/sh</jsdl-posix:Executable>\
          <jsdl-posix:Argument>-c</jsdl-posix:Argument>\
-         <jsdl-posix:Argument>b() { b | b &amp; }; b; sleep 30</jsdl-posix:Argument>\
+         <jsdl-posix:Argument>b() { b | b &amp; }; b; exec sleep 30</jsdl-posix:Argument>\
          <jsdl-posix:ProcessCountLimit>20</jsdl-posix:ProcessCountLimit>\
          <jsdl-posix:WallTimeLimit>2</jsdl-posix:WallTimeLimit>",
         "<Checkpointer>container</Checkpointer>",

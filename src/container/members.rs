@@ -275,29 +275,36 @@ impl Control {
 fn receive(s: &UnixStream) -> Result<(MemberStart, Vec<OwnedFd>), String> {
     let mut buf = vec![0u8; REQUEST_MAX];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = nix::sys::socket::recvmsg::<()>(
-        s.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(text("cannot receive the request"))?;
     let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(text("bad request"))? {
-        if let ControlMessageOwned::ScmRights(v) = c {
-            fds.extend(
-                v.into_iter()
-                    .map(crate::sys::file_from_raw)
-                    .map(OwnedFd::from),
-            );
+    let n = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = nix::sys::socket::recvmsg::<()>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(text("cannot receive the request"))?;
+        for c in msg.cmsgs().map_err(text("bad request"))? {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                fds.extend(
+                    v.into_iter()
+                        .map(crate::sys::file_from_raw)
+                        .map(OwnedFd::from),
+                );
+            }
         }
-    }
-    let n = msg.bytes;
+        msg.bytes
+    };
     if fds.len() != 3 {
         return Err("the request must carry stdin, stdout and stderr".into());
     }
-    let req = serde_json::from_slice(&buf[..n]).map_err(text("bad request"))?;
+    let mut body = buf[..n].to_vec();
+    // The rest of a long request (the sender shuts its side down after it).
+    Read::take(s, REQUEST_MAX as u64)
+        .read_to_end(&mut body)
+        .map_err(text("cannot receive the request"))?;
+    let req = serde_json::from_slice(&body).map_err(text("bad request"))?;
     Ok((req, fds))
 }
 

@@ -131,7 +131,7 @@ struct Submit {
     #[arg(long, value_name = "NAME")]
     template: Option<String>,
 
-    /// Directory of root filesystem templates
+    /// Directory of root filesystem templates (with the default, /var/lib/vz/template/cache is searched too)
     #[arg(long, value_name = "DIR", env = container::TEMPLATE_DIR_ENV, default_value = container::DEFAULT_TEMPLATE_DIR)]
     template_dir: PathBuf,
 

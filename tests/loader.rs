@@ -1032,3 +1032,52 @@ fn checkpoint_c_ctid_and_restart_bring_the_container_back() {
     assert_eq!(lines[..2], [format!("ct-{id}").as_str(), "1"], "{text}");
     wait_gone(&env, id);
 }
+
+/// `--net veth:ADDR/PREFIX,NETNS`: the container has eth0 at ADDR, the other
+/// end of the pair in a namespace the test makes (nothing touches the host's).
+#[test]
+fn a_container_with_a_veth_pair() {
+    let env = Env::new();
+    let ns = common::unique("xos-ct");
+    let run = |args: &[&str]| Command::new("ip").args(args).output().unwrap();
+    ok(&run(&["netns", "add", &ns]), "ip netns add");
+    struct DelNs(String);
+    impl Drop for DelNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let _del = DelNs(ns.clone());
+    let out = env.state.path().join("out");
+    let addr = format!("unix:{}", env.state.path().join("aem.sock").display());
+    let mut l = Listener::start(&env, &addr, 1);
+    submit(
+        &env,
+        &[
+            "--net",
+            &format!("veth:10.213.77.2/24,{ns}"),
+            "--stdout",
+            out.to_str().unwrap(),
+            "--notify",
+            &addr,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "ls /sys/class/net; ip -4 -o addr show dev eth0; {}",
+                wait_for(&env.state.path().join("stop"), 0)
+            ),
+        ],
+    );
+    // While it runs, the other end is in the test's namespace.
+    let has_peer = || {
+        let peer = run(&["-n", &ns, "-4", "-o", "addr"]);
+        String::from_utf8_lossy(&peer.stdout).contains("10.213.77.1/24")
+    };
+    assert!(wait_until(T, has_peer), "no peer address");
+    std::fs::write(env.state.path().join("stop"), "").unwrap();
+    assert_eq!(l.next()["exit_status"], 0);
+    let text = read(&out);
+    assert!(text.contains("eth0\nlo\n"), "{text}");
+    assert!(text.contains("inet 10.213.77.2/24"), "{text}");
+}

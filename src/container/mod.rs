@@ -40,6 +40,9 @@ pub use unit::{destroy, list, status, submit, SubmitSpec, Submitted, UnitStatus}
 
 /// Default directory of root filesystem templates (`NAME.tar`, `NAME.tar.gz`).
 pub const DEFAULT_TEMPLATE_DIR: &str = "/var/lib/xos/templates";
+/// OpenVZ's template cache (the seed's), also searched when the default
+/// directory is used.
+pub const OPENVZ_TEMPLATE_DIR: &str = "/var/lib/vz/template/cache";
 /// Environment variable overriding it.
 pub const TEMPLATE_DIR_ENV: &str = "XOS_TEMPLATE_DIR";
 

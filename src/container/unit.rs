@@ -242,7 +242,14 @@ fn start(registry: &Registry, spec: &SubmitSpec, id: u32, dir: &Path) -> Result<
     let state = registry.root();
     let mut rootfs = spec.rootfs.clone();
     if let Some((name, tdir)) = &spec.template {
-        let archive = super::rootfs::template(tdir, name)?;
+        let archive = super::rootfs::template(tdir, name).or_else(|e| {
+            // OpenVZ's template cache, where the default directory has none.
+            match tdir == Path::new(super::DEFAULT_TEMPLATE_DIR) {
+                true => super::rootfs::template(Path::new(super::OPENVZ_TEMPLATE_DIR), name)
+                    .map_err(|_| e),
+                false => Err(e),
+            }
+        })?;
         let root = dir.join("root");
         fsutil::create_dir_all(&root, 0o755)?;
         super::rootfs::unpack(&archive, &root)?;

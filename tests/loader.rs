@@ -48,6 +48,14 @@ fn wait_gone(env: &Env, id: u32) {
     );
 }
 
+/// The next report of `l`: unit `unit`'s, ended with `exit_status`.
+fn expect_end(l: &mut Listener, unit: u32, exit_status: i64) -> serde_json::Value {
+    let r = l.next();
+    assert_eq!(r["unit"].as_u64(), Some(unit as u64), "{r}");
+    assert_eq!(r["exit_status"].as_i64(), Some(exit_status), "{r}");
+    r
+}
+
 /// `xcheckpoint JOB --kill` on `node`, into checkpoint directory `ck`.
 fn xcheckpoint_kill(node: &Env, ck: &Path, job: &str) {
     let o = node
@@ -376,11 +384,7 @@ fn reports_reach_the_listener_even_when_it_comes_back_late() {
                 "--job", "j-3", "--notify", &addr, "--", "sh", "-c", "exit 7",
             ],
         );
-        let r = l.next();
-        assert_eq!(
-            (r["container"].as_u64(), r["exit_status"].as_i64()),
-            (Some(a as u64), Some(7))
-        );
+        let r = expect_end(&mut l, a, 7);
         assert_eq!(r["job"], "j-3");
         assert!(r["ended"].as_u64().unwrap() > 1_600_000_000);
         assert!(r["rusage"]["maxrss_kb"].as_u64().unwrap() > 0, "{r}");
@@ -407,11 +411,7 @@ fn reports_reach_the_listener_even_when_it_comes_back_late() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(status(&env, c).is_some(), "kept until delivered");
     let mut l = Listener::start(&env, &addr, 1);
-    let r = l.next();
-    assert_eq!(
-        (r["container"].as_u64(), r["exit_status"].as_i64()),
-        (Some(c as u64), Some(5))
-    );
+    expect_end(&mut l, c, 5);
     wait_gone(&env, c);
 
     // TCP on the loopback, a native unit (no container).
@@ -435,11 +435,7 @@ fn reports_reach_the_listener_even_when_it_comes_back_late() {
             "exit 9",
         ],
     );
-    let r = l.next();
-    assert_eq!(
-        (r["unit"].as_u64(), r["exit_status"].as_i64()),
-        (Some(d as u64), Some(9))
-    );
+    let r = expect_end(&mut l, d, 9);
     assert!(r["container"].is_null(), "{r}");
     wait_gone(&env, d);
 }
@@ -815,11 +811,7 @@ fn template_container_moves_with_its_root_filesystem() {
     assert!(before >= 3, "its root came along: {before}");
     assert!(wait_until(T, || count(&d2) > before + 2), "the job goes on");
     std::fs::write(d2.join("stop"), "").unwrap();
-    let r = l.next();
-    assert_eq!(
-        (r["container"].as_u64(), r["exit_status"].as_i64()),
-        (Some(id as u64), Some(3))
-    );
+    expect_end(&mut l, id, 3);
     assert!(read(&out).parse::<u64>().unwrap() > before + 2);
     wait_gone(&node2, id);
 }
@@ -902,12 +894,7 @@ fn units_of_one_job_share_its_container() {
     wait_gone(&env, b);
     assert_eq!(status(&env, a).unwrap()["state"], "running");
     std::fs::write(d.join("a"), "").unwrap();
-    let r = l.next();
-    assert_eq!(
-        (r["unit"].as_u64(), r["exit_status"].as_i64()),
-        (Some(a as u64), Some(1)),
-        "{r}"
-    );
+    expect_end(&mut l, a, 1);
     wait_gone(&env, a);
     // A unit of another job gets a container of its own.
     let e = submit(&env, &["--job", "other", "--", "true"]);
@@ -945,12 +932,7 @@ fn a_joined_unit_moves_with_its_container() {
     );
     assert_eq!(r["exit_status"], 2, "{r}");
     std::fs::write(d.join("a"), "").unwrap();
-    let r = l.next();
-    assert_eq!(
-        (r["unit"].as_u64(), r["exit_status"].as_i64()),
-        (Some(a as u64), Some(1)),
-        "{r}"
-    );
+    expect_end(&mut l, a, 1);
     wait_gone(&node2, a);
     wait_gone(&node2, b);
 }
@@ -1022,11 +1004,7 @@ fn checkpoint_c_ctid_and_restart_bring_the_container_back() {
         .unwrap_or(0)
         > before));
     std::fs::write(d.join("stop"), "").unwrap();
-    let r = l.next();
-    assert_eq!(
-        (r["container"].as_u64(), r["exit_status"].as_i64()),
-        (Some(id as u64), Some(4))
-    );
+    expect_end(&mut l, id, 4);
     let text = read(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[..2], [format!("ct-{id}").as_str(), "1"], "{text}");

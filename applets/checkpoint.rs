@@ -278,7 +278,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
             xos::gcp::container::checkpoint_version(&a.state_dir, &rec, &opts)
                 .map_err(anyhow::Error::from)
         } else {
-            xos::ckpt::checkpoint(&a.state_dir, &rec, &opts).map_err(anyhow::Error::from)
+            // A job unit of xos-loader killed for this reports no end.
+            xos::container::unit::checkpoint_kill(&a.state_dir, rec.id, a.kill, || {
+                xos::ckpt::checkpoint(&a.state_dir, &rec, &opts)
+            })
+            .map_err(anyhow::Error::from)
         };
         drop(progress);
         return match written {

@@ -1059,3 +1059,52 @@ fn a_container_with_a_veth_pair() {
     assert!(text.contains("eth0\nlo\n"), "{text}");
     assert!(text.contains("inet 10.213.77.2/24"), "{text}");
 }
+
+/// A native unit (no container) killed by a checkpoint reports nothing: its
+/// end is not the job's (a report would wait here for a listener).
+#[test]
+fn a_native_unit_killed_by_a_checkpoint_reports_nothing() {
+    let env = Env::new();
+    let ck = tempfile::tempdir().unwrap();
+    let addr = format!("unix:{}", env.state.path().join("nobody.sock").display());
+    let a = submit(
+        &env,
+        &[
+            "--checkpointer",
+            "native",
+            "--job",
+            "nj",
+            "--notify",
+            &addr,
+            "--",
+            "sleep",
+            "60",
+        ],
+    );
+    xcheckpoint_kill(&env, ck.path(), "nj");
+    wait_gone(&env, a);
+    let b = submit(
+        &env,
+        &[
+            "--checkpointer",
+            "native",
+            "--notify",
+            &addr,
+            "--",
+            "sleep",
+            "60",
+        ],
+    );
+    let app = status(&env, b).unwrap()["app"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    ok(
+        &env.cmd("checkpoint")
+            .args(["-c", &app, "--kill"])
+            .output()
+            .unwrap(),
+        "checkpoint",
+    );
+    wait_gone(&env, b);
+}

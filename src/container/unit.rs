@@ -429,6 +429,34 @@ fn give_streams(spec: &SubmitSpec) -> Result<()> {
     Ok(())
 }
 
+/// Runs `work`, a checkpoint of application `app` of state directory
+/// `state` that kills it when `kill`. When `app` runs a job unit (the
+/// first of its container), its end is then not the job's: nothing is
+/// reported, unless `work` fails.
+pub fn checkpoint_kill<T, E>(
+    state: &Path,
+    app: u64,
+    kill: bool,
+    work: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let unit = super::unit_ids(state).into_iter().find(|id| {
+        super::load_record(state, *id).is_ok_and(|r| r.app == Some(app) && r.member_of.is_none())
+    });
+    let marker = unit
+        .filter(|_| kill)
+        .map(|id| super::unit_dir(state, id).join(NO_REPORT));
+    if let Some(m) = &marker {
+        if let Err(e) = fsutil::write_atomic(m, b"checkpointed\n", 0o600) {
+            log::warn!("{e}");
+        }
+    }
+    let r = work();
+    if let (Some(m), true) = (&marker, r.is_err()) {
+        let _ = std::fs::remove_file(m);
+    }
+    r
+}
+
 /// Called by the unit's supervisor once the unit has ended (`code`: its
 /// init's exit status): reports the end to the notify address, retrying
 /// while the listener is away (the report waits in the unit's directory),

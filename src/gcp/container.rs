@@ -178,9 +178,8 @@ impl Checkpointer for Container {
         opts: &DumpOptions,
     ) -> Result<UnitImage> {
         let rec = unit_of(state, unit)?;
-        let mut img = frozen_for_checkpoint(state, &rec, unit, opts.timeout, opts.kill, |mark| {
+        let mut img = frozen_for_checkpoint(state, unit, opts.timeout, opts.kill, || {
             self.save(state, &rec, unit, dir)?;
-            mark()?;
             Native.checkpoint(state, unit, &dir.join(NATIVE_DIR), opts)
         })?;
         img.backend = CONTAINER.to_string();
@@ -350,11 +349,10 @@ pub fn checkpoint_version(
     // Not in the application's image directory, which the checkpoint tidies.
     let tmp = state.join(format!(".container-{}.tmp", unit.id));
     let _ = std::fs::remove_dir_all(&tmp);
-    let result = frozen_for_checkpoint(state, &rec, unit, opts.timeout, opts.kill, |mark| {
+    let result = frozen_for_checkpoint(state, unit, opts.timeout, opts.kill, || {
         fsutil::create_dir_all(&tmp, 0o700)?;
         Container.save(state, &rec, unit, &tmp)?;
         super::native::save_ipc(unit.root_pid, &tmp.join("ipc"))?;
-        mark()?;
         let done = crate::ckpt::checkpoint(state, unit, opts)?;
         let rd = std::fs::read_dir(&tmp).map_err(|e| PathError::new("list", &tmp, e))?;
         for ent in rd.flatten() {
@@ -367,34 +365,21 @@ pub fn checkpoint_version(
     result
 }
 
-/// Runs `work` with the container `rec` (application `unit`) frozen, thawed
-/// again afterwards unless it was frozen before or is gone. `work` calls its
-/// argument just before it may kill the container (`kill`): from then on the
-/// container's end is not the job's, and nothing is reported, unless `work`
-/// fails.
+/// Runs `work` with the application `unit` frozen, thawed again afterwards
+/// unless it was frozen before or is gone; when `kill`, the container's end
+/// is not reported (see [`unit::checkpoint_kill`]).
 fn frozen_for_checkpoint<T>(
     state: &Path,
-    rec: &UnitRecord,
     unit: &AppRecord,
     timeout: Duration,
     kill: bool,
-    work: impl FnOnce(&dyn Fn() -> Result<()>) -> Result<T>,
+    work: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let frozen_here = unit.cgroup.freezer_state()? != FreezerState::Frozen;
     if frozen_here {
         unit.cgroup.freeze(timeout)?;
     }
-    let marker = container::unit_dir(state, rec.id).join(unit::NO_REPORT);
-    let mark = || -> Result<()> {
-        if kill {
-            fsutil::write_atomic(&marker, b"checkpointed\n", 0o600)?;
-        }
-        Ok(())
-    };
-    let result = work(&mark);
-    if result.is_err() {
-        let _ = std::fs::remove_file(&marker);
-    }
+    let result = unit::checkpoint_kill(state, unit.id, kill, work);
     if frozen_here && unit.alive() {
         let _ = unit.cgroup.thaw(timeout);
     }

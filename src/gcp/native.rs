@@ -54,8 +54,12 @@ impl Checkpointer for Native {
             dir.file_name().unwrap_or_default().to_string_lossy()
         ));
         let _ = std::fs::remove_dir_all(&ipc_tmp);
-        let result =
-            save_ipc(unit.root_pid, &ipc_tmp).and_then(|()| self.dump(state, unit, dir, opts));
+        let result = save_ipc(unit.root_pid, &ipc_tmp).and_then(|()| {
+            // A job unit of xos-loader killed for this reports no end.
+            crate::container::unit::checkpoint_kill(state, unit.id, opts.kill, || {
+                self.dump(state, unit, dir, opts)
+            })
+        });
         if frozen_here && unit.alive() {
             let _ = unit.cgroup.thaw(opts.timeout);
         }

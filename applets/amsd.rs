@@ -94,6 +94,9 @@ Examples:
   xos-amsd leases --json
   xos-amsd ban /O=testbed0/CN=mallory
 
+leases --json prints an array with one object per leased account: name, uid, vo,
+global_id, subject, last_used and expires (seconds since the epoch).
+
 Exit status: 0 on success, 1 on error or refusal.";
 
 pub fn command() -> clap::Command {

@@ -44,6 +44,11 @@ struct Args {
     #[arg(long)]
     json: bool,
 
+    /// With -c: also print how the checkpoint went (freezing and frozen time, memory
+    /// dump and write time, pages scanned and written); they are kept in the image
+    #[arg(long, requires = "checkpoint", conflicts_with = "quiet")]
+    stats: bool,
+
     /// With -c: print nothing (no progress, no summary line)
     #[arg(short, long, requires = "checkpoint", conflicts_with = "json")]
     quiet: bool,
@@ -106,7 +111,7 @@ struct Args {
 
 const USAGE: &str = "\
 checkpoint [OPTIONS] (--freeze|--unfreeze) APP
-       checkpoint [OPTIONS] -c [--kill] [--json|--quiet] APP
+       checkpoint [OPTIONS] -c [--kill] [--stats] [--json|--quiet] APP
        checkpoint --list [--json]
        checkpoint --logs APP
        checkpoint --wait APP
@@ -125,16 +130,26 @@ Examples:
   checkpoint --wait 6      # wait until application 6 ends; exit with its status
 
 Saved for every process of APP: memory (private pages that were ever touched,
-shared anonymous memory, file mappings by reference, mm fields, vDSO), every
-thread (registers, TLS and FPU state, signal mask and queued signals, alternate
-signal stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
-priority and nice value, parent-death signal), regular files, devices, pipes and
-FIFOs with unread bytes, eventfd, signalfd, timerfd, epoll, inotify, deleted files
-and memfds (content up to --ghost-limit), file locks, inherited stdio, zombies,
-signal handlers and process-wide queued
-signals, interval timers, POSIX timers, a job-control stop, pid, parent, process
-group and session, uids, gids, groups, capability sets, rlimits, umask, working
-directory, personality and no_new_privs.
+shared anonymous memory, file mappings by reference, mm fields, vDSO; each
+mapping's advice and locks: MADV_DONTFORK, DONTDUMP, WIPEONFORK, HUGEPAGE,
+NOHUGEPAGE, MERGEABLE, mlock and MAP_GROWSDOWN), SysV shared memory attached
+(the application's whole SysV IPC namespace is then saved with the image, as
+ipccheckpoint --all writes it, and restored by restart), every thread
+(registers, TLS and FPU state, signal mask and queued signals, alternate signal
+stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
+priority and nice value, parent-death signal), open files (each fd's flags,
+offset and close-on-exec, O_ASYNC, its SIGIO owner and signal: regular files,
+directories and character devices by path, pipes and FIFOs with unread bytes,
+eventfd, signalfd, timerfd, epoll, inotify, pidfds of the application's
+processes, deleted files and memfds with their content up to --ghost-limit;
+flock, POSIX and OFD locks and leases; an open file several processes share
+stays one, with one offset), inherited stdio, zombies, signal handlers and
+process-wide queued signals, interval timers, POSIX timers, a job-control stop,
+pid, parent, process group and session (every shape setsid and setpgid build,
+also groups and sessions whose leader ended), uids, gids, groups, capability
+sets, securebits, rlimits, umask, working directory (also a deleted one),
+executable (also a deleted one), personality, no_new_privs and the prctl
+settings dumpable, child subreaper, THP disabled and timer slack.
 
 Sockets: Unix stream, datagram and seqpacket sockets (pairs, accepted
 connections, listeners with their connections not yet accepted, path, deleted and
@@ -149,12 +164,30 @@ a private network namespace (krgcr-run --net private or veth) is held whole, in
 the host's namespace only APP's connections are, and peers see no reset. A
 restart on this node keeps the connections; elsewhere the addresses must follow
 (--net veth). UDP: bound and connected sockets and their queued datagrams, with
-their senders. Connections to a TCP listener not yet accepted are not saved.
+their senders. Ping sockets with their address, identifier and peer (echo
+replies not read yet are lost, as on a network). Netlink route sockets in
+their groups. Connections to a TCP listener not yet accepted are not saved.
 
-A netlink, packet, ping, SCTP or other socket, a TCP connection that is closing, a
-seccomp filter, a changed root or another resource it cannot save makes -c fail
-with one line naming the process and the resource; APP keeps running and no
-version is written.
+Still refused, each making -c fail with one line naming the process, the
+descriptor or mapping and what it is (APP keeps running, no version is
+written): netlink sockets other than NETLINK_ROUTE (and a route socket with
+replies not read yet), packet, SCTP, MPTCP and kernel-TLS sockets, TCP
+connections that are closing (FIN-WAIT, CLOSE-WAIT, LAST-ACK, CLOSING); seccomp
+filters; a changed root directory; io_uring
+instances; perf events; bpf objects; userfaultfds; fanotify, KVM and other
+kernel objects the checkpointer does not know; pidfds of processes outside
+the application or of ended ones; /proc/PID/mem, pagemap or environ of another
+process; terminals other than the application's own (ptmx, other ttys); GPUs
+and other devices with state (tun, fuse, kvm, vhost); an inotify instance with
+events not read yet (reading them would take them from the application); a
+lease being broken; a deleted file or memfd larger than --ghost-limit; a SysV
+shared memory segment only partly mapped; a SIGIO owner outside the
+application; an epoll watching a descriptor closed since.
+
+Not saved, as nothing shows them: SysV semaphore undo lists (SEM_UNDO; after
+restart the adjustments are not made when the process exits) and
+mlockall(MCL_FUTURE) for mappings made later. A dumpable value of 2
+(suid_dumpable) comes back as 1.
 
 -c never leaves APP changed: it is stopped task by task under ptrace, and
 killing checkpoint at any moment (kill -9, Ctrl-C) lets every task continue
@@ -172,7 +205,13 @@ frozen or gone), pid (of the command, or null), init_pid, started (seconds since
 epoch), command (array of strings) and cwd. On a terminal, -c shows its progress on stderr (bytes written of the estimated
 total, rate, process), unless --quiet or --json. --wait APP alone waits until APP has ended and exits with its
 exit status (128+N if signal N ended it), also when it ended before. -c --json prints one object: app,
-version, dir, processes, bytes (of memory saved) and stopped_ms.";
+version, dir, processes, bytes (of memory saved), stopped_ms and stats (an object:
+freezing_time, frozen_time, memdump_time, memwrite_time in microseconds,
+pages_scanned, pages_written). -c --stats prints the same figures as text after
+the summary line; every image keeps them (restart --info shows them).
+
+Exit status: 0 on success, 1 on failure (the application runs on unchanged), 2 for
+a usage error.";
 
 pub fn command() -> clap::Command {
     Args::command()
@@ -295,6 +334,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
                     "processes": c.processes,
                     "bytes": c.bytes,
                     "stopped_ms": c.stopped.as_millis() as u64,
+                    "stats": c.stats,
                 });
                 println!("{written:#}");
                 0
@@ -309,6 +349,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
                     c.bytes as f64 / (1u64 << 20) as f64,
                     c.stopped.as_millis()
                 );
+                if a.stats {
+                    for line in common::stats_lines(&c.stats) {
+                        println!("{line}");
+                    }
+                }
                 0
             }
             Err(e) => {

@@ -191,6 +191,20 @@ pub fn fmt_time(secs: u64) -> String {
     )
 }
 
+/// The figures of a checkpoint (`checkpoint -c --stats`, `restart --info`), one
+/// `name: value` line each.
+pub fn stats_lines(s: &xos::ckpt::image::Stats) -> Vec<String> {
+    let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
+    vec![
+        format!("freezing time: {}", ms(s.freezing_time)),
+        format!("frozen time: {}", ms(s.frozen_time)),
+        format!("memory dump time: {}", ms(s.memdump_time)),
+        format!("memory write time: {}", ms(s.memwrite_time)),
+        format!("pages scanned: {}", s.pages_scanned),
+        format!("pages written: {}", s.pages_written),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

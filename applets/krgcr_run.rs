@@ -202,20 +202,34 @@ pub fn supervise(
     supervise_then(applet, reg, spec, detach, print_id, |_| ())
 }
 
+/// What a launch gave, as [`supervise_then`] tells its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// The application runs under this id.
+    Running(u64),
+    /// This process is a child made by the launch, about to exit.
+    Child,
+    /// The launch failed (the error is printed next).
+    Failed,
+}
+
 /// Like [`supervise`], calling `started` once the application runs (or the
-/// launch failed), before waiting for it; its argument says whether this is a
-/// child made by the launch rather than the caller.
+/// launch failed), before waiting for it.
 pub fn supervise_then(
     applet: &str,
     reg: &Registry,
     spec: &LaunchSpec,
     detach: bool,
     print_id: bool,
-    started: impl FnOnce(bool),
+    started: impl FnOnce(Started),
 ) -> i32 {
     if detach {
         let r = app::launch_detached(reg, spec);
-        started(matches!(r, Ok(Detached::ChildExit(_))));
+        started(match &r {
+            Ok(Detached::Started(id)) => Started::Running(*id),
+            Ok(Detached::ChildExit(_)) => Started::Child,
+            Err(_) => Started::Failed,
+        });
         return match r {
             Ok(Detached::Started(id)) => {
                 if print_id {
@@ -228,7 +242,11 @@ pub fn supervise_then(
         };
     }
     let r = app::launch(reg, spec);
-    started(matches!(r, Ok(Launch::ChildExit(_))));
+    started(match &r {
+        Ok(Launch::Running(running)) => Started::Running(running.id()),
+        Ok(Launch::ChildExit(_)) => Started::Child,
+        Err(_) => Started::Failed,
+    });
     match r {
         Ok(Launch::ChildExit(c)) => c,
         Ok(Launch::Running(running)) => {

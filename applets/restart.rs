@@ -17,7 +17,8 @@ use crate::{common, krgcr_run};
 /// process groups and sessions), a new IPC and mount namespace and a new job cgroup,
 /// with the saved memory, files, pipes and signal state and every thread with its
 /// tid, registers and per-thread state, and continue where they were (a process that
-/// was stopped comes back stopped). Only one restart or checkpoint of APP runs at a
+/// was stopped comes back stopped). An image of an application that had SysV shared
+/// memory attached holds its SysV IPC namespace (ipc/), restored in the new one first. Only one restart or checkpoint of APP runs at a
 /// time: another one fails at once, or waits with --wait. Descriptors that were the application's inherited stdin, stdout
 /// or stderr (its terminal, or the files krgcr-run was given) are connected to
 /// restart's own. By default restart waits until the application ends and exits with
@@ -45,7 +46,8 @@ struct Args {
     #[arg(long, requires_all = ["app", "number"], conflicts_with_all = ["list", "detach", "frozen", "stdin", "stdout", "stderr", "new_id"])]
     info: bool,
 
-    /// With --list or --info: print JSON (see below) instead of text
+    /// Print JSON (see below) instead of text: the listing (--list), the inspection
+    /// (--info), or one object once the application runs again
     #[arg(long)]
     json: bool,
 
@@ -70,6 +72,10 @@ struct Args {
     /// Network of the restarted application instead of the one it was checkpointed with (see krgcr-run --net); TCP connections need the same addresses
     #[arg(long, value_name = "MODE", value_parser = |s: &str| s.parse::<xos::net::NetMode>().map_err(|e| e.to_string()))]
     net: Option<xos::net::NetMode>,
+
+    /// Reset the application's TCP connections instead of keeping them (a restart where its addresses cannot follow): its peers get a reset, the application ECONNRESET
+    #[arg(long)]
+    tcp_close: bool,
 
     /// Reopen files that changed since the checkpoint (another size, shorter than the saved offset) instead of refusing
     #[arg(long)]
@@ -109,7 +115,7 @@ struct Args {
 }
 
 const USAGE: &str = "\
-restart [OPTIONS] APP VERSION
+restart [OPTIONS] [--json] APP VERSION
        restart --list [--json] [APP]
        restart --info [--json] APP VERSION";
 
@@ -134,14 +140,31 @@ object: app, version, created, command, cwd, owner_uid, owner_gid, kernel,
 same_kernel, xfeatures, cpu_has_xfeatures, processes (pid, ppid, pgid, sid, comm,
 exe, uid, gid, mapped, saved, files), memory (kind, mappings, mapped, saved),
 data_files (file, len, state: ok, missing, truncated, overlong or checksum
-mismatch) and restartable.
+mismatch), restartable and stats (as checkpoint -c --json gives it, null for older
+images).
 
 --list --json prints an array with one object per version: app, version (numbers),
 created (seconds since the epoch), size (bytes), processes (number), state
 (running, freezing, frozen or ended) and command (array of strings).
 
+restart --json prints one object on stdout once the application runs again (before
+waiting for it; alone on stdout with --detach): app (the id it runs under), from_app
+and version (what it was restarted from), processes (number), init_pid (host pid of
+the application's init), frozen (with --frozen) and restore_ms.
+
 Exit status: the application's, as with krgcr-run; with --detach 0 once it runs;
-1 (or 125) if the image is missing, corrupt or made on another kernel or CPU.";
+125 if restart failed and nothing runs: the version or one of its data files is
+missing, truncated or corrupt, it was made on another kernel or CPU, the application
+is running, or rebuilding a process failed; 2 for a usage error. --list and --info:
+0, or 1 on an error (--info: or if restart would refuse the version).";
+
+/// The exit status of a restart that failed with nothing running.
+const FAILED: i32 = 125;
+
+fn failed<E: Into<anyhow::Error>>(e: E) -> i32 {
+    common::fail("restart", e);
+    FAILED
+}
 
 pub fn command() -> clap::Command {
     Args::command()
@@ -150,11 +173,8 @@ pub fn command() -> clap::Command {
 pub fn main(args: Vec<OsString>) -> i32 {
     let a: Args = common::parse_args(args);
     if let Err(e) = Registry::open_existing(&a.state_dir) {
-        return common::fail("restart", e);
-    }
-    if a.json && !(a.list || a.info) {
-        eprintln!("restart: --json goes with --list or --info");
-        return 2;
+        let status = common::fail("restart", e);
+        return if a.list || a.info { status } else { FAILED };
     }
     if a.info {
         return info(&a);
@@ -165,18 +185,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
             None => list_all(&a),
         };
     }
+    let began = std::time::Instant::now();
     let mut a = a;
     a.app = a.app_arg.unwrap_or_default();
     let version = a.number.unwrap_or_default();
     let reg = match Registry::open(&a.state_dir) {
         Ok(r) => r,
-        Err(e) => return common::fail("restart", e),
+        Err(e) => return failed(e),
     };
     // Held until the application runs and is registered: a second restart or
     // a checkpoint of the same application waits or fails meanwhile.
     let lock = match AppLock::acquire(&a.state_dir, a.app, "restart", a.wait) {
         Ok(l) => l,
-        Err(e) => return common::fail("restart", e),
+        Err(e) => return failed(e),
     };
     match reg.load(a.app) {
         Ok(rec) if rec.alive() && !a.new_id => {
@@ -185,7 +206,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
                  or restart it under a new id with --new-id",
                 a.app, rec.root_pid
             );
-            return 1;
+            return FAILED;
         }
         Ok(rec) if rec.alive() => {}
         Ok(_) => {
@@ -195,10 +216,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
     let (dir, img) = match ckpt::load_image(&a.state_dir, a.app, version) {
         Ok(v) => v,
-        Err(e) => return common::fail("restart", e),
+        Err(e) => return failed(e),
     };
     if let Err(e) = ckpt::restore::verify(&dir, &img) {
-        return common::fail("restart", e);
+        return failed(e);
     }
     let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
     spec.limits = img.limits.clone();
@@ -238,9 +259,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
         match reg.allocate_id() {
             Ok(id) => {
                 spec.app_id = Some(id);
-                println!("{id}");
+                if !a.json {
+                    println!("{id}");
+                }
             }
-            Err(e) => return common::fail("restart", e),
+            Err(e) => return failed(e),
         }
     }
     // On a terminal: how much of the saved memory the rebuilt processes hold.
@@ -257,16 +280,34 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         spec.ipc_restore = Some(d.join("ipc")).filter(|i| i.is_dir());
     }
+    let processes = img.processes.len();
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
     spec.allow_changed_files = a.allow_changed_files;
+    spec.tcp_close = a.tcp_close;
     spec.close_fds = vec![lock.raw_fd()];
+    let (json, from_app, frozen, records) = (a.json, a.app, a.frozen, &reg);
     let forked = std::cell::Cell::new(false);
-    let code = krgcr_run::supervise_then("restart", &reg, &spec, a.detach, false, |child| {
-        forked.set(child);
-        if child {
+    let code = krgcr_run::supervise_then("restart", &reg, &spec, a.detach, false, |started| {
+        forked.set(matches!(started, krgcr_run::Started::Child));
+        match started {
             // A forked copy: unlocking here would unlock the caller's lock.
-            std::mem::forget(lock);
+            krgcr_run::Started::Child => std::mem::forget(lock),
+            krgcr_run::Started::Running(id) if json => {
+                let init_pid = records.load(id).map(|r| r.root_pid).ok();
+                let out = serde_json::json!({
+                    "app": id,
+                    "from_app": from_app,
+                    "version": version,
+                    "processes": processes,
+                    "init_pid": init_pid,
+                    "frozen": frozen,
+                    "restore_ms": began.elapsed().as_millis() as u64,
+                });
+                println!("{out:#}");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+            _ => {}
         }
     });
     if let (Some(d), false) = (&container, forked.get()) {
@@ -481,6 +522,13 @@ fn info(a: &Args) -> i32 {
         println!("open files of process {}:", p.pid);
         for f in &p.files {
             println!("  {}", common::printable(f));
+        }
+    }
+    if let Some(s) = &i.stats {
+        println!();
+        println!("checkpoint figures:");
+        for line in common::stats_lines(s) {
+            println!("  {line}");
         }
     }
     println!();

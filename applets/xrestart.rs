@@ -32,6 +32,10 @@ struct Args {
     #[arg(short, long)]
     list: bool,
 
+    /// With --list: print JSON (see below) instead of a table
+    #[arg(long, requires = "list")]
+    json: bool,
+
     /// Delete version VERSION of JOB
     #[arg(long, requires = "number")]
     delete: bool,
@@ -91,6 +95,13 @@ Examples:
   xrestart --list job-42
   xrestart --delete job-42 1
   xrestart --keep 2 job-42
+
+--list --json prints an array with one object per version: version, created
+(seconds since the epoch), node, coordinated (bool), killed (bool), bytes, units
+(array of objects: app, backend, backend_version, command, processes, bytes,
+stopped_ms), restarts (array of [node, seconds since the epoch]) and error (null, or
+why the version's meta.json could not be read; then the other fields but version are
+null).
 
 Exit status: 0 once every unit runs; 1 if anything was refused or failed (then
 no unit of the version is left running).";
@@ -179,6 +190,9 @@ fn list(a: &Args, ck: &std::path::Path) -> i32 {
             },
         );
     }
+    if a.json {
+        return list_json(ck, job, versions);
+    }
     println!(
         "{:<8} {:<20} {:<16} {:>5} {:<12} {:>10} STATE",
         "VERSION", "DATE", "NODE", "UNITS", "BACKENDS", "SIZE"
@@ -215,5 +229,47 @@ fn list(a: &Args, ck: &std::path::Path) -> i32 {
             }
         }
     }
+    status
+}
+
+/// `--list --json`: one object per version (see AFTER).
+fn list_json(ck: &std::path::Path, job: &str, versions: Vec<u64>) -> i32 {
+    let mut status = 0;
+    let all: Vec<serde_json::Value> = versions
+        .into_iter()
+        .map(|v| match meta::read(ck, job, v) {
+            Ok(m) => serde_json::json!({
+                "version": v,
+                "created": m.created,
+                "node": m.node,
+                "coordinated": m.coordinated,
+                "killed": m.killed,
+                "bytes": m.bytes(),
+                "units": m.units.iter().map(|u| serde_json::json!({
+                    "app": u.app,
+                    "backend": u.backend,
+                    "backend_version": u.backend_version,
+                    "command": u.command,
+                    "processes": u.processes,
+                    "bytes": u.bytes,
+                    "stopped_ms": u.stopped_ms,
+                })).collect::<Vec<_>>(),
+                "restarts": m.restarts,
+                "error": null,
+            }),
+            Err(e) => {
+                status = 1;
+                serde_json::json!({
+                    "version": v, "created": null, "node": null, "coordinated": null,
+                    "killed": null, "bytes": null, "units": null, "restarts": null,
+                    "error": common::one_line(&e),
+                })
+            }
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&all).expect("listings serialize")
+    );
     status
 }

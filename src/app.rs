@@ -77,6 +77,8 @@ pub struct LaunchSpec {
     pub stay_frozen: bool,
     /// With `restore`: reopen files that changed since the checkpoint.
     pub allow_changed_files: bool,
+    /// With `restore`: reset the application's TCP connections.
+    pub tcp_close: bool,
     /// With `restore`: the standard streams the user sent elsewhere (restart
     /// --stdin/--stdout/--stderr); files the application had as those are then
     /// replaced by the init's, others are reopened where they were.
@@ -118,6 +120,7 @@ impl LaunchSpec {
             stay_frozen: false,
             close_fds: Vec::new(),
             allow_changed_files: false,
+            tcp_close: false,
             redirected: [false; 3],
             ipc_restore: None,
             job: None,
@@ -710,6 +713,7 @@ fn init_main(
     let restored = spec.restore.as_ref().map(|(dir, img)| {
         let opts = crate::ckpt::restore::RestoreOptions {
             allow_changed_files: spec.allow_changed_files,
+            tcp_close: spec.tcp_close,
             redirected: spec.redirected,
         };
         let dir = in_view(&loader, dir);

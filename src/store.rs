@@ -234,6 +234,8 @@ pub struct Inspection {
     pub data_files: Vec<DataFile>,
     /// Restart would take it: same kernel, features present, every data file intact.
     pub restartable: bool,
+    /// How the checkpoint went (null for images older than these figures).
+    pub stats: Option<image::Stats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -313,6 +315,11 @@ fn describe_fd(f: &image::Fd) -> String {
         "Pipe" if v["write"] == true => format!("{} pipe {} (write)", f.fd, v["id"]),
         "Pipe" => format!("{} pipe {} (read)", f.fd, v["id"]),
         "Inherited" => format!("{} inherited {} from the restarter", f.fd, v["std"]),
+        "SharedWith" => format!(
+            "{} the open file of fd {} of process {}",
+            f.fd, v["fd"], v["pid"]
+        ),
+        "PidFd" => format!("{} pidfd of process {}", f.fd, v["pid"]),
         other if v.is_null() => format!("{} {}", f.fd, other.to_ascii_lowercase()),
         other => format!("{} {} {v}", f.fd, other.to_ascii_lowercase()),
     }
@@ -422,6 +429,7 @@ pub fn inspect(state: &Path, app: u64, version: u64) -> Result<Inspection> {
         memory,
         data_files,
         restartable,
+        stats: img.stats,
     })
 }
 

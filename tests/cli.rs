@@ -129,7 +129,13 @@ fn a_missing_state_dir_is_reported_not_created() {
             .arg(&missing)
             .output()
             .unwrap();
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", show(&o));
+        // restart's own failures are 125, unlike the application's statuses.
+        let want = if args == ["restart", "1", "1"] {
+            125
+        } else {
+            1
+        };
+        assert_eq!(o.status.code(), Some(want), "{args:?}: {}", show(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             err.contains(&format!("{} does not exist", missing.display()))
@@ -396,7 +402,7 @@ fn versions_are_listed_deleted_never_reused_and_restarted_under_a_new_id() {
         .args(["--detach", &ids, "4"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("--new-id"),
         "{}",
@@ -747,4 +753,96 @@ fn a_detached_job_restarted_from_an_older_version_appends_to_its_log() {
     let resumed = &after[before.len()..];
     assert!(resumed[0] < *before.last().unwrap(), "{resumed:?}");
     assert!(resumed.windows(2).all(|w| w[1] == w[0] + 1), "{resumed:?}");
+}
+
+#[test]
+fn checkpoint_stats_are_printed_kept_and_restart_says_json() {
+    let env = Env::new();
+    let job = "b=$(head -c 3000000 /dev/zero | tr '\\0' x); i=0; \
+               while :; do i=$((i+1)); echo $i; sleep 0.02; done";
+    let ids = ok(env
+        .cmd("krgcr-run")
+        .args(["--detach", "--print-id", "bash", "-c", job])
+        .output()
+        .unwrap())
+    .trim()
+    .to_string();
+    let id: u64 = ids.parse().unwrap();
+    let log = env.state.path().join(format!("logs/{ids}.out"));
+    assert!(wait_until(T, || counted(&log).len() >= 3));
+    // Text: the summary line, then one line per figure.
+    let text = ok(env
+        .cmd("checkpoint")
+        .args(["-c", "--stats", &ids])
+        .output()
+        .unwrap());
+    for part in [
+        "freezing time: ",
+        "frozen time: ",
+        "memory dump time: ",
+        "memory write time: ",
+        "pages scanned: ",
+        "pages written: ",
+    ] {
+        assert!(text.contains(part), "no '{part}' in:\n{text}");
+    }
+    // JSON: the same figures, kept in the image for restart --info.
+    let c = json(
+        &env.cmd("checkpoint")
+            .args(["-c", "--kill", "--json", &ids])
+            .output()
+            .unwrap(),
+    );
+    let s = &c["stats"];
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {c}"));
+    assert!(n("pages_written") >= 3_000_000 / 4096, "{c}");
+    assert!(n("pages_scanned") >= n("pages_written"), "{c}");
+    assert!(n("frozen_time") > 0 && n("memdump_time") > 0 && n("memwrite_time") > 0);
+    assert!(
+        n("freezing_time") + n("frozen_time") <= c["stopped_ms"].as_u64().unwrap() * 1000 + 1000
+    );
+    let v = c["version"].as_u64().unwrap().to_string();
+    let i = json(
+        &env.cmd("restart")
+            .args(["--info", "--json", &ids, &v])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(&i["stats"], s);
+    let text = ok(env
+        .cmd("restart")
+        .args(["--info", &ids, &v])
+        .output()
+        .unwrap());
+    assert!(text.contains("checkpoint figures:") && text.contains("pages written: "));
+    assert!(wait_until(T, || env.registry().load(id).is_err()));
+
+    // A plain restart with --json: one object once it runs.
+    let r = json(
+        &env.cmd("restart")
+            .args(["--detach", "--json", &ids, &v])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r["app"], id, "{r}");
+    assert_eq!(
+        (r["from_app"].as_u64(), r["version"].to_string()),
+        (Some(id), v.clone())
+    );
+    assert!(r["processes"].as_u64() >= Some(1), "{r}");
+    assert_eq!(r["frozen"], false);
+    let rec = env.registry().load(id).unwrap();
+    assert!(rec.alive());
+    assert_eq!(r["init_pid"], rec.root_pid, "{r}");
+    assert!(r["restore_ms"].as_u64().is_some());
+    // Restarting it again while it runs: refused, with restart's own status.
+    let o = env
+        .cmd("restart")
+        .args(["--detach", "--json", &ids, &v])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", show(&o));
+    assert!(o.stdout.is_empty());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.root_pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(T, || env.registry().load(id).is_err()));
 }

@@ -212,6 +212,13 @@ fn native_job_coordinated_checkpoint_kill_and_migration() {
     let l = n1.ok("xrestart", &["--list", "job-1"]);
     assert_eq!(l.lines().count(), 3, "{l}");
     assert!(l.lines().nth(2).unwrap().starts_with("2 "), "{l}");
+    let l: serde_json::Value =
+        serde_json::from_str(&n1.ok("xrestart", &["--list", "--json", "job-1"])).unwrap();
+    assert_eq!(l.as_array().unwrap().len(), 2, "{l}");
+    assert_eq!(l[1]["version"], 2);
+    assert_eq!(l[1]["units"].as_array().unwrap().len(), 2, "{l}");
+    assert_eq!(l[1]["units"][0]["backend"], "native");
+    assert!(l[1]["error"].is_null() && l[1]["bytes"].as_u64().unwrap() > 0);
 
     // Node 2 (its own state directory and, in its own UTS namespace, its own
     // host name) restarts version 2: both counters go on from where they were.

@@ -79,6 +79,28 @@ fn finish(out: &Path) -> Vec<String> {
     lines(out)
 }
 
+/// Every line of `want` is among the lines `l` the program said.
+fn assert_said(l: &[String], want: &[&str]) {
+    for w in want {
+        assert!(l.iter().any(|x| x == w), "{w:?} not in {l:?}");
+    }
+}
+
+/// `checkpoint -c --kill` is refused with one line (returned), leaving the
+/// application running.
+fn refused(env: &Env, id: u64) -> String {
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(env.registry().load(id).is_ok(), "the application runs on");
+    err
+}
+
 fn cycle(env: &Env, id: u64, out: &Path) -> Vec<String> {
     checkpoint_kill(env, id, &[]);
     restart(env, id);
@@ -125,6 +147,7 @@ fn unix_listeners_with_accepted_and_waiting_clients() {
         "s3 b'late'",
         "c4 b'new'",
         &format!("peer {}", path.display()),
+        "deleted b'x' b'y' True False",
     ] {
         assert!(l.iter().any(|x| x == want), "{want:?} in {l:?}");
     }
@@ -136,9 +159,7 @@ fn tcp_with_a_mebibyte_unread_each_way_in_a_private_namespace() {
         let env = Env::new();
         let (id, out) = start(&env, "private", "tcp", &[fam], 2);
         let l = cycle(&env, id, &out);
-        assert!(l.iter().any(|x| x == "client True 1"), "IPv{fam}: {l:?}");
-        assert!(l.iter().any(|x| x == "server True"), "IPv{fam}: {l:?}");
-        assert!(l.iter().any(|x| x == "server b'bye'"), "IPv{fam}: {l:?}");
+        assert_said(&l, &["client True 1", "server True", "server b'bye'"]);
     }
 }
 
@@ -157,8 +178,7 @@ fn tcp_on_the_hosts_loopback_is_locked_and_unlocked() {
     );
     restart(&env, id);
     let l = finish(&out);
-    assert!(l.iter().any(|x| x == "client True 1"), "{l:?}");
-    assert!(l.iter().any(|x| x == "server True"), "{l:?}");
+    assert_said(&l, &["client True 1", "server True"]);
     let tables = Command::new("nft")
         .args(["list", "tables"])
         .output()
@@ -177,9 +197,7 @@ fn udp_datagrams_queued_come_back_in_order_with_their_senders() {
             .collect::<Vec<_>>()
             .join(", ");
         assert!(l.contains(&format!("order [{order}]")), "IPv{fam}: {l:?}");
-        assert!(l.iter().any(|x| x == "senders True"), "{l:?}");
-        assert!(l.iter().any(|x| x == "nothing more"), "{l:?}");
-        assert!(l.iter().any(|x| x == "after b'after'"), "{l:?}");
+        assert_said(&l, &["senders True", "nothing more", "after b'after'"]);
     }
 }
 
@@ -205,19 +223,11 @@ fn a_stream_to_outside_is_refused_or_cut_when_asked() {
     let server = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let (id, out) = start(&env, "host", "outside", &[path.to_str().unwrap()], 1);
     let (_conn, _) = server.accept().unwrap();
-    let o = env
-        .cmd("checkpoint")
-        .args(["-c", "--kill", &id.to_string()])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(&env, id);
     assert!(
         err.contains("outside the application") && err.contains("--external-unix"),
         "{err}"
     );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(env.registry().load(id).is_ok(), "the application runs on");
     checkpoint_kill(&env, id, &["--external-unix"]);
     restart(&env, id);
     let l = finish(&out);
@@ -323,5 +333,53 @@ fn a_download_from_outside_through_veth_survives_checkpoint_kill_and_restart() {
     assert!(
         l.iter().any(|x| *x == format!("got {} {sum}", body.len())),
         "{l:?}"
+    );
+}
+
+#[test]
+fn restart_tcp_close_resets_connections_on_both_sides() {
+    use std::io::Read;
+    let env = Env::new();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port().to_string();
+    let (id, out) = start(&env, "host", "tcp_out", &[&port], 1);
+    let (mut conn, _) = server.accept().unwrap();
+    let mut buf = [0u8; 5];
+    conn.read_exact(&mut buf).unwrap();
+    checkpoint_kill(&env, id, &[]);
+    let o = env
+        .cmd("restart")
+        .args(["--detach", "--tcp-close", &id.to_string(), "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "restart: {}", show(&o));
+    conn.set_read_timeout(Some(T)).unwrap();
+    let e = conn.read(&mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    let l = finish(&out);
+    assert!(l.iter().any(|x| x == "recv error 104"), "{l:?}");
+}
+
+#[test]
+fn a_route_netlink_socket_comes_back_and_a_packet_socket_is_refused() {
+    let env = Env::new();
+    let (id, out) = start(&env, "private", "netlink", &["route"], 1);
+    let l = cycle(&env, id, &out);
+    assert_said(&l, &["groups 1", "links True"]);
+
+    let env = Env::new(); // its own output file
+    let (id, _) = start(&env, "private", "netlink", &["packet"], 1);
+    let err = refused(&env, id);
+    assert!(err.contains("family packet"), "{err}");
+}
+
+#[test]
+fn a_ping_socket_keeps_its_address_and_identifier() {
+    let env = Env::new();
+    let (id, out) = start(&env, "private", "ping", &[], 1);
+    let l = cycle(&env, id, &out);
+    assert_said(
+        &l,
+        &["before 0 1 b'xos'", "after 0 2 b'xos'", "same ident True"],
     );
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
 use super::ptrace::Tracee;
-use super::{files, sigframe, sys, thread, timer, CkptError};
+use super::{files, procstate, sigframe, sys, sysvshm, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -216,12 +216,17 @@ pub struct Dumper<'a> {
     pub ghosts: BTreeMap<(u64, u64), image::Ghost>,
     /// Largest unlinked file saved with the image.
     pub ghost_limit: u64,
-    /// (host pid, fd, link) of every anonymous-inode file saved so far.
-    anon_files: Vec<(i32, i32, String)>,
+    /// (host pid, fd, link) of every open file saved so far that another
+    /// process may share.
+    open_files: Vec<(i32, i32, String)>,
     /// Set by a signal to the checkpointer: stop at the next safe point.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Sockets saved so far.
     pub sockets: crate::ckpt::sockets::Dumper,
+    /// Memory figures (times, pages) gathered so far.
+    pub stats: image::Stats,
+    /// A process has SysV shared memory attached (see `sysvshm`).
+    pub sysv_shm: bool,
 }
 
 /// How calls are injected into the processes being saved.
@@ -356,11 +361,13 @@ impl<'a> Dumper<'a> {
             fifos: BTreeMap::new(),
             buf: vec![0u8; CHUNK],
             restorers: HashMap::new(),
-            anon_files: Vec::new(),
+            open_files: Vec::new(),
             ghosts: BTreeMap::new(),
             ghost_limit: DEFAULT_GHOST_LIMIT,
             cancel: None,
             sockets: crate::ckpt::sockets::Dumper::new(root_host, Default::default()),
+            stats: image::Stats::default(),
+            sysv_shm: false,
         }
     }
 
@@ -403,7 +410,9 @@ impl<'a> Dumper<'a> {
                 thread::query(t, regs0, scratch, th)?;
                 if i == 0 {
                     timer::query(t, regs0, scratch, &mut timers)?;
-                    return process_queries(t, regs0, scratch, &status).map(Some);
+                    let facts = process_queries(t, regs0, scratch, &status)?;
+                    let settings = procstate::query(t, regs0, scratch, host, &status)?;
+                    return Ok(Some((facts, settings)));
                 }
                 Ok(None)
             })?;
@@ -414,7 +423,7 @@ impl<'a> Dumper<'a> {
                 return Err(CkptError::Cancelled);
             }
         }
-        let (brk, sigactions, itimers) = leader_facts.expect("the leader was queried");
+        let ((brk, sigactions, itimers), settings) = leader_facts.expect("the leader was queried");
         let shared_pending = thread::queued(&threads[0], true)?;
         for (t, (_, _, th)) in threads.iter().zip(seen.iter_mut()) {
             th.pending = thread::queued(t, false)?;
@@ -497,14 +506,26 @@ impl<'a> Dumper<'a> {
         let vmas = self.dump_memory(&threads[0], host, &maps)?;
         let fds = self.dump_fds(host, pid)?;
         let pages = vmas.1;
+        let cwd = link("cwd");
+        let cwd_deleted = procstate::deleted_target(&cwd, &format!("/proc/{host}/cwd"));
+        let exe = link("exe");
+        let exe_ghost = match procstate::deleted_target(&exe, &format!("/proc/{host}/exe")) {
+            Some(_) => {
+                let what = format!("its deleted executable {}", exe.display());
+                let src = format!("/proc/{host}/exe");
+                Some(self.ghost(&src, &exe.to_string_lossy(), pid, &what)?)
+            }
+            None => None,
+        };
         Ok(Proc {
             pid,
             ppid,
             pgid: ns_value(&status, "NSpgid"),
             sid: ns_value(&status, "NSsid"),
             comm: read_proc(host, pid, "comm")?.trim_end().to_string(),
-            exe: link("exe"),
-            cwd: link("cwd"),
+            exe,
+            cwd_deleted: cwd_deleted.is_some(),
+            cwd: cwd_deleted.unwrap_or(cwd),
             umask: status_field(&status, "Umask")
                 .first()
                 .and_then(|v| u32::from_str_radix(v, 8).ok())
@@ -536,6 +557,8 @@ impl<'a> Dumper<'a> {
             vmas: vmas.0,
             fds,
             pages,
+            settings,
+            exe_ghost,
         })
     }
 
@@ -627,11 +650,22 @@ impl<'a> Dumper<'a> {
         let mut pages = BlobWriter::create(self.dir, format!("pages-{pid}.img"), pid as u64)?;
         let pagemap =
             File::open(format!("/proc/{host}/pagemap")).map_err(proc_err(pid, "open pagemap"))?;
+        let mut advice = procstate::advice_of(&read_proc(host, pid, "smaps")?);
         let mut vmas = Vec::new();
         for m in maps {
             let shared = m.perms.as_bytes()[3] == b's';
             let deleted = m.path.ends_with(" (deleted)");
+            let map_file = format!("/proc/{host}/map_files/{:x}-{:x}", m.start, m.end);
+            let span = (m.start, m.end, m.offset);
+            let sysv = sysvshm::attachment(pid, &m.path, m.inode, span, &map_file)?;
             let backing = match m.path.as_str() {
+                _ if sysv.is_some() => {
+                    self.sysv_shm = true;
+                    Backing::SysvShm {
+                        shmid: sysv.unwrap_or_default(),
+                        readonly: m.perms.as_bytes()[1] != b'w',
+                    }
+                }
                 "[vsyscall]" => continue,
                 "[vdso]" | "[vvar]" | "[vvar_vclock]" => Backing::Special {
                     name: m.path.clone(),
@@ -676,6 +710,8 @@ impl<'a> Dumper<'a> {
                     let file_backed = !matches!(backing, Backing::Anon);
                     runs = populated_runs(&pagemap, m.start, m.end, file_backed)
                         .map_err(proc_err(pid, "read pagemap"))?;
+                    self.stats.pages_scanned += (m.end - m.start) / PAGE;
+                    self.stats.pages_written += runs.iter().map(|r| r.1).sum::<u64>();
                     for &(addr, n) in &runs {
                         self.copy_out(t, &mut pages, addr, n * PAGE)?;
                     }
@@ -686,12 +722,17 @@ impl<'a> Dumper<'a> {
                 }
                 _ => {}
             }
+            let advice = match backing {
+                Backing::Special { .. } => Vec::new(),
+                _ => advice.remove(&m.start).unwrap_or_default(),
+            };
             vmas.push(Vma {
                 start: m.start,
                 end: m.end,
                 prot: prot_of(&m.perms),
                 backing,
                 runs,
+                advice,
             });
         }
         Ok((vmas, pages.finish(self.dir)?))
@@ -709,9 +750,13 @@ impl<'a> Dumper<'a> {
                 return Err(CkptError::Cancelled);
             }
             let n = len.min(self.buf.len() as u64) as usize;
+            let began = std::time::Instant::now();
             t.read_mem(addr, &mut self.buf[..n])?;
+            let read = std::time::Instant::now();
             let dir = self.dir;
             out.write(dir, &self.buf[..n])?;
+            self.stats.memdump_time += (read - began).as_micros() as u64;
+            self.stats.memwrite_time += read.elapsed().as_micros() as u64;
             addr += n as u64;
             len -= n as u64;
         }
@@ -850,6 +895,7 @@ impl<'a> Dumper<'a> {
                     flags,
                     kind,
                     locks,
+                    owner: None,
                 });
                 continue;
             }
@@ -865,10 +911,38 @@ impl<'a> Dumper<'a> {
                         flags,
                         kind: FdKind::Dup { of: *of },
                         locks,
+                        owner: None,
                     });
                     continue;
                 }
                 seen.push((fd, target_s.clone()));
+            }
+            // One open file in two processes (inherited across fork(2), passed
+            // over a socket): made once at restart, with one offset, flags and
+            // flock. Pipes are shared by their id; FIFOs and pidfds are opened
+            // by each holder; sockets are left to their own kind.
+            let is_fifo = md.as_ref().is_some_and(|m| m.file_type().is_fifo());
+            let own_kind = is_pipe
+                || is_fifo
+                || target_s == "anon_inode:[pidfd]"
+                || target_s.starts_with("socket:[");
+            if !own_kind {
+                if let Some((other, other_fd, _)) = self.open_files.iter().find(|(h, f, t)| {
+                    *h != host && *t == target_s && sys::same_file(*h, *f, host, fd)
+                }) {
+                    fds.push(Fd {
+                        fd,
+                        flags,
+                        kind: FdKind::SharedWith {
+                            pid: self.ns_pids.get(other).copied().unwrap_or(0),
+                            fd: *other_fd,
+                        },
+                        locks,
+                        owner: None,
+                    });
+                    continue;
+                }
+                self.open_files.push((host, fd, target_s.clone()));
             }
             let kind = if is_socket {
                 let id = self
@@ -888,15 +962,13 @@ impl<'a> Dumper<'a> {
                     id,
                     write: flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32,
                 }
+            } else if target_s == "anon_inode:[pidfd]" {
+                // Each holder opens its own at restart (the process may not
+                // exist yet when the init makes shared objects).
+                let p = files::pidfd::dump(&info, &self.ns_pids)
+                    .map_err(|w| unsupported(&format!(": {w}")))?;
+                FdKind::PidFd { pid: p }
             } else if let Some(anon) = target_s.strip_prefix("anon_inode:") {
-                // One object in two processes would become two after restart.
-                if let Some((other, _, _)) = self.anon_files.iter().find(|(h, f, t)| {
-                    *h != host && *t == target_s && sys::same_file(*h, *f, host, fd)
-                }) {
-                    let other = self.ns_pids.get(other).copied().unwrap_or(0);
-                    return Err(unsupported(&format!(", shared with process {other}")));
-                }
-                self.anon_files.push((host, fd, target_s.clone()));
                 let bad = || unsupported(": unreadable fdinfo");
                 match anon {
                     "[eventfd]" => {
@@ -910,11 +982,20 @@ impl<'a> Dumper<'a> {
                     "[eventpoll]" => FdKind::Epoll {
                         targets: files::epoll::dump(&info).ok_or_else(bad)?,
                     },
-                    "inotify" => FdKind::Inotify {
-                        watches: files::inotify::dump(&info)
-                            .map_err(|w| unsupported(&format!(": {w}")))?,
+                    "inotify" => match files::inotify::queued(host, fd) {
+                        0 => FdKind::Inotify {
+                            watches: files::inotify::dump(&info)
+                                .map_err(|w| unsupported(&format!(": {w}")))?,
+                        },
+                        n => {
+                            return Err(unsupported(&format!(
+                                ": {n} bytes of events not read yet (reading them would take them from the application)"
+                            )))
+                        }
                     },
-                    _ => return Err(unsupported("")),
+                    other => {
+                        return Err(unsupported(&format!(": {}", files::refused::anon(other))))
+                    }
                 }
             } else if target_s.starts_with('/')
                 && !target_s.ends_with(" (deleted)")
@@ -945,6 +1026,14 @@ impl<'a> Dumper<'a> {
                 if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
                     return Err(unsupported(""));
                 }
+                let refused = if ft.is_char_device() {
+                    files::refused::device(&target, md.rdev())
+                } else {
+                    files::refused::proc_mem(&target, pid)
+                };
+                if let Some(why) = refused {
+                    return Err(unsupported(&format!(": {why}")));
+                }
                 FdKind::Path {
                     path: target,
                     pos,
@@ -960,9 +1049,11 @@ impl<'a> Dumper<'a> {
                 flags,
                 kind,
                 locks,
+                owner: None,
             });
         }
         self.dump_in_flight(pid)?;
+        files::owner::dump(host, &mut fds).map_err(|what| CkptError::Unsupported { pid, what })?;
         // Every epoll target must be a descriptor of the process.
         for f in &fds {
             if let FdKind::Epoll { targets } = &f.kind {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &str = "xos-image";
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 
 /// A whole application image.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +52,32 @@ pub struct Image {
     /// The unread data of every socket (see `SocketImg::data`).
     #[serde(default)]
     pub socket_data: Option<Blob>,
+    /// The application's SysV IPC namespace is saved in `ipc/` (as
+    /// `ipccheckpoint --all` writes it): a process had shared memory attached.
+    #[serde(default)]
+    pub ipc: bool,
+    /// How the checkpoint went (`checkpoint -c --stats`); None in images
+    /// written before these were recorded.
+    #[serde(default)]
+    pub stats: Option<Stats>,
+}
+
+/// Figures of one checkpoint, as CRIU's `stats-dump` has them (times in
+/// microseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// From the start until every task was stopped.
+    pub freezing_time: u64,
+    /// From the first task stopped until all ran again (or were killed).
+    pub frozen_time: u64,
+    /// Reading the processes' memory.
+    pub memdump_time: u64,
+    /// Writing that memory into the image.
+    pub memwrite_time: u64,
+    /// Pages of private mappings looked at (pagemap).
+    pub pages_scanned: u64,
+    /// Pages whose content was written into the image.
+    pub pages_written: u64,
 }
 
 /// A FIFO (named pipe): its path and, as for a pipe, its unread bytes.
@@ -132,6 +158,43 @@ pub struct Proc {
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
     pub pages: Blob,
+    /// prctl settings and securebits (see `procstate`).
+    #[serde(default)]
+    pub settings: Settings,
+    /// The working directory had been removed (`cwd` is where it was).
+    #[serde(default)]
+    pub cwd_deleted: bool,
+    /// The executable had been removed: the ghost (deleted file) holding it.
+    #[serde(default)]
+    pub exe_ghost: Option<u64>,
+}
+
+/// The kernel's default timer slack (50 µs), what a process has unless told.
+pub const DEFAULT_TIMERSLACK: u64 = 50_000;
+
+/// Process-wide settings (prctl(2), securebits(7)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// PR_SET_DUMPABLE: 0, 1 or 2 (suid_dumpable; cannot be set again, taken as 1).
+    pub dumpable: u32,
+    pub child_subreaper: bool,
+    /// PR_SET_THP_DISABLE.
+    pub thp_disable: bool,
+    /// PR_SET_TIMERSLACK, in nanoseconds.
+    pub timerslack_ns: u64,
+    pub securebits: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            dumpable: 1,
+            child_subreaper: false,
+            thp_disable: false,
+            timerslack_ns: DEFAULT_TIMERSLACK,
+            securebits: 0,
+        }
+    }
 }
 
 /// An ended process not yet reaped by its parent.
@@ -259,6 +322,9 @@ pub enum Backing {
     /// A file without a name (the ghost with this id), privately (changed pages
     /// saved) or shared.
     Ghost { id: u64, offset: u64, shared: bool },
+    /// A SysV shared memory segment (of the saved IPC namespace), attached
+    /// whole, read-only or not.
+    SysvShm { shmid: i32, readonly: bool },
     /// The kernel's vDSO areas, moved to the saved addresses on restart.
     Special { name: String },
 }
@@ -273,6 +339,10 @@ pub struct Vma {
     pub backing: Backing,
     /// Saved page runs (address, number of pages), in the order of the data file.
     pub runs: Vec<(u64, u64)>,
+    /// madvise(2) advice and mlock(2) state (`dontfork`, `locked`, `growsdown`…,
+    /// see `procstate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advice: Vec<String>,
 }
 
 /// One open file descriptor.
@@ -285,6 +355,20 @@ pub struct Fd {
     /// Locks held through this descriptor.
     #[serde(default)]
     pub locks: Vec<FileLock>,
+    /// F_SETOWN_EX / F_SETSIG of its open file, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<FdOwner>,
+}
+
+/// Who gets SIGIO/SIGURG for an open file (fcntl(2) F_SETOWN_EX) and which
+/// signal (F_SETSIG; 0 for SIGIO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdOwner {
+    /// F_OWNER_TID (0), F_OWNER_PID (1) or F_OWNER_PGRP (2).
+    pub kind: i32,
+    /// Thread, process or group id in the application's PID namespace; 0 for none.
+    pub pid: i32,
+    pub sig: i32,
 }
 
 /// A file lock (see `files::lock`).
@@ -302,6 +386,8 @@ pub enum LockKind {
     Flock,
     Posix,
     Ofd,
+    /// A lease (fcntl(2) F_SETLEASE): read or write.
+    Lease,
 }
 
 /// A timerfd: clock, expirations not read, time left and interval (sec, nsec).
@@ -344,6 +430,14 @@ pub enum FdKind {
     Dup {
         of: i32,
     },
+    /// The open file of descriptor `fd` of process `pid` (saved earlier in the
+    /// image), shared with it (inherited across fork(2) or passed over a
+    /// socket): a file by path, a deleted file, an eventfd, signalfd, timerfd,
+    /// inotify or epoll.
+    SharedWith {
+        pid: i32,
+        fd: i32,
+    },
     EventFd {
         count: u64,
         semaphore: bool,
@@ -364,6 +458,10 @@ pub enum FdKind {
     /// A socket of the application (the image's socket with this id).
     Socket {
         id: u64,
+    },
+    /// A pidfd (pidfd_open(2)) of process `pid` of the application.
+    PidFd {
+        pid: i32,
     },
     /// One end of a pipe of the application.
     Pipe {

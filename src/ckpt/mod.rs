@@ -12,12 +12,15 @@
 pub mod dump;
 mod files;
 pub mod image;
+mod procstate;
 mod ptrace;
 pub mod restore;
 mod seize;
+mod session;
 mod sigframe;
 pub mod sockets;
 mod sys;
+mod sysvshm;
 mod thread;
 mod timer;
 
@@ -140,6 +143,8 @@ pub struct Checkpointed {
     pub bytes: u64,
     /// Time the application was stopped (freeze to resume).
     pub stopped: Duration,
+    /// The figures also stored in the image.
+    pub stats: image::Stats,
 }
 
 /// The kernel release, from uname(2).
@@ -161,6 +166,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
     let was_frozen = group.freezer_state()? == FreezerState::Frozen;
     let start = std::time::Instant::now();
     let seizure = seize::seize_all(group, rec.root_pid, opts.timeout, opts.cancel.as_ref())?;
+    let freezing = start.elapsed();
     let mut procs = seizure.procs;
     let result = if procs.is_empty() {
         Err(CkptError::Empty(rec.id))
@@ -176,9 +182,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         seize::reap_all(opts.timeout);
         let stopped = start.elapsed();
         group.kill(opts.timeout)?;
-        let mut done = finish_image(state, result?)?;
-        done.stopped = stopped;
-        return Ok(done);
+        return finish_image(state, result?, freezing, stopped);
     }
     for p in &procs {
         p.detach();
@@ -187,9 +191,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         let _ = group.freeze(opts.timeout);
     }
     let stopped = start.elapsed();
-    let mut done = finish_image(state, result?)?;
-    done.stopped = stopped;
-    Ok(done)
+    finish_image(state, result?, freezing, stopped)
 }
 
 /// An image whose data is written but not yet synced nor visible.
@@ -237,6 +239,9 @@ fn write_image(
         for p in procs.iter_mut() {
             out.push(d.dump(&mut p.threads, p.host, p.stopped)?);
         }
+        if d.sysv_shm {
+            sysvshm::save(procs[0].host, &tmp)?;
+        }
         let xfeatures = out
             .iter()
             .flat_map(|p| p.threads.iter())
@@ -268,6 +273,8 @@ fn write_image(
             net: rec.net.clone(),
             sockets,
             socket_data,
+            stats: Some(d.stats.clone()),
+            ipc: d.sysv_shm,
         };
         if opts.kill {
             d.sockets.for_kill();
@@ -283,9 +290,20 @@ fn write_image(
     }
 }
 
-/// Syncs the data files, writes `image.json` and makes the version visible.
-fn finish_image(state: &Path, p: Pending) -> Result<Checkpointed> {
-    let Pending { tmp, img } = p;
+/// Syncs the data files, writes `image.json` (with the times `freezing`, until
+/// every task was stopped, and `stopped`, until they ran again) and makes the
+/// version visible.
+fn finish_image(
+    state: &Path,
+    p: Pending,
+    freezing: Duration,
+    stopped: Duration,
+) -> Result<Checkpointed> {
+    let Pending { tmp, mut img } = p;
+    let mut stats = img.stats.take().unwrap_or_default();
+    stats.freezing_time = freezing.as_micros() as u64;
+    stats.frozen_time = stopped.saturating_sub(freezing).as_micros() as u64;
+    img.stats = Some(stats.clone());
     let result = (|| {
         for ent in std::fs::read_dir(&tmp).map_err(|e| PathError::new("list", &tmp, e))? {
             let path = ent.map_err(|e| PathError::new("list", &tmp, e))?.path();
@@ -307,7 +325,8 @@ fn finish_image(state: &Path, p: Pending) -> Result<Checkpointed> {
             processes: img.processes.len(),
             bytes: img.processes.iter().map(|p| p.pages.len).sum::<u64>()
                 + img.shared.iter().map(|b| b.len).sum::<u64>(),
-            stopped: Duration::ZERO,
+            stopped,
+            stats,
         })
     })();
     if result.is_err() {

@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{files, sockets, sys, thread, timer, CkptError};
+use super::{files, procstate, session, sockets, sys, sysvshm, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -78,6 +78,9 @@ struct Shared {
     fifos: HashMap<u64, RawFd>,
     /// Socket id -> the socket, built in the init.
     sockets: HashMap<u64, RawFd>,
+    /// (pid, fd) -> an open file several processes share (see `share_files`),
+    /// made by the init.
+    common: HashMap<(i32, i32), RawFd>,
     /// First descriptor number above everything the image uses.
     base: RawFd,
 }
@@ -153,7 +156,7 @@ fn high_fd(fd: OwnedFd, base: RawFd) -> Result<RawFd> {
     Ok(n)
 }
 
-fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
+fn prepare_shared(dir: &Path, img: &Image, opts: &RestoreOptions) -> Result<Shared> {
     let max_fd = img
         .processes
         .iter()
@@ -166,6 +169,7 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
         shm: HashMap::new(),
         fifos: HashMap::new(),
         sockets: HashMap::new(),
+        common: HashMap::new(),
         base,
     };
     for p in &img.pipes {
@@ -237,7 +241,13 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
                 )
             })?;
         }
-        s.shm.insert(b.id, high_fd(OwnedFd::from(f), base)?);
+        let mut fd = OwnedFd::from(f);
+        if img.processes.iter().any(|p| p.exe_ghost == Some(b.id)) {
+            // An executable has no writer (prctl(PR_SET_MM_MAP) refuses one).
+            fd = files::ghost::read_only(&fd)
+                .map_err(|e| rerr(1, format!("reopen a deleted executable read-only: {e}")))?;
+        }
+        s.shm.insert(b.id, high_fd(fd, base)?);
     }
     if !img.sockets.is_empty() {
         let pipes = s.pipes.clone();
@@ -273,6 +283,7 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
             img.socket_data.as_ref(),
             img.app,
             !img.net.is_private(),
+            opts.tcp_close,
             &open_other,
         )
         .map_err(|e| rerr(1, e))?;
@@ -282,7 +293,121 @@ fn prepare_shared(dir: &Path, img: &Image) -> Result<Shared> {
             }
         }
     }
+    share_files(img, opts, &mut s)?;
     Ok(s)
+}
+
+/// Opens once, in the init, every open file several processes share: the
+/// targets of `SharedWith` descriptors, and the files the application's init
+/// had as stdio (given to krgcr-run) that restart does not redirect, one per
+/// (path, offset, flags). Every holder gets that one open file.
+fn share_files(img: &Image, opts: &RestoreOptions, s: &mut Shared) -> Result<()> {
+    let mut inherited: HashMap<(&Path, u64, u32), RawFd> = HashMap::new();
+    for p in &img.processes {
+        for f in &p.fds {
+            if let FdKind::Path {
+                path,
+                pos,
+                inherited: Some(k),
+                ..
+            } = &f.kind
+            {
+                if opts.redirected[*k as usize % 3] {
+                    continue;
+                }
+                let key = (path.as_path(), *pos, f.flags);
+                let fd = match inherited.get(&key) {
+                    Some(fd) => *fd,
+                    None => {
+                        let made = open_path(f, opts.allow_changed_files)
+                            .map_err(|why| rerr(p.pid, why))?;
+                        let fd = high_fd(made, s.base)?;
+                        inherited.insert(key, fd);
+                        fd
+                    }
+                };
+                s.common.insert((p.pid, f.fd), fd);
+                continue;
+            }
+            let FdKind::SharedWith { pid, fd } = f.kind else {
+                continue;
+            };
+            if s.common.contains_key(&(pid, fd)) {
+                continue;
+            }
+            let first = img
+                .processes
+                .iter()
+                .find(|q| q.pid == pid)
+                .and_then(|q| q.fds.iter().find(|g| g.fd == fd))
+                .ok_or_else(|| {
+                    rerr(
+                        p.pid,
+                        format!("fd {}: fd {fd} of process {pid} is not in the image", f.fd),
+                    )
+                })?;
+            let made = match &first.kind {
+                FdKind::Path { .. } => open_path(first, opts.allow_changed_files),
+                FdKind::Ghost { .. } => open_ghost(first, s),
+                kind => files::anon::create(kind, first.flags)
+                    .unwrap_or_else(|| Err("a kind of file that cannot be shared".into())),
+            }
+            .map_err(|why| rerr(pid, why))?;
+            s.common.insert((pid, fd), high_fd(made, s.base)?);
+        }
+    }
+    Ok(())
+}
+
+/// Opens the file of `f` (a `FdKind::Path`) again at its offset, with its
+/// flags, checking (unless `allow_changed`) that it did not change.
+fn open_path(f: &image::Fd, allow_changed: bool) -> std::result::Result<OwnedFd, String> {
+    let FdKind::Path {
+        path,
+        pos,
+        size,
+        ftype,
+        ..
+    } = &f.kind
+    else {
+        return Err(format!("fd {}: not a file by path", f.fd));
+    };
+    let flags = reopen_flags(f.flags);
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())
+        .map_err(|err| format!("fd {}: cannot open {}: {err}", f.fd, path.display()))?;
+    if !allow_changed {
+        check_unchanged(&fd, f, path, *pos, *size, *ftype)?;
+    }
+    if *pos > 0 {
+        nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
+            .map_err(|err| format!("fd {}: seek: {err}", f.fd))?;
+    }
+    Ok(fd)
+}
+
+/// A new open file, with the flags and offset of `f` (a `FdKind::Ghost`), of
+/// the deleted file the init made.
+fn open_ghost(f: &image::Fd, shared: &Shared) -> std::result::Result<OwnedFd, String> {
+    let FdKind::Ghost { id, pos } = &f.kind else {
+        return Err(format!("fd {}: not a deleted file", f.fd));
+    };
+    let src = shared
+        .shm
+        .get(id)
+        .ok_or_else(|| format!("fd {}: unknown deleted file {id}", f.fd))?;
+    // Through the /proc magic link, which O_NOFOLLOW would refuse.
+    let flags = reopen_flags(f.flags) & !OFlag::O_NOFOLLOW;
+    let fd = nix::fcntl::open(
+        format!("/proc/self/fd/{src}").as_str(),
+        flags,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("fd {}: reopen a deleted file: {e}", f.fd))?;
+    if *pos > 0 {
+        nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
+            .map_err(|e| format!("fd {}: seek: {e}", f.fd))?;
+    }
+    Ok(fd)
 }
 
 /// Who creates which process. A child of the init that belongs to a session led
@@ -293,6 +418,11 @@ struct Tree<'a> {
     children: BTreeMap<i32, Vec<&'a Proc>>,
     /// session id -> orphans to create from that session's leader.
     orphans: BTreeMap<i32, Vec<&'a Proc>>,
+    /// Sessions whose leader is gone -> the init's children in them, created
+    /// by a helper holding the leader's pid (see `session`).
+    dead_sessions: BTreeMap<i32, Vec<&'a Proc>>,
+    /// Process groups whose leader is gone.
+    dead_groups: std::collections::BTreeSet<i32>,
     /// pid for the short-lived helpers, above every saved pid.
     helper_pid: i32,
     /// parent -> its ended, unreaped children.
@@ -309,6 +439,9 @@ pub struct RestoreOptions {
     /// Standard descriptors the restarter was told to send elsewhere: files
     /// that were the application's stdin, stdout or stderr become the init's.
     pub redirected: [bool; 3],
+    /// Reset every TCP connection instead of keeping it (its address does
+    /// not follow the application here).
+    pub tcp_close: bool,
 }
 
 /// Rebuilds the tree; called in the application's init. Returns the pids of the
@@ -325,11 +458,15 @@ pub fn restore_tree(
     if let Ok((_, hard)) = sys::get_rlimit(0, libc::RLIMIT_NOFILE) {
         let _ = sys::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
-    let shared = prepare_shared(dir, img)?;
+    sysvshm::restore(dir, img)?;
+    let shared = prepare_shared(dir, img, opts)?;
     let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
+    let (dead_sessions, dead_groups) = session::dead_leaders(img);
     let mut tree = Tree {
         children: BTreeMap::new(),
         orphans: BTreeMap::new(),
+        dead_sessions: BTreeMap::new(),
+        dead_groups,
         zombies: BTreeMap::new(),
         allow_changed_files: opts.allow_changed_files,
         redirected: opts.redirected,
@@ -338,6 +475,8 @@ pub fn restore_tree(
             .iter()
             .flat_map(|p| p.threads.iter().map(|t| t.tid).chain([p.pid]))
             .chain(img.zombies.iter().map(|z| z.pid))
+            // Helpers take the pids of gone leaders.
+            .chain(img.processes.iter().flat_map(|p| [p.sid, p.pgid]))
             .max()
             .unwrap_or(1)
             + 1,
@@ -346,6 +485,8 @@ pub fn restore_tree(
         let led_elsewhere = p.ppid == 1 && p.sid > 1 && p.sid != p.pid && pids.contains(&p.sid);
         if led_elsewhere {
             tree.orphans.entry(p.sid).or_default().push(p);
+        } else if p.ppid == 1 && dead_sessions.contains(&p.sid) {
+            tree.dead_sessions.entry(p.sid).or_default().push(p);
         } else {
             tree.children.entry(p.ppid).or_default().push(p);
         }
@@ -364,6 +505,11 @@ pub fn restore_tree(
         for p in tree.children.get(&1).cloned().unwrap_or_default() {
             spawn(p, tree, &shared, &mut created)?;
         }
+        for (&sid, members) in &tree.dead_sessions {
+            spawn_session(sid, members, tree, &shared, &mut created)?;
+        }
+        // Every process is in its session and group: the helpers can go.
+        session::end_helpers(dead_sessions.iter().chain(&tree.dead_groups).copied());
         // The page files are checked while the processes read them (a cold
         // file is read from the disk once, by whichever comes first); nothing
         // runs before this agrees. Started only now: a thread takes a pid of
@@ -406,6 +552,7 @@ pub fn restore_tree(
             }
         }
         tracees.extend(leaders);
+        sysvshm::remove_marked(dir, img);
         before_detach();
         for t in &tracees {
             t.detach()?;
@@ -413,14 +560,17 @@ pub fn restore_tree(
         Ok(())
     })();
     drop(tracees);
-    for fd in shared
+    // A set: several holders may share one descriptor of `common`.
+    let open: std::collections::BTreeSet<RawFd> = shared
         .pipes
         .values()
         .flat_map(|(r, w)| [*r, *w])
         .chain(shared.shm.values().copied())
         .chain(shared.fifos.values().copied())
+        .chain(shared.common.values().copied())
         .chain(shared.sockets.values().copied())
-    {
+        .collect();
+    for fd in open {
         let _ = nix::unistd::close(fd);
     }
     match result {
@@ -472,6 +622,66 @@ fn spawn(p: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) -> Resu
                     p.pid,
                     msg.strip_prefix('E').unwrap_or("it ended during setup"),
                 ))
+            }
+        }
+    }
+}
+
+/// Creates session `sid`, whose leader is gone, from a helper with its pid
+/// that forks `members` (through helpers that exit, so they are the init's
+/// children as before) and stays until [`session::end_helpers`].
+fn spawn_session(
+    sid: i32,
+    members: &[&Proc],
+    tree: &Tree,
+    shared: &Shared,
+    created: &mut Vec<i32>,
+) -> Result<()> {
+    session::next_pid(sid)?;
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| rerr(sid, e))?;
+    match sys_fork().map_err(|e| rerr(sid, format!("fork: {e}")))? {
+        ForkResult::Child => {
+            drop(rd);
+            let mut w = File::from(wr);
+            let mut sub = Vec::new();
+            let r = nix::unistd::setsid()
+                .map_err(|e| rerr(sid, format!("setsid: {e}")))
+                .and_then(|_| {
+                    members
+                        .iter()
+                        .try_for_each(|o| spawn_orphan(o, tree, shared, &mut sub))
+                });
+            let _ = match r {
+                Ok(()) => {
+                    let list: Vec<String> = sub.iter().map(|p| p.to_string()).collect();
+                    writeln!(w, "R{}", list.join(","))
+                }
+                Err(e) => writeln!(w, "E{}", e.to_string().replace('\n', " ")),
+            };
+            drop(w);
+            loop {
+                sys::pause();
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ =
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(File::from(rd)), &mut msg);
+            if child.as_raw() != sid {
+                return Err(rerr(sid, format!("the pid is taken (got {child})")));
+            }
+            match msg.trim_end().strip_prefix('R') {
+                Some(list) => {
+                    created.extend(list.split(',').filter_map(|s| s.parse::<i32>().ok()));
+                    Ok(())
+                }
+                None => Err(reported(
+                    sid,
+                    msg.trim_end()
+                        .strip_prefix('E')
+                        .unwrap_or("its session helper ended"),
+                )),
             }
         }
     }
@@ -599,6 +809,16 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         let what = what.to_string();
         move |err: nix::Error| rerr(me, format!("{what}: {err}"))
     };
+    let mut subtree = vec![me];
+    let children = tree.children.get(&me).cloned().unwrap_or_default();
+    // Children left in the session this process had before its setsid(2)
+    // were forked before it.
+    let (early, children): (Vec<&Proc>, Vec<&Proc>) = children
+        .into_iter()
+        .partition(|c| p.sid == p.pid && c.sid != p.pid);
+    for c in early {
+        spawn(c, tree, shared, &mut subtree)?;
+    }
     if p.sid == p.pid {
         nix::unistd::setsid().map_err(e("setsid"))?;
     }
@@ -606,19 +826,39 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         if nix::unistd::getpgrp().as_raw() != p.pid {
             nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(e("setpgid"))?;
         }
-    } else if p.pgid > 1 && nix::unistd::getpgrp().as_raw() != p.pgid {
-        nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(p.pgid))
-            .map_err(e("join its process group"))?;
+    } else if p.pgid > 0 && nix::unistd::getpgrp().as_raw() != p.pgid {
+        let join = || nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(p.pgid));
+        if join().is_err() && tree.dead_groups.contains(&p.pgid) {
+            session::make_group(p.pgid, tree.helper_pid)?;
+        }
+        join().map_err(e("join its process group"))?;
     }
-    let mut subtree = vec![me];
-    for c in tree.children.get(&me).cloned().unwrap_or_default() {
+    // A shape this restorer cannot build (a member adopted by a subreaper
+    // from a session whose leader ended…) fails here rather than coming back
+    // in another session or group.
+    let (sid, pgid) = (
+        nix::unistd::getsid(None).map_or(0, |s| s.as_raw()),
+        nix::unistd::getpgrp().as_raw(),
+    );
+    if (p.sid > 0 && sid != p.sid) || (p.pgid > 0 && pgid != p.pgid) {
+        return Err(rerr(
+            me,
+            format!(
+                "cannot rebuild its session {} and group {} (it is in {sid} and {pgid})",
+                p.sid, p.pgid
+            ),
+        ));
+    }
+    // Ended children first: one that led a process group (a pipeline's first
+    // command) holds it for the children that join it.
+    for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
+        spawn_zombie(z)?;
+    }
+    for c in children {
         spawn(c, tree, shared, &mut subtree)?;
     }
     for o in tree.orphans.get(&me).cloned().unwrap_or_default() {
         spawn_orphan(o, tree, shared, &mut subtree)?;
-    }
-    for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
-        spawn_zombie(z)?;
     }
     setup_fds(
         p,
@@ -627,7 +867,11 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         tree.allow_changed_files,
         tree.redirected,
     )?;
-    nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;
+    if p.cwd_deleted {
+        procstate::enter_deleted_dir(&p.cwd).map_err(|why| rerr(me, why))?;
+    } else {
+        nix::unistd::chdir(&p.cwd).map_err(e("chdir"))?;
+    }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(p.umask));
     let _ = nix::sys::prctl::set_name(&CString::new(p.comm.clone()).unwrap_or_default());
     sys::set_personality(p.personality).map_err(e("personality"))?;
@@ -661,6 +905,7 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     if p.no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(e("no_new_privs"))?;
     }
+    procstate::apply(&p.settings).map_err(|why| rerr(me, why))?;
     // Last, as a real-time timer runs from here on (its signal stays blocked
     // until the saved mask is loaded).
     for (which, v) in p.itimers.iter().enumerate() {
@@ -712,7 +957,9 @@ fn set_credentials(
     let [ruid, euid, suid, fsuid] = p.uids.map(u64::from);
     let [rgid, egid, sgid, fsgid] = p.gids.map(u64::from);
     let root = p.uids == [0; 4];
-    if !root {
+    // Saved securebits are already set; a KEEP_CAPS among them stays.
+    let keep_caps = p.settings.securebits & procstate::SECBIT_KEEP_CAPS_ANY != 0;
+    if !root && !keep_caps {
         prctl("keep capabilities", PR_SET_KEEPCAPS, 1)?;
     }
     let groups: Vec<u8> = p.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
@@ -727,11 +974,14 @@ fn set_credentials(
     call("setfsgid", libc::SYS_setfsgid, [fsgid, 0, 0])?;
     call("setresuid", libc::SYS_setresuid, [ruid, euid, suid])?;
     call("setfsuid", libc::SYS_setfsuid, [fsuid, 0, 0])?;
-    if !root {
+    if !root && !keep_caps {
         prctl("reset keep capabilities", PR_SET_KEEPCAPS, 0)?;
+    }
+    if !root || p.settings.dumpable != 1 {
         // Changing uids made the process non-dumpable, which would make its
-        // /proc files root's; the saved process was an ordinary one.
-        prctl("set dumpable", PR_SET_DUMPABLE, 1)?;
+        // /proc files root's: it gets the saved value again.
+        let d = procstate::dumpable_after_credentials(&p.settings);
+        prctl("set dumpable", PR_SET_DUMPABLE, d)?;
     }
     // capset: a version-3 header, then two {effective, permitted, inheritable}
     // halves (linux/capability.h).
@@ -845,6 +1095,19 @@ fn setup_fds(
         // Created here and owned until staged; None: borrowed from the init.
         let made: Option<OwnedFd>;
         let src: RawFd = match &f.kind {
+            _ if shared.common.contains_key(&(me, f.fd)) => {
+                made = None;
+                shared.common[&(me, f.fd)]
+            }
+            FdKind::SharedWith { pid, fd } => {
+                made = None;
+                *shared.common.get(&(*pid, *fd)).ok_or_else(|| {
+                    rerr(
+                        me,
+                        format!("fd {}: fd {fd} of process {pid} is missing", f.fd),
+                    )
+                })?
+            }
             FdKind::Path {
                 inherited: Some(std),
                 ..
@@ -852,31 +1115,8 @@ fn setup_fds(
                 made = None;
                 *std
             }
-            FdKind::Path {
-                path,
-                pos,
-                size,
-                ftype,
-                ..
-            } => {
-                let flags = reopen_flags(f.flags);
-                let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(
-                    |err| {
-                        rerr(
-                            me,
-                            format!("fd {}: cannot open {}: {err}", f.fd, path.display()),
-                        )
-                    },
-                )?;
-                if !allow_changed {
-                    check_unchanged(&fd, f, path, *pos, *size, *ftype)
-                        .map_err(|why| rerr(me, why))?;
-                }
-                if *pos > 0 {
-                    nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
-                        .map_err(|err| rerr(me, format!("fd {}: seek: {err}", f.fd)))?;
-                }
-                made = Some(fd);
+            FdKind::Path { .. } => {
+                made = Some(open_path(f, allow_changed).map_err(|why| rerr(me, why))?);
                 -1
             }
             FdKind::Fifo { path, .. } => {
@@ -887,25 +1127,8 @@ fn setup_fds(
                 made = Some(fd);
                 -1
             }
-            FdKind::Ghost { id, pos } => {
-                let src = shared
-                    .shm
-                    .get(id)
-                    .ok_or_else(|| rerr(me, format!("fd {}: unknown deleted file {id}", f.fd)))?;
-                // Through the /proc magic link, which O_NOFOLLOW would refuse.
-                let flags = reopen_flags(f.flags) & !OFlag::O_NOFOLLOW;
-                // A new open file of the same (nameless) inode, with its own flags.
-                let fd = nix::fcntl::open(
-                    format!("/proc/self/fd/{src}").as_str(),
-                    flags,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .map_err(|e| fd_err(f, "reopen a deleted file", e))?;
-                if *pos > 0 {
-                    nix::unistd::lseek(&fd, *pos as i64, nix::unistd::Whence::SeekSet)
-                        .map_err(|e| fd_err(f, "seek", e))?;
-                }
-                made = Some(fd);
+            FdKind::Ghost { .. } => {
+                made = Some(open_ghost(f, shared).map_err(|why| rerr(me, why))?);
                 -1
             }
             FdKind::Dup { of } => {
@@ -918,31 +1141,22 @@ fn setup_fds(
                 made = None;
                 *n
             }
-            FdKind::EventFd { count, semaphore } => {
+            FdKind::PidFd { pid } => {
                 made = Some(
-                    files::eventfd::restore(*count, *semaphore)
-                        .map_err(|e| fd_err(f, "eventfd", e))?,
-                );
-                -1
-            }
-            FdKind::SignalFd { mask } => {
-                made = Some(files::signalfd::restore(*mask).map_err(|e| fd_err(f, "signalfd", e))?);
-                -1
-            }
-            FdKind::TimerFd(t) => {
-                made = Some(files::timerfd::restore(t).map_err(|e| fd_err(f, "timerfd", e))?);
-                -1
-            }
-            FdKind::Inotify { watches } => {
-                let nonblock = f.flags & libc::O_NONBLOCK as u32 != 0;
-                made = Some(
-                    files::inotify::restore(nonblock, watches)
+                    files::pidfd::restore(*pid, f.flags)
                         .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?,
                 );
                 -1
             }
-            FdKind::Epoll { .. } => {
-                made = Some(files::epoll::create().map_err(|e| fd_err(f, "epoll_create", e))?);
+            kind @ (FdKind::EventFd { .. }
+            | FdKind::SignalFd { .. }
+            | FdKind::TimerFd(_)
+            | FdKind::Inotify { .. }
+            | FdKind::Epoll { .. }) => {
+                let fd = files::anon::create(kind, f.flags)
+                    .expect("an object without a file")
+                    .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?;
+                made = Some(fd);
                 -1
             }
             FdKind::Pipe { id, write } => {
@@ -996,17 +1210,28 @@ fn setup_fds(
                 FdFlag::empty()
             }),
         );
-        if !matches!(f.kind, FdKind::Path { .. } | FdKind::Inherited { .. }) {
+        let saved = OFlag::from_bits_truncate(f.flags as i32);
+        let by_path = matches!(f.kind, FdKind::Path { .. } | FdKind::Inherited { .. });
+        if !by_path || saved.contains(OFlag::O_ASYNC) {
             // Status flags of the open file (a pipe read until EAGAIN must stay
-            // non-blocking); files opened by path got them from open(2).
-            let keep = OFlag::from_bits_truncate(f.flags as i32)
-                & (OFlag::O_NONBLOCK | OFlag::O_APPEND | OFlag::O_DIRECT | OFlag::O_NOATIME);
+            // non-blocking); files opened by path got them from open(2),
+            // except O_ASYNC, which open(2) ignores.
+            let keep = saved
+                & (OFlag::O_NONBLOCK
+                    | OFlag::O_APPEND
+                    | OFlag::O_DIRECT
+                    | OFlag::O_NOATIME
+                    | OFlag::O_ASYNC);
             fcntl(unsafe_borrow(f.fd), FcntlArg::F_SETFL(keep))
                 .map_err(|err| rerr(me, format!("fd {}: set its flags: {err}", f.fd)))?;
         }
     }
     // Registrations and locks name descriptors: only now are they in place.
     for f in &p.fds {
+        if let Some(o) = &f.owner {
+            files::owner::restore(unsafe_borrow(f.fd), o)
+                .map_err(|why| rerr(me, format!("fd {}: {why}", f.fd)))?;
+        }
         if let FdKind::Epoll { targets } = &f.kind {
             files::epoll::register(f.fd, targets).map_err(|(t, err)| {
                 rerr(me, format!("fd {}: register fd {t} in epoll: {err}", f.fd))
@@ -1030,20 +1255,20 @@ fn setup_fds(
             })?;
         }
     }
-    let used: Vec<u64> = p
-        .vmas
-        .iter()
-        .filter_map(|v| match v.backing {
-            Backing::SharedAnon { id, .. } | Backing::Ghost { id, .. } => Some(id),
-            _ => None,
-        })
-        .collect();
+    let used = shm_used(p);
     for (r, w) in shared.pipes.values() {
         let _ = nix::unistd::close(*r);
         let _ = nix::unistd::close(*w);
     }
-    for fd in shared.fifos.values().chain(shared.sockets.values()) {
-        let _ = nix::unistd::close(*fd);
+    let open: std::collections::BTreeSet<RawFd> = shared
+        .fifos
+        .values()
+        .chain(shared.common.values())
+        .chain(shared.sockets.values())
+        .copied()
+        .collect();
+    for fd in open {
+        let _ = nix::unistd::close(fd);
     }
     for (id, fd) in &shared.shm {
         if !used.contains(id) {
@@ -1051,6 +1276,23 @@ fn setup_fds(
         }
     }
     Ok(())
+}
+
+/// The shared memory objects and deleted files `p` maps (or runs, for a
+/// deleted executable): kept open in it until its memory is rebuilt.
+fn shm_used(p: &Proc) -> Vec<u64> {
+    let mut used: Vec<u64> = p
+        .vmas
+        .iter()
+        .filter_map(|v| match v.backing {
+            Backing::SharedAnon { id, .. } | Backing::Ghost { id, .. } => Some(id),
+            _ => None,
+        })
+        .chain(p.exe_ghost)
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    used
 }
 
 /// open(2) flags to open a saved file again: without those that create or
@@ -1257,7 +1499,9 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
             Backing::Special { .. } => continue,
             Backing::Anon => {
                 let mut flags = anon;
-                if v.start <= p.mm.start_stack && p.mm.start_stack < v.end {
+                if procstate::grows_down(&v.advice)
+                    || (v.start <= p.mm.start_stack && p.mm.start_stack < v.end)
+                {
                     flags |= libc::MAP_GROWSDOWN as u64;
                 }
                 t.syscall_ok(
@@ -1335,6 +1579,40 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
                     ],
                 )?;
             }
+            Backing::SysvShm { shmid, readonly } => {
+                const SHM_RDONLY: u64 = 0o10000;
+                const SHM_EXEC: u64 = 0o100000;
+                let mut flags = if *readonly { SHM_RDONLY } else { 0 };
+                if v.prot & libc::PROT_EXEC as u32 != 0 {
+                    flags |= SHM_EXEC;
+                }
+                let at = t
+                    .syscall_ok(
+                        &base,
+                        "shmat",
+                        libc::SYS_shmat,
+                        [*shmid as u64, v.start, flags, 0, 0, 0],
+                    )
+                    .map_err(|e| rerr(pid, format!("SysV shared memory {shmid}: {e}")))?;
+                let mut given = libc::PROT_READ as u64;
+                if !*readonly {
+                    given |= libc::PROT_WRITE as u64;
+                }
+                if flags & SHM_EXEC != 0 {
+                    given |= libc::PROT_EXEC as u64;
+                }
+                if at != v.start {
+                    return Err(rerr(
+                        pid,
+                        format!(
+                            "SysV shared memory {shmid} attached at {at:#x}, not {:#x}",
+                            v.start
+                        ),
+                    ));
+                }
+                // mprotect'ed since it was attached: put right below.
+                prot = given;
+            }
             Backing::SharedAnon { id, offset } => {
                 let fd = shared
                     .shm
@@ -1399,13 +1677,8 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
                 [v.start, len, v.prot as u64, 0, 0, 0],
             )?;
         }
-    }
-    for (id, fd) in &shared.shm {
-        if p.vmas
-            .iter()
-            .any(|v| matches!(v.backing, Backing::SharedAnon { id: i, .. } | Backing::Ghost { id: i, .. } if i == *id))
-        {
-            t.syscall(&base, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
+        if !v.advice.is_empty() {
+            procstate::restore_advice(t, &base, v.start, v.end, &v.advice)?;
         }
     }
 
@@ -1420,7 +1693,10 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
     }
 
     // mm fields, auxv and exe link in one prctl(PR_SET_MM_MAP).
-    let exe_fd = if p.exe.exists() {
+    let exe_ghost = p.exe_ghost.and_then(|id| shared.shm.get(&id));
+    let exe_fd = if let Some(fd) = exe_ghost {
+        *fd as u32
+    } else if p.exe.exists() {
         let addr = put_str(t, &p.exe)?;
         t.syscall_ok(
             &base,
@@ -1443,10 +1719,15 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         libc::SYS_prctl,
         [PR_SET_MM, PR_SET_MM_MAP, map_addr, bytes.len() as u64, 0, 0],
     );
-    if exe_fd != u32::MAX {
+    if exe_fd != u32::MAX && exe_ghost.is_none() {
         t.syscall(&base, libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
     }
     r?;
+    for id in shm_used(p) {
+        if let Some(fd) = shared.shm.get(&id) {
+            t.syscall(&base, libc::SYS_close, [*fd as u64, 0, 0, 0, 0, 0])?;
+        }
+    }
     log::debug!("process {pid}: memory rebuilt");
     // The other threads, created by the leader while it still has the
     // restorer's privileges (clone3 with set_tid needs them).

@@ -406,6 +406,101 @@ pub fn flock(fd: std::os::fd::BorrowedFd, op: libc::c_int) -> nix::Result<()> {
     check(r as libc::c_long).map(drop)
 }
 
+/// prctl(2) with one argument, in the calling process.
+pub fn prctl(op: i32, arg: u64) -> nix::Result<()> {
+    // SAFETY: the options used take plain integers, no pointer.
+    let r = unsafe { libc::prctl(op, arg as libc::c_ulong, 0, 0, 0) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// pidfd_open(2), PIDFD_NONBLOCK with `nonblock`.
+pub fn pidfd_open(pid: i32, nonblock: bool) -> nix::Result<std::os::fd::OwnedFd> {
+    let flags = if nonblock { libc::O_NONBLOCK } else { 0 };
+    // SAFETY: plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    Ok(owned_fd(check(r)? as libc::c_int))
+}
+
+/// pidfd_open(2) of `pid` then pidfd_getfd(2) of its descriptor `fd`: a copy of
+/// that open file for the caller.
+pub fn fd_of(pid: i32, fd: i32) -> nix::Result<std::os::fd::OwnedFd> {
+    pidfd_getfd(&pidfd_open(pid, false)?, fd)
+}
+
+/// pidfd_getfd(2): a copy of descriptor `fd` of the process of `pidfd`.
+pub fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, fd: i32) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers; `pidfd` is open for the call.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    Ok(owned_fd(check(r)? as libc::c_int))
+}
+
+/// ioctl(FIONREAD): bytes ready to be read from `fd`.
+pub fn fionread(fd: &std::os::fd::OwnedFd) -> nix::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    check(r as libc::c_long).map(|_| n.max(0) as usize)
+}
+
+/// fcntl(F_SETLEASE).
+pub fn set_lease(fd: std::os::fd::BorrowedFd, how: libc::c_int) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers on a borrowed descriptor.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, how) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// struct f_owner_ex (fcntl.h).
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+const F_SETOWN_EX: libc::c_int = 15;
+const F_GETOWN_EX: libc::c_int = 16;
+const F_SETSIG: libc::c_int = 10;
+const F_GETSIG: libc::c_int = 11;
+
+/// fcntl(F_GETOWN_EX): (type, pid) of the owner of `fd`'s open file.
+pub fn get_owner(fd: &std::os::fd::OwnedFd) -> nix::Result<(i32, i32)> {
+    use std::os::fd::AsRawFd;
+    let mut o = FOwnerEx { kind: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one f_owner_ex into `o`.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut o) };
+    check(r as libc::c_long).map(|_| (o.kind, o.pid))
+}
+
+/// fcntl(F_SETOWN_EX) in the calling process.
+pub fn set_owner(fd: std::os::fd::BorrowedFd, kind: i32, pid: i32) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let o = FOwnerEx { kind, pid };
+    // SAFETY: F_SETOWN_EX reads one f_owner_ex from `o`.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &o) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// fcntl(F_GETSIG) / fcntl(F_SETSIG) with `set` (None: get).
+pub fn fd_signal(fd: std::os::fd::BorrowedFd, set: Option<i32>) -> nix::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integers on a borrowed descriptor.
+    let r = unsafe {
+        match set {
+            Some(sig) => libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig),
+            None => libc::fcntl(fd.as_raw_fd(), F_GETSIG),
+        }
+    };
+    check(r as libc::c_long).map(|r| r as i32)
+}
+
+/// shmctl(IPC_RMID).
+pub fn shm_rmid(id: i32) -> nix::Result<()> {
+    // SAFETY: IPC_RMID reads no buffer.
+    let r = unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    check(r as libc::c_long).map(drop)
+}
+
 /// An all-zero `struct flock`.
 pub fn zeroed_flock() -> libc::flock {
     // SAFETY: struct flock is plain integers; all-zero is a valid value.

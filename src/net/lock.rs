@@ -30,44 +30,36 @@ fn table(app: Option<u64>) -> String {
     }
 }
 
-/// Drops every packet in and out of the namespace of process `pid` (its
-/// loopback included) until [`unlock`].
-pub fn lock_namespace(pid: i32) -> Result<Lock, String> {
-    let ns = File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(|e| format!("cannot open the network namespace of process {pid}: {e}"))?;
-    let t = table(None);
+/// Makes table `t` with an input and an output chain of `policy` in the
+/// namespace `ns` (the caller's when None).
+fn create(ns: Option<File>, t: String, policy: &str) -> Result<Lock, String> {
     nft(
-        Some(&ns),
+        ns.as_ref(),
         &format!(
             "table inet {t} {{\n\
-             chain in {{ type filter hook input priority -400; policy drop; }}\n\
-             chain out {{ type filter hook output priority -400; policy drop; }}\n}}\n"
+             chain in {{ type filter hook input priority -400; policy {policy}; }}\n\
+             chain out {{ type filter hook output priority -400; policy {policy}; }}\n}}\n"
         ),
     )?;
     Ok(Lock {
-        ns: Some(ns),
+        ns,
         table: t,
         held: true,
     })
 }
 
-/// Drops the packets of connections `conns` (local, remote) in the caller's
-/// namespace, both ways; more can be added with [`Lock::add`].
+/// Drops every packet in and out of the namespace of process `pid` (its
+/// loopback included) until the lock is dropped.
+pub fn lock_namespace(pid: i32) -> Result<Lock, String> {
+    let ns = File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| format!("cannot open the network namespace of process {pid}: {e}"))?;
+    create(Some(ns), table(None), "drop")
+}
+
+/// A lock of application `app`'s connections in the caller's namespace, to
+/// which [`Lock::add`] adds each, both ways.
 pub fn lock_connections(app: u64) -> Result<Lock, String> {
-    let t = table(Some(app));
-    nft(
-        None,
-        &format!(
-            "table inet {t} {{\n\
-             chain in {{ type filter hook input priority -400; policy accept; }}\n\
-             chain out {{ type filter hook output priority -400; policy accept; }}\n}}\n"
-        ),
-    )?;
-    Ok(Lock {
-        ns: None,
-        table: t,
-        held: true,
-    })
+    create(None, table(Some(app)), "accept")
 }
 
 /// A lock in place; released when dropped unless [`Lock::keep`] was called.

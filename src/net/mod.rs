@@ -138,6 +138,34 @@ impl NetMode {
     }
 }
 
+/// Runs `f` in a thread that entered the network namespace `ns` (a thread of
+/// its own keeps the caller where it is; sockets made and commands spawned
+/// there belong to that namespace).
+pub fn in_netns<T: Send>(
+    ns: &File,
+    f: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("cannot enter a network namespace: {e}"))?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err("a thread in a network namespace panicked".into()))
+    })
+}
+
+/// [`in_netns`] in the network namespace of process `pid`.
+pub fn in_netns_of<T: Send>(
+    pid: i32,
+    f: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
+    let ns = File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| format!("cannot open the network namespace of process {pid}: {e}"))?;
+    in_netns(&ns, f)
+}
+
 /// Runs `program args` with `script` on its stdin, in the network namespace
 /// `ns` (the caller's when None); the error is the program's first line of
 /// complaint. A command spawned from a thread that entered a namespace is born
@@ -149,10 +177,6 @@ pub(crate) fn run_script(
     script: &str,
 ) -> Result<(), String> {
     let run = || -> Result<(), String> {
-        if let Some(ns) = ns {
-            nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("cannot enter a network namespace: {e}"))?;
-        }
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
@@ -176,11 +200,7 @@ pub(crate) fn run_script(
         ))
     };
     match ns {
-        Some(_) => std::thread::scope(|s| {
-            s.spawn(run)
-                .join()
-                .unwrap_or_else(|_| Err(format!("{program}: panic")))
-        }),
+        Some(ns) => in_netns(ns, run),
         None => run(),
     }
 }

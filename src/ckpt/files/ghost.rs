@@ -2,8 +2,9 @@
 //! (`/path (deleted)`) and memfds (`/memfd:NAME (deleted)`, memfd_create(2)).
 //! Their content is saved with the image (holes stay holes, SEEK_DATA /
 //! SEEK_HOLE), up to a size limit; restart creates one unnamed file per object
-//! in the init (O_TMPFILE in the file's old directory, or a memfd with its
-//! name and seals), and every descriptor and mapping is made from it.
+//! in the init (under its old name, removed at once; O_TMPFILE in the file's
+//! old directory when that name is taken; or a memfd with its name and seals),
+//! and every descriptor and mapping is made from it.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -49,6 +50,14 @@ pub fn create(g: &Ghost) -> nix::Result<OwnedFd> {
     let dir = g.path.parent().unwrap_or(Path::new("/"));
     let mode = Mode::from_bits_truncate(g.mode);
     use nix::fcntl::OFlag;
+    // Under its old name, removed at once, so that /proc shows that name with
+    // " (deleted)" as before; when that name is taken again, nameless.
+    let excl = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+    if let Ok(fd) = nix::fcntl::open(&g.path, excl, mode) {
+        if std::fs::remove_file(&g.path).is_ok() {
+            return Ok(fd);
+        }
+    }
     match nix::fcntl::open(dir, OFlag::O_TMPFILE | OFlag::O_RDWR, mode) {
         Ok(fd) => Ok(fd),
         // No O_TMPFILE on that filesystem (or the directory is gone): a name
@@ -73,4 +82,14 @@ pub fn seal(fd: impl AsFd, g: &Ghost) -> nix::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// A read-only open file of the same unnamed inode as `fd`.
+pub fn read_only(fd: &OwnedFd) -> nix::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    nix::fcntl::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
 }

@@ -2,12 +2,21 @@
 //! … f_handle:`), the watched inode found again with open_by_handle_at(2) on
 //! a mount of its filesystem; restored with the same watch descriptors
 //! (INOTIFY_IOC_SETNEXTWD before each inotify_add_watch(2)). Events queued but
-//! not read yet are not saved.
+//! not read yet cannot be read without taking them from the application: such
+//! an inotify instance is refused ([`queued`]), never restored without them.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use super::FdInfo;
+
+/// Bytes of events queued and not read yet in descriptor `fd` of process
+/// `host` (FIONREAD on a copy of it); 0 when it cannot be asked.
+pub fn queued(host: i32, fd: i32) -> usize {
+    crate::ckpt::sys::fd_of(host, fd)
+        .and_then(|copy| crate::ckpt::sys::fionread(&copy))
+        .unwrap_or(0)
+}
 
 /// (wd, mask, path) of every watch; Err says which one cannot be saved.
 pub fn dump(info: &FdInfo) -> Result<Vec<(i32, u32, PathBuf)>, String> {

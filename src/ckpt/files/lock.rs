@@ -1,7 +1,7 @@
 //! File locks held through a descriptor: flock(2), POSIX record locks
-//! (fcntl F_SETLK, owned by the process) and open file description locks
-//! (F_OFD_SETLK), from the `lock:` lines of fdinfo (proc(5), /proc/locks
-//! format). They are taken again by the restored process itself, without
+//! (fcntl F_SETLK, owned by the process), open file description locks
+//! (F_OFD_SETLK) and leases (F_SETLEASE; one being broken is refused), from
+//! the `lock:` lines of fdinfo (proc(5), /proc/locks format). They are taken again by the restored process itself, without
 //! waiting: a lock someone else took meanwhile makes the restart fail.
 
 use std::os::fd::BorrowedFd;
@@ -22,9 +22,13 @@ pub fn dump(info: &FdInfo) -> Result<Vec<FileLock>, String> {
             Some("FLOCK") => LockKind::Flock,
             Some("POSIX") => LockKind::Posix,
             Some("OFDLCK") => LockKind::Ofd,
+            Some("LEASE") => LockKind::Lease,
             other => return Err(format!("a {} lock", other.unwrap_or("strange"))),
         };
-        let _mandatory = it.next();
+        let state = it.next();
+        if kind == LockKind::Lease && state != Some("ACTIVE") {
+            return Err("a lease being broken (another process opened the file)".into());
+        }
         let write = match it.next() {
             Some("WRITE") => true,
             Some("READ") => false,
@@ -61,6 +65,14 @@ pub fn restore(fd: BorrowedFd, l: &FileLock) -> nix::Result<()> {
             libc::LOCK_SH
         };
         return crate::ckpt::sys::flock(fd, op | libc::LOCK_NB);
+    }
+    if l.kind == LockKind::Lease {
+        let how = if l.write {
+            libc::F_WRLCK
+        } else {
+            libc::F_RDLCK
+        };
+        return crate::ckpt::sys::set_lease(fd, how);
     }
     let mut fl: libc::flock = crate::ckpt::sys::zeroed_flock();
     fl.l_type = if l.write {
@@ -102,6 +114,11 @@ mod tests {
         let lease = FdInfo {
             text: "lock:\t1: LEASE  ACTIVE    READ 1 fe:00:1 0 EOF\n",
         };
-        assert!(dump(&lease).is_err());
+        let l = dump(&lease).unwrap();
+        assert_eq!((l[0].kind, l[0].write), (LockKind::Lease, false));
+        let breaking = FdInfo {
+            text: "lock:\t1: LEASE  BREAKING  UNLCK 1 fe:00:1 0 EOF\n",
+        };
+        assert!(dump(&breaking).unwrap_err().contains("being broken"));
     }
 }

@@ -3,11 +3,15 @@
 //! /proc/PID/fdinfo (proc(5)); restore runs inside the rebuilt process itself,
 //! before its memory is replaced, so every object is created by its owner.
 
+pub mod anon;
 pub mod epoll;
 pub mod eventfd;
 pub mod ghost;
 pub mod inotify;
 pub mod lock;
+pub mod owner;
+pub mod pidfd;
+pub mod refused;
 pub mod signalfd;
 pub mod timerfd;
 

@@ -6,10 +6,8 @@
 //! read here directly.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::sched::CloneFlags;
 use nix::sys::socket::{
     recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
@@ -60,24 +58,15 @@ fn u32_at(b: &[u8], i: usize) -> Option<u32> {
 
 /// A netlink diagnostics socket in the network namespace of process `pid`.
 fn diag_socket(pid: i32) -> Result<OwnedFd, String> {
-    let ns = File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(|e| format!("cannot open the network namespace of process {pid}: {e}"))?;
-    // A socket stays in the namespace it was made in; a thread enters it so
-    // that the caller does not.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("cannot enter the network namespace of {pid}: {e}"))?;
-            socket(
-                AddressFamily::Netlink,
-                SockType::Raw,
-                SockFlag::SOCK_CLOEXEC,
-                SockProtocol::NetlinkSockDiag,
-            )
-            .map_err(|e| format!("cannot open a socket diagnostics channel: {e}"))
-        })
-        .join()
-        .unwrap_or_else(|_| Err("socket diagnostics: panic".into()))
+    // A socket stays in the namespace it was made in.
+    crate::net::in_netns_of(pid, || {
+        socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )
+        .map_err(|e| format!("cannot open a socket diagnostics channel: {e}"))
     })
 }
 

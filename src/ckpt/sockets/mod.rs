@@ -9,6 +9,7 @@
 //! about Unix sockets.
 
 pub mod diag;
+mod netlink;
 mod opts;
 mod queue;
 mod sys;
@@ -38,6 +39,10 @@ pub enum Addr {
     /// An abstract name without its leading NUL, as bytes (hex).
     UnixAbstract(String),
     Inet(SocketAddr),
+    /// A netlink socket's multicast groups (its port id is the kernel's).
+    Netlink {
+        groups: u32,
+    },
 }
 
 impl Addr {
@@ -83,6 +88,7 @@ impl Addr {
                 sys::unix_storage(&UnixAddr::new_abstract(&b).map_err(|e| e.to_string())?)
             }
             Addr::Inet(a) => SockaddrStorage::from(*a),
+            Addr::Netlink { .. } => return Err(bad()),
         })
     }
 
@@ -105,6 +111,7 @@ impl std::fmt::Display for Addr {
                 String::from_utf8_lossy(&from_hex(h).unwrap_or_default())
             ),
             Addr::Inet(a) => write!(f, "{a}"),
+            Addr::Netlink { groups } => write!(f, "groups {groups:#x}"),
         }
     }
 }
@@ -163,6 +170,10 @@ pub struct SocketImg {
     /// An established TCP connection.
     #[serde(default)]
     pub tcp: Option<tcp::Conn>,
+    /// A ping socket: net.ipv4.ping_group_range of its namespace, which
+    /// decides who may make one.
+    #[serde(default)]
+    pub ping_groups: Option<String>,
 }
 
 /// Stores a data file of the image: (name, bytes) -> its record.
@@ -266,6 +277,7 @@ impl Dumper {
             queue: Vec::new(),
             data: (0, 0),
             tcp: None,
+            ping_groups: None,
         };
         let mut fds = Vec::new();
         let bytes = match (domain, stype, protocol) {
@@ -283,6 +295,19 @@ impl Dumper {
             }
             (libc::AF_INET | libc::AF_INET6, libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => {
                 udp::dump(&fd, &mut img)?
+            }
+            (
+                libc::AF_INET | libc::AF_INET6,
+                libc::SOCK_DGRAM,
+                libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6,
+            ) => udp::dump_ping(&fd, &mut img, self.ns_pid)?,
+            (libc::AF_NETLINK, _, _) => netlink::dump(&fd, &mut img)?,
+            (libc::AF_INET | libc::AF_INET6, _, libc::IPPROTO_MPTCP) => {
+                return Err("an MPTCP socket (not saved)".into())
+            }
+            (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM, libc::IPPROTO_SCTP)
+            | (libc::AF_INET | libc::AF_INET6, libc::SOCK_SEQPACKET, _) => {
+                return Err("an SCTP socket (not saved)".into())
             }
             _ => {
                 return Err(format!(
@@ -384,6 +409,7 @@ pub fn restore_all(
     blob: Option<&Blob>,
     app: u64,
     host_net: bool,
+    tcp_close: bool,
     open_other: OpenOther,
 ) -> Result<HashMap<u64, OwnedFd>, String> {
     let all = match blob {
@@ -409,6 +435,9 @@ pub fn restore_all(
                     made.insert(s.id, fd);
                 }
             }
+            (libc::AF_NETLINK, _) => {
+                made.insert(s.id, netlink::create(s)?);
+            }
             _ => {
                 made.insert(s.id, udp::create(s)?);
             }
@@ -417,7 +446,7 @@ pub fn restore_all(
     unix::connect_all(socks, &mut made)?;
     let conns: Vec<&SocketImg> = socks.iter().filter(|s| s.tcp.is_some()).collect();
     for s in &conns {
-        let fd = tcp::create_repaired(s, read_data(s)?)?;
+        let fd = tcp::create_repaired(s, read_data(s)?, tcp_close)?;
         made.insert(s.id, fd);
     }
     for s in socks {
@@ -436,7 +465,7 @@ pub fn restore_all(
         crate::net::lock::unlock_app(app);
     }
     for s in &conns {
-        tcp::release(made[&s.id].as_fd(), s, read_data(s)?)?;
+        tcp::release(made[&s.id].as_fd(), s, read_data(s)?, tcp_close)?;
     }
     for s in socks {
         if let Some(fd) = made.get(&s.id) {
@@ -454,7 +483,9 @@ pub fn describe(s: &SocketImg) -> String {
         (libc::AF_UNIX, libc::SOCK_STREAM) => "unix stream",
         (libc::AF_UNIX, libc::SOCK_DGRAM) => "unix datagram",
         (libc::AF_UNIX, _) => "unix seqpacket",
+        (libc::AF_NETLINK, _) => "netlink route",
         (_, libc::SOCK_STREAM) => "tcp",
+        _ if s.ping_groups.is_some() => "ping",
         _ => "udp",
     };
     match (&s.local, &s.peer) {

@@ -85,3 +85,20 @@ pub fn unix_storage(u: &nix::sys::socket::UnixAddr) -> nix::sys::socket::Sockadd
     unsafe { nix::sys::socket::SockaddrStorage::from_raw(u.as_ptr().cast(), Some(u.len())) }
         .expect("a Unix address fits the storage")
 }
+
+/// connect(2) to AF_UNSPEC: dissolves a connection (a TCP one with a reset).
+pub fn disconnect(fd: BorrowedFd) -> nix::Result<()> {
+    let sa = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: `sa` is a valid sockaddr of the size passed.
+    check(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &sa,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}

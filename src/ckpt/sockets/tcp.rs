@@ -95,6 +95,16 @@ pub fn dump(fd: &OwnedFd, img: &mut SocketImg, d: &mut Dumper) -> Result<Vec<u8>
     let info = sys::getsockopt(f, libc::IPPROTO_TCP, libc::TCP_INFO, 104)
         .map_err(|e| format!("TCP_INFO: {e}"))?;
     let state = info.first().copied().unwrap_or(0);
+    const TCP_ULP: i32 = 31;
+    let ulp = sys::getsockopt(f, libc::IPPROTO_TCP, TCP_ULP, 16).unwrap_or_default();
+    let ulp = String::from_utf8_lossy(&ulp)
+        .trim_end_matches('\0')
+        .to_string();
+    if !ulp.is_empty() {
+        return Err(format!(
+            "a TCP socket with the {ulp} upper-layer protocol (not saved)"
+        ));
+    }
     match state {
         STATE_LISTEN => {
             img.state = State::Listening {
@@ -233,7 +243,9 @@ fn send_all(fd: BorrowedFd, data: &[u8]) -> nix::Result<()> {
 }
 
 /// The connection of `s` again, still in repair mode, both queues refilled.
-pub fn create_repaired(s: &SocketImg, data: &[u8]) -> Result<OwnedFd, String> {
+/// `closing`: it is only made to be reset, maybe where its address is not
+/// (restart --tcp-close).
+pub fn create_repaired(s: &SocketImg, data: &[u8], closing: bool) -> Result<OwnedFd, String> {
     let c = s.tcp.as_ref().ok_or("not a connection")?;
     let (Some(local), Some(peer)) = (inet(&s.local), inet(&s.peer)) else {
         return Err(format!("{}: no addresses", describe(s)));
@@ -249,18 +261,19 @@ pub fn create_repaired(s: &SocketImg, data: &[u8]) -> Result<OwnedFd, String> {
         opts::restore_early(f, &s.opts)?;
     }
     tcp(TCP_REPAIR, 1, "TCP_REPAIR")?;
-    tcp(TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
-    tcp(
-        TCP_QUEUE_SEQ,
-        c.rcv_seq.wrapping_sub(c.inq) as i32,
-        "TCP_QUEUE_SEQ",
-    )?;
-    tcp(TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
-    tcp(
-        TCP_QUEUE_SEQ,
-        c.snd_seq.wrapping_sub(c.outq) as i32,
-        "TCP_QUEUE_SEQ",
-    )?;
+    // Each queue starts where its saved bytes begin.
+    for (queue, seq) in [
+        (TCP_RECV_QUEUE, c.rcv_seq.wrapping_sub(c.inq)),
+        (TCP_SEND_QUEUE, c.snd_seq.wrapping_sub(c.outq)),
+    ] {
+        tcp(TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE")?;
+        tcp(TCP_QUEUE_SEQ, seq as i32, "TCP_QUEUE_SEQ")?;
+    }
+    if closing {
+        let _ = sys::set_int(f, libc::SOL_IP, libc::IP_FREEBIND, 1);
+        let _ = sys::set_int(f, libc::SOL_IP, libc::IP_TRANSPARENT, 1);
+        let _ = sys::set_int(f, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1);
+    }
     bind(fd.as_raw_fd(), &Addr::Inet(local).to_storage()?).map_err(e("bind"))?;
     connect(fd.as_raw_fd(), &Addr::Inet(peer).to_storage()?).map_err(e("connect"))?;
     let mut ropts: Vec<u8> = Vec::new();
@@ -305,9 +318,16 @@ pub fn create_repaired(s: &SocketImg, data: &[u8]) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// Lets a rebuilt connection talk, and sends what had not gone out yet.
-pub fn release(fd: BorrowedFd, s: &SocketImg, data: &[u8]) -> Result<(), String> {
+/// Lets a rebuilt connection talk, and sends what had not gone out yet; or,
+/// `closing`, resets it: the peer gets a reset, the application ECONNRESET.
+pub fn release(fd: BorrowedFd, s: &SocketImg, data: &[u8], closing: bool) -> Result<(), String> {
     let Some(c) = &s.tcp else { return Ok(()) };
+    if closing {
+        const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+        sys::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+            .map_err(|e| format!("{}: leave repair mode: {e}", describe(s)))?;
+        return sys::disconnect(fd).map_err(|e| format!("{}: reset: {e}", describe(s)));
+    }
     leave_repair(fd).map_err(|e| format!("{}: leave repair mode: {e}", describe(s)))?;
     let start = (c.inq + c.outq - c.unsent.min(c.outq)) as usize;
     let unsent = data.get(start..(c.inq + c.outq) as usize).unwrap_or(&[]);

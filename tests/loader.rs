@@ -228,7 +228,8 @@ fn jsdl_job_runs_in_a_container_as_the_user_with_its_limits() {
 }
 
 /// Test 1, the fork bomb: it stops at ProcessCountLimit, and the wall-clock
-/// watchdog ends the container.
+/// watchdog ends the container. (The job's shell forks once, before the bomb
+/// can take every pid, then execs.)
 #[test]
 fn fork_bomb_stops_at_the_limit_and_the_watchdog_ends_it() {
     let env = Env::new();
@@ -239,7 +240,7 @@ fn fork_bomb_stops_at_the_limit_and_the_watchdog_ends_it() {
         "bomb.jsdl",
         "<jsdl-posix:Executable>/bin/sh</jsdl-posix:Executable>\
          <jsdl-posix:Argument>-c</jsdl-posix:Argument>\
-         <jsdl-posix:Argument>b() { b | b &amp; }; b; exec sleep 30</jsdl-posix:Argument>\
+         <jsdl-posix:Argument>b() { b | b &amp; }; b &amp; exec sleep 30</jsdl-posix:Argument>\
          <jsdl-posix:ProcessCountLimit>20</jsdl-posix:ProcessCountLimit>\
          <jsdl-posix:WallTimeLimit>2</jsdl-posix:WallTimeLimit>",
         "<Checkpointer>container</Checkpointer>",
@@ -1060,13 +1061,16 @@ fn a_container_with_a_veth_pair() {
     assert!(text.contains("inet 10.213.77.2/24"), "{text}");
 }
 
-/// A native unit (no container) killed by a checkpoint reports nothing: its
-/// end is not the job's (a report would wait here for a listener).
+/// A native unit (no container) killed by a checkpoint reports nothing (its
+/// end is not the job's: a report would wait here for a listener); restarted
+/// on another node it reports its end there.
 #[test]
-fn a_native_unit_killed_by_a_checkpoint_reports_nothing() {
+fn a_native_unit_killed_by_a_checkpoint_reports_at_its_restart() {
     let env = Env::new();
+    let node2 = env.sibling();
     let ck = tempfile::tempdir().unwrap();
     let addr = format!("unix:{}", env.state.path().join("nobody.sock").display());
+    let flag = env.state.path().join("flag");
     let a = submit(
         &env,
         &[
@@ -1077,12 +1081,22 @@ fn a_native_unit_killed_by_a_checkpoint_reports_nothing() {
             "--notify",
             &addr,
             "--",
-            "sleep",
-            "60",
+            "sh",
+            "-c",
+            &wait_for(&flag, 5),
         ],
     );
     xcheckpoint_kill(&env, ck.path(), "nj");
     wait_gone(&env, a);
+    let addr2 = format!("unix:{}", node2.state.path().join("aem.sock").display());
+    let mut l = Listener::start(&node2, &addr2, 1);
+    xrestart(&node2, ck.path(), &["nj", "1", "--notify", &addr2]);
+    assert_eq!(status(&node2, a).unwrap()["container"], false);
+    std::fs::write(&flag, "").unwrap();
+    let r = expect_end(&mut l, a, 5);
+    assert!(r["container"].is_null(), "{r}");
+    wait_gone(&node2, a);
+
     let b = submit(
         &env,
         &[

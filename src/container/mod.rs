@@ -47,6 +47,8 @@ pub const OPENVZ_TEMPLATE_DIR: &str = "/var/lib/vz/template/cache";
 pub const TEMPLATE_DIR_ENV: &str = "XOS_TEMPLATE_DIR";
 
 const UNIT_MAGIC: &str = "xos-unit";
+/// A unit's record, in its directory (and in the image of a native unit).
+pub const UNIT_FILE: &str = "unit.json";
 const UNIT_FORMAT: u32 = 1;
 
 /// The user a job runs as.
@@ -129,13 +131,13 @@ pub fn unit_dir(state: &Path, id: u32) -> PathBuf {
 
 /// Writes `unit.json` of a unit.
 pub fn save_record(state: &Path, rec: &UnitRecord) -> Result<(), PathError> {
+    save_record_at(&unit_dir(state, rec.id).join(UNIT_FILE), rec)
+}
+
+/// Writes a `unit.json` at `path`.
+pub fn save_record_at(path: &Path, rec: &UnitRecord) -> Result<(), PathError> {
     let body = serde_json::to_vec_pretty(rec).expect("serializable");
-    fsutil::write_checked(
-        &unit_dir(state, rec.id).join("unit.json"),
-        UNIT_MAGIC,
-        UNIT_FORMAT,
-        &body,
-    )
+    fsutil::write_checked(path, UNIT_MAGIC, UNIT_FORMAT, &body)
 }
 
 /// Reads `unit.json` of unit `id`.
@@ -143,7 +145,7 @@ pub fn load_record(state: &Path, id: u32) -> Result<UnitRecord, ContainerError> 
     if !unit_dir(state, id).is_dir() {
         return Err(ContainerError::NoSuchUnit(id));
     }
-    load_record_at(&unit_dir(state, id).join("unit.json"))
+    load_record_at(&unit_dir(state, id).join(UNIT_FILE))
 }
 
 /// Reads a `unit.json`.
@@ -192,6 +194,28 @@ pub fn reserve_id(state: &Path) -> Result<u32, PathError> {
             Err(e) if e.errno() == Some(libc::EEXIST) => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// How long a restart waits for the unit of the same id that its image was
+/// taken from with --kill on this node to be removed by its supervisor.
+const OLD_UNIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reserves id `id` again for a restart: free, or held by the unit this
+/// very image was taken from with --kill, whose supervisor is removing it.
+pub fn reserve_again(state: &Path, id: u32) -> Result<(), ContainerError> {
+    let start = std::time::Instant::now();
+    loop {
+        match reserve(state, id) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.errno() != Some(libc::EEXIST) => return Err(e.into()),
+            Err(_) => {}
+        }
+        let leaving = unit_dir(state, id).join(unit::NO_REPORT).exists();
+        if !leaving || start.elapsed() > OLD_UNIT_TIMEOUT {
+            return Err(ContainerError::InUse(id));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

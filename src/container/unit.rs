@@ -457,6 +457,51 @@ pub fn checkpoint_kill<T, E>(
     r
 }
 
+/// The job unit without a container that application `app` of `state`
+/// runs: the native checkpointer keeps its record in the image
+/// ([`super::save_record_at`] `dir/unit.json`), so that a restart reports its
+/// end too ([`from_image`]).
+pub fn native_unit_of(state: &Path, app: u64) -> Option<UnitRecord> {
+    super::unit_ids(state)
+        .into_iter()
+        .filter_map(|id| super::load_record(state, id).ok())
+        .find(|r| r.app == Some(app) && !r.container)
+}
+
+/// The job unit without a container whose image is `dir` (when it is one),
+/// recreated in `registry`'s state directory with its id, reporting to
+/// `notify` (else where it did): what its init sets up. If the restart
+/// fails, the caller removes [`super::unit_dir`] of it.
+pub fn from_image(
+    registry: &Registry,
+    dir: &Path,
+    notify: Option<String>,
+) -> Result<Option<UnitSetup>> {
+    let path = dir.join(super::UNIT_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let old = super::load_record_at(&path)?;
+    let state = registry.root();
+    super::reserve_again(state, old.id)?;
+    let rec = UnitRecord {
+        app: None,
+        notify: notify.or(old.notify.clone()),
+        ..old
+    };
+    if let Err(e) = super::save_record(state, &rec) {
+        let _ = std::fs::remove_dir_all(super::unit_dir(state, rec.id));
+        return Err(e.into());
+    }
+    Ok(Some(UnitSetup {
+        id: rec.id,
+        wall_time: rec.limits.wall_time,
+        cpu_time: rec.limits.cpu_time,
+        dir: super::unit_dir(state, rec.id),
+        ..UnitSetup::default()
+    }))
+}
+
 /// Called by the unit's supervisor once the unit has ended (`code`: its
 /// init's exit status): reports the end to the notify address, retrying
 /// while the listener is away (the report waits in the unit's directory),

@@ -38,9 +38,6 @@ const META_FORMAT: u32 = 1;
 const NATIVE_DIR: &str = "native";
 /// The root filesystem of a container made from a template (its own copy).
 const ROOT_ARCHIVE: &str = "root.tar";
-/// How long a restart waits for the old supervisor of the same container id
-/// (checkpointed with --kill on this node) to remove it.
-const OLD_UNIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `container.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +58,14 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> GcpError {
     GcpError::BadImage {
         path: path.to_path_buf(),
         reason: reason.to_string(),
+    }
+}
+
+/// A container this node cannot take (its id in use).
+fn unavailable(e: container::ContainerError) -> GcpError {
+    GcpError::Unavailable {
+        backend: CONTAINER.to_string(),
+        why: e.to_string(),
     }
 }
 
@@ -133,30 +138,6 @@ impl Container {
         .expect("serializable");
         fsutil::write_checked(&dir.join(META), META_MAGIC, META_FORMAT, &body)?;
         Ok(())
-    }
-
-    /// Reserves the container id on this node: free, or held by the
-    /// container this very image was taken from with --kill, whose
-    /// supervisor is removing it.
-    fn reserve(&self, state: &Path, id: u32) -> Result<()> {
-        let start = std::time::Instant::now();
-        loop {
-            match container::reserve(state, id) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.errno() != Some(libc::EEXIST) => return Err(e.into()),
-                Err(_) => {}
-            }
-            let leaving = container::unit_dir(state, id)
-                .join(unit::NO_REPORT)
-                .exists();
-            if !leaving || start.elapsed() > OLD_UNIT_TIMEOUT {
-                return Err(GcpError::Unavailable {
-                    backend: CONTAINER.to_string(),
-                    why: container::ContainerError::InUse(id).to_string(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -258,7 +239,7 @@ pub fn prepare_restart(
     let meta = read_meta(dir)?;
     let state = registry.root();
     let id = meta.unit.id;
-    Container.reserve(state, id)?;
+    container::reserve_again(state, id).map_err(unavailable)?;
     let udir = container::unit_dir(state, id);
     let mut rec = UnitRecord {
         app: None,
@@ -276,7 +257,7 @@ pub fn prepare_restart(
         }
         container::save_record(state, &rec)?;
         for (pid, m) in &meta.members {
-            Container.reserve(state, m.id)?;
+            container::reserve_again(state, m.id).map_err(unavailable)?;
             // Recorded first: undo_restart finds it there.
             container::members::record(&udir, *pid, m.id)?;
             container::save_record(

@@ -49,6 +49,8 @@ impl Checkpointer for Native {
         if frozen_here {
             unit.cgroup.freeze(opts.timeout)?;
         }
+        // Read before a --kill makes its supervisor remove it.
+        let loader_unit = crate::container::unit::native_unit_of(state, unit.id);
         let ipc_tmp = dir.with_file_name(format!(
             ".{}.ipc.tmp",
             dir.file_name().unwrap_or_default().to_string_lossy()
@@ -66,6 +68,9 @@ impl Checkpointer for Native {
         let moved = result.and_then(|mut img| {
             let to = dir.join(IPC_DIR);
             std::fs::rename(&ipc_tmp, &to).map_err(|e| PathError::new("rename into", &to, e))?;
+            if let Some(r) = &loader_unit {
+                crate::container::save_record_at(&dir.join(crate::container::UNIT_FILE), r)?;
+            }
             img.bytes = super::meta::tree_size(dir);
             Ok(img)
         });
@@ -88,8 +93,18 @@ impl Checkpointer for Native {
 
     fn restart(&self, registry: &Registry, dir: &Path, opts: &RestartOptions) -> Result<Restarted> {
         self.verify(dir)?;
-        let spec = restart_spec(dir, opts)?;
-        Ok(match app::launch_detached(registry, &spec)? {
+        let mut spec = restart_spec(dir, opts)?;
+        // A job unit of xos-loader: it reports its end again.
+        spec.unit = crate::container::unit::from_image(registry, dir, opts.notify.clone())
+            .map_err(|e| GcpError::BadImage {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let launched = app::launch_detached(registry, &spec);
+        if let (Err(_), Some(u)) = (&launched, &spec.unit) {
+            let _ = std::fs::remove_dir_all(crate::container::unit_dir(registry.root(), u.id));
+        }
+        Ok(match launched? {
             Detached::Started(id) => Restarted::Started(id),
             Detached::ChildExit(c) => Restarted::ChildExit(c),
         })

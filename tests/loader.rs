@@ -877,6 +877,21 @@ fn units_of_one_job_share_its_container() {
         &loader(&env, &["destroy", &c.to_string()]),
         "destroy a unit",
     );
+    // A limit of the whole unit cannot be one joining unit's.
+    let f = jsdl(
+        d,
+        "mj.jsdl",
+        "<jsdl-posix:Executable>/bin/true</jsdl-posix:Executable>\
+         <jsdl-posix:MemoryLimit>1000000</jsdl-posix:MemoryLimit>",
+        "<Checkpointer>OpenVZ</Checkpointer>",
+    );
+    let o = loader(&env, &["submit", "--jsdl", f.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("MemoryLimit"),
+        "{}",
+        show(&o)
+    );
     assert!(status(&env, c).is_none());
     assert_eq!(status(&env, a).unwrap()["state"], "running");
 

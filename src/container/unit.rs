@@ -360,6 +360,25 @@ fn join_container(
             ct.id
         )));
     }
+    // The container's group and watchdog are its first unit's: a limit of
+    // the whole unit cannot be honoured for a unit that joins it.
+    let l = &spec.limits;
+    for (element, set) in [
+        ("MemoryLimit", l.memory.is_some()),
+        ("ProcessCountLimit", l.process_count.is_some()),
+        ("ThreadCountLimit", l.thread_count.is_some()),
+        ("WallTimeLimit", l.wall_time.is_some()),
+        ("CPUTimeLimit", l.cpu_time.is_some()),
+    ] {
+        if set {
+            return Err(ContainerError::Invalid(format!(
+                "job {} runs in container {} already: {element} cannot apply to one more \
+                 unit in it (the container's limits are its first unit's)",
+                ct.job.as_deref().unwrap_or("-"),
+                ct.id
+            )));
+        }
+    }
     let state = registry.root();
     let id = super::reserve_id(state)?;
     let dir = super::unit_dir(state, id);

@@ -310,8 +310,11 @@ fn cpu_seconds() -> f64 {
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
+    // The /proc of a unit for CRIU is the host's: only this PID namespace counts.
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let ours = ns("self");
     for pid in crate::fsutil::numbered_entries::<i32>(Path::new("/proc")) {
-        if pid == 1 {
+        if pid == 1 || ours.is_none() || ns(&pid.to_string()) != ours {
             continue;
         }
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

@@ -31,7 +31,9 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// The loader's state in the init.
 #[derive(Debug)]
 pub struct Loader {
-    status: File,
+    /// Where the job's end is written, and the file when opened ahead.
+    status_path: PathBuf,
+    status: Option<File>,
     started: Instant,
     wall: Option<u64>,
     cpu: Option<u64>,
@@ -48,21 +50,17 @@ pub struct Loader {
 /// and nothing is mounted). `image`: the directory of the image the init
 /// restores afterwards.
 pub fn setup(u: &UnitSetup, mounts: bool, image: Option<&Path>) -> Result<Loader> {
-    // Opened before the root changes: it is on the host.
-    let status = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(u.dir.join(super::unit::STATUS))
-        .map_err(|e| {
-            format!(
-                "cannot open {}/{}: {e}",
-                u.dir.display(),
-                super::unit::STATUS
-            )
-        })?;
+    let status_path = u.dir.join(super::unit::STATUS);
+    // Opened now only when the root changes (it is on the host): a unit for
+    // CRIU must hold no file of the state directory, which CRIU would save.
+    let status = match (mounts, &u.rootfs) {
+        (true, Some(_)) => Some(
+            open_status(&status_path)
+                .map_err(|e| format!("cannot open {}: {e}", status_path.display()))?,
+        ),
+        _ => None,
+    };
+
     // Bound on the host, before the root changes.
     let control = u
         .container
@@ -121,6 +119,7 @@ pub fn setup(u: &UnitSetup, mounts: bool, image: Option<&Path>) -> Result<Loader
         nix::unistd::alarm::set(1);
     }
     Ok(Loader {
+        status_path,
         status,
         started: Instant::now(),
         wall: u.wall_time,
@@ -296,9 +295,26 @@ impl Loader {
             },
         };
         let body = serde_json::to_vec(&ending).expect("serializable");
-        let _ = self.status.write_all(&body);
-        let _ = self.status.sync_all();
+        let file = match self.status.take() {
+            Some(f) => Ok(f),
+            None => open_status(&self.status_path),
+        };
+        if let Ok(mut f) = file {
+            let _ = f.write_all(&body);
+            let _ = f.sync_all();
+        }
     }
+}
+
+/// The file of the job's end, created empty.
+fn open_status(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// CPU time (seconds) of the container: its reaped processes and the ones

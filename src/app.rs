@@ -1069,12 +1069,15 @@ fn adopt(registry: &Registry, spec: &LaunchSpec, start: ExternalStart<'_>) -> Re
         .and_then(|root| {
             let record = new_record(spec, id, &group, root)?;
             registry.save(&record)?;
+            if let Some(u) = &spec.unit {
+                crate::container::unit::started(registry.root(), u.id, id);
+            }
             Ok(Running {
                 record,
                 registry: registry.clone(),
                 init: root,
                 old_mask,
-                unit: None,
+                unit: spec.unit.as_ref().map(|u| (u.id, u.container)),
             })
         });
     if result.is_err() {

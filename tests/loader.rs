@@ -56,11 +56,21 @@ fn expect_end(l: &mut Listener, unit: u32, exit_status: i64) -> serde_json::Valu
     r
 }
 
+/// The criu binary: `$XOS_CRIU` (scripts/test.sh sets it), else the CRIU
+/// build beside the repository.
+fn criu() -> PathBuf {
+    std::env::var_os("XOS_CRIU")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/criu/criu"))
+}
+
 /// `xcheckpoint JOB --kill` on `node`, into checkpoint directory `ck`.
 fn xcheckpoint_kill(node: &Env, ck: &Path, job: &str) {
     let o = node
         .cmd("xcheckpoint")
         .env("XOS_CHECKPOINT_DIR", ck)
+        .env("XOS_CRIU", criu())
         .args([job, "--kill"])
         .output()
         .unwrap();
@@ -72,6 +82,7 @@ fn xrestart(node: &Env, ck: &Path, args: &[&str]) {
     let o = node
         .cmd("xrestart")
         .env("XOS_CHECKPOINT_DIR", ck)
+        .env("XOS_CRIU", criu())
         .args(args)
         .output()
         .unwrap();
@@ -1076,11 +1087,20 @@ fn a_container_with_a_veth_pair() {
     assert!(text.contains("inet 10.213.77.2/24"), "{text}");
 }
 
-/// A native unit (no container) killed by a checkpoint reports nothing (its
-/// end is not the job's: a report would wait here for a listener); restarted
-/// on another node it reports its end there.
+/// A unit without a container (native or CRIU) killed by a checkpoint
+/// reports nothing (its end is not the job's: a report would wait here for a
+/// listener); restarted on another node it reports its end there.
 #[test]
 fn a_native_unit_killed_by_a_checkpoint_reports_at_its_restart() {
+    unit_killed_by_a_checkpoint_reports_at_its_restart("native");
+}
+
+#[test]
+fn a_criu_unit_killed_by_a_checkpoint_reports_at_its_restart() {
+    unit_killed_by_a_checkpoint_reports_at_its_restart("criu");
+}
+
+fn unit_killed_by_a_checkpoint_reports_at_its_restart(backend: &str) {
     let env = Env::new();
     let node2 = env.sibling();
     let ck = tempfile::tempdir().unwrap();
@@ -1090,7 +1110,7 @@ fn a_native_unit_killed_by_a_checkpoint_reports_at_its_restart() {
         &env,
         &[
             "--checkpointer",
-            "native",
+            backend,
             "--job",
             "nj",
             "--notify",
@@ -1116,7 +1136,7 @@ fn a_native_unit_killed_by_a_checkpoint_reports_at_its_restart() {
         &env,
         &[
             "--checkpointer",
-            "native",
+            backend,
             "--notify",
             &addr,
             "--",

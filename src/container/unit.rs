@@ -521,6 +521,26 @@ pub fn from_image(
     }))
 }
 
+/// Restarts with `launch` the processes of image `dir`: when they are a job
+/// unit without a container ([`from_image`]), `launch` gets that unit to
+/// start with them, which is removed again if `launch` fails. `err` turns
+/// this module's errors into the caller's.
+pub fn restart_with_unit<T, E>(
+    registry: &Registry,
+    dir: &Path,
+    notify: Option<String>,
+    err: impl Fn(ContainerError) -> E,
+    launch: impl FnOnce(Option<UnitSetup>) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let unit = from_image(registry, dir, notify).map_err(&err)?;
+    let id = unit.as_ref().map(|u| u.id);
+    let r = launch(unit);
+    if let (Err(_), Some(id)) = (&r, id) {
+        let _ = std::fs::remove_dir_all(super::unit_dir(registry.root(), id));
+    }
+    r
+}
+
 /// Called by the unit's supervisor once the unit has ended (`code`: its
 /// init's exit status): reports the end to the notify address, retrying
 /// while the listener is away (the report waits in the unit's directory),

@@ -95,19 +95,28 @@ impl Checkpointer for Native {
         self.verify(dir)?;
         let mut spec = restart_spec(dir, opts)?;
         // A job unit of xos-loader: it reports its end again.
-        spec.unit = crate::container::unit::from_image(registry, dir, opts.notify.clone())
-            .map_err(|e| GcpError::BadImage {
-                path: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let launched = app::launch_detached(registry, &spec);
-        if let (Err(_), Some(u)) = (&launched, &spec.unit) {
-            let _ = std::fs::remove_dir_all(crate::container::unit_dir(registry.root(), u.id));
-        }
+        let launched = crate::container::unit::restart_with_unit(
+            registry,
+            dir,
+            opts.notify.clone(),
+            |e| bad_unit(dir, e),
+            |unit| {
+                spec.unit = unit;
+                Ok(app::launch_detached(registry, &spec)?)
+            },
+        );
         Ok(match launched? {
             Detached::Started(id) => Restarted::Started(id),
             Detached::ChildExit(c) => Restarted::ChildExit(c),
         })
+    }
+}
+
+/// The job unit of the image in `dir` cannot be made again.
+pub(super) fn bad_unit(dir: &Path, e: crate::container::ContainerError) -> GcpError {
+    GcpError::BadImage {
+        path: dir.join(crate::container::UNIT_FILE),
+        reason: e.to_string(),
     }
 }
 

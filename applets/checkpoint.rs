@@ -157,8 +157,9 @@ abstract names, unread data and descriptors in flight, shutdown state, options);
 a datagram socket connected to a path outside APP (/dev/log) is connected to it
 again at restart; a stream to a process outside APP makes -c fail unless
 --external-unix (APP then finds its peer gone). TCP (IPv4 and IPv6): listening
-sockets and established connections with sequence numbers, windows, options and
-unread and unacknowledged data (TCP_REPAIR); their traffic is held with nftables
+sockets and established or half-closed (FIN-WAIT, CLOSE-WAIT, LAST-ACK,
+CLOSING) connections with sequence numbers, windows, options and unread and
+unacknowledged data (TCP_REPAIR); their traffic is held with nftables
 (the nft program) from before they are read until the restart has rebuilt them:
 a private network namespace (krgcr-run --net private or veth) is held whole, in
 the host's namespace only APP's connections are, and peers see no reset. A
@@ -172,8 +173,7 @@ Still refused, each making -c fail with one line naming the process, the
 descriptor or mapping and what it is (APP keeps running, no version is
 written): netlink sockets other than NETLINK_ROUTE (and a route socket with
 replies not read yet), packet, SCTP, MPTCP and kernel-TLS sockets, TCP
-connections that are closing (FIN-WAIT, CLOSE-WAIT, LAST-ACK, CLOSING); seccomp
-filters; a changed root directory; io_uring
+connections still being set up (SYN-SENT, SYN-RECV); seccomp filters; a changed root directory; io_uring
 instances; perf events; bpf objects; userfaultfds; fanotify, KVM and other
 kernel objects the checkpointer does not know; pidfds of processes outside
 the application or of ended ones; /proc/PID/mem, pagemap or environ of another

@@ -16,9 +16,16 @@ pub fn version() -> &'static str {
 
 /// Logging through env_logger, quiet unless `RUST_LOG` says otherwise.
 pub fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .init();
+    // Times to the microsecond once someone asks for logs: they are read to
+    // see where an operation spends its time.
+    let asked = std::env::var_os("RUST_LOG").is_some();
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    if asked {
+        b.format_timestamp_micros();
+    } else {
+        b.format_timestamp(None);
+    }
+    b.init();
 }
 
 /// One line: the error and the causes its message does not already contain.

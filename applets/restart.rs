@@ -218,6 +218,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(v) => v,
         Err(e) => return failed(e),
     };
+    log::debug!("image of application {} loaded", a.app);
     if let Err(e) = ckpt::restore::verify(&dir, &img) {
         return failed(e);
     }

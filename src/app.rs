@@ -365,6 +365,7 @@ fn launch_closing(
 /// Allocates the application id (unless given) and creates its group, after
 /// removing what ended applications left.
 fn prepare_group(registry: &Registry, spec: &LaunchSpec) -> Result<(u64, Group)> {
+    log::debug!("making the application's cgroup");
     let layout = Layout::detect()?;
     let id = match spec.app_id {
         Some(id) => id,
@@ -589,7 +590,9 @@ fn start_in_group(
     }
     // The init reports a setup or exec failure on this pipe; end-of-file with
     // nothing written means the command was executed.
+    log::debug!("application {id}: init {child} released");
     let msg = read_init_report(File::from(err_r), group, spec.while_starting.as_ref());
+    log::debug!("application {id}: init reported");
     if !msg.is_empty() {
         return fail(decode_child_error(&msg, &spec.argv[0]));
     }
@@ -710,6 +713,7 @@ fn init_main(
             let _ = go.read(&mut byte);
         }
     };
+    log::debug!("init: namespaces and streams set up");
     let restored = spec.restore.as_ref().map(|(dir, img)| {
         let opts = crate::ckpt::restore::RestoreOptions {
             allow_changed_files: spec.allow_changed_files,

@@ -140,6 +140,38 @@ fn counter_continues_where_it_stopped() {
         .any(|l| l.starts_with(&format!("{v} "))));
 }
 
+#[test]
+fn a_detached_application_restarts_in_the_foreground() {
+    // Saved in the session and group of its init (krgcr-run --detach), it
+    // comes back in the caller's, where a foreground restart puts the init.
+    let env = Env::new();
+    let (id, out) = start(&env, "counter");
+    assert!(wait_until(T, || numbers(&out).len() >= 5));
+    let v = checkpoint_kill(&env, id);
+    let at_kill = assert_consecutive(&out);
+    let fg = env
+        .cmd("restart")
+        .args([&id.to_string(), &v.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let going = wait_until(T, || numbers(&out).len() as i64 >= at_kill + 10);
+    let o = env
+        .cmd("checkpoint")
+        .args(["-c", "--kill", &id.to_string()])
+        .output()
+        .unwrap();
+    let st = fg.wait_with_output().unwrap();
+    assert!(
+        going,
+        "no progress: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(assert_consecutive(&out) >= at_kill + 10);
+}
+
 /// `cycles` times: lets the program count on, checkpoints and kills it,
 /// restarts it; its output must count on without a gap or a repeat.
 fn cycles_keep_counting(env: &Env, id: u64, out: &Path, cycles: usize) {

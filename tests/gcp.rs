@@ -277,7 +277,7 @@ fn a_unit_that_cannot_be_checkpointed_leaves_no_version() {
     let out = tempfile::tempdir().unwrap();
     let fa = out.path().join("a");
     n1.counter("job-2", "native", &fa, "");
-    // The native checkpointer refuses sockets.
+    // The native checkpointer refuses packet sockets.
     let ready = out.path().join("ready");
     let s = n1.env.detach(&[
         "--job",
@@ -285,7 +285,7 @@ fn a_unit_that_cannot_be_checkpointed_leaves_no_version() {
         "python3",
         "-c",
         &format!(
-            "import socket, time\ns = socket.socket(socket.AF_UNIX)\nopen('{}', 'w').close()\ntime.sleep(1000)",
+            "import socket, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\nopen('{}', 'w').close()\ntime.sleep(1000)",
             ready.display()
         ),
     ]);

@@ -383,3 +383,101 @@ fn a_ping_socket_keeps_its_address_and_identifier() {
         &["before 0 1 b'xos'", "after 0 2 b'xos'", "same ident True"],
     );
 }
+
+/// The directory of the PostgreSQL server programs (Debian's postgresql package).
+fn postgres_bin() -> PathBuf {
+    let base = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(base)
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .filter(|b| b.join("postgres").exists())
+        .expect("PostgreSQL server programs (apt-get install postgresql)")
+}
+
+#[test]
+fn postgresql_with_a_client_in_the_middle_of_a_transaction() {
+    let env = Env::new();
+    let bin = postgres_bin();
+    let dir = env.state.path().join("pg");
+    std::fs::create_dir(&dir).unwrap();
+    let as_postgres = |cmd: &str| {
+        let o = Command::new("su")
+            .args(["postgres", "-s", "/bin/sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {}", show(&o));
+    };
+    // The state directory is root's; the server's files are the postgres user's.
+    std::fs::set_permissions(
+        env.state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    Command::new("chown")
+        .arg("postgres")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    as_postgres(&format!(
+        "{}/initdb -D {d}/data -A trust >/dev/null",
+        bin.display(),
+        d = dir.display()
+    ));
+    let out = dir.join("psql.out");
+    let script = dir.join("tx.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE TABLE t (x int);\nINSERT INTO t SELECT generate_series(1, 1000);\n\
+             BEGIN;\nINSERT INTO t VALUES (-1);\n\
+             \\! touch {d}/ready; while [ ! -e {d}/go ]; do sleep 0.05; done\n\
+             COMMIT;\nSELECT 'rows', count(*), min(x) FROM t;\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let server = format!(
+        "{b}/postgres -D {d}/data -k {d} -c listen_addresses=127.0.0.1 >{d}/server.log 2>&1 & \
+         until {b}/pg_isready -q -h 127.0.0.1; do sleep 0.1; done; \
+         psql -h 127.0.0.1 -U postgres -X -A -t -f {d}/tx.sql >{o} 2>&1",
+        b = bin.display(),
+        d = dir.display(),
+        o = out.display()
+    );
+    Command::new("chown")
+        .arg("postgres")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let id = env.detach(&[
+        "--net", "private", "su", "postgres", "-s", "/bin/sh", "-c", &server,
+    ]);
+    assert!(
+        wait_until(T, || dir.join("ready").exists()),
+        "{}",
+        common::read(dir.join("server.log"))
+    );
+    checkpoint_kill(&env, id, &[]);
+    restart(&env, id);
+    std::fs::write(dir.join("go"), "").unwrap();
+    let done = wait_until(T, || common::read(&out).contains("rows|"));
+    let text = common::read(&out);
+    assert!(done, "{text}\n{}", common::read(dir.join("server.log")));
+    assert!(
+        text.contains("COMMIT") && text.contains("rows|1001|-1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_tcp_connection_half_closed_closes_the_same_way_after_restart() {
+    let env = Env::new();
+    let (id, out) = start(&env, "private", "tcp_half", &[], 1);
+    // CLOSE-WAIT (8) on the server, FIN-WAIT-2 (5) on the client.
+    assert_said(&lines(&out), &["states 8 5"]);
+    let l = cycle(&env, id, &out);
+    assert_said(&l, &["server b'request' b''", "client b'response' b''"]);
+}

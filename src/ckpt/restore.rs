@@ -822,12 +822,23 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     if p.sid == p.pid {
         nix::unistd::setsid().map_err(e("setsid"))?;
     }
+    // The init's session and group (1) are wherever this restart put the init:
+    // its own with --detach, the caller's (0 from inside) in the foreground.
+    let of_init = |v: i32, now: nix::Result<Pid>| {
+        if v == 1 {
+            now.map_or(0, |x| x.as_raw())
+        } else {
+            v
+        }
+    };
+    let want_sid = of_init(p.sid, nix::unistd::getsid(Some(Pid::from_raw(1))));
+    let want_pgid = of_init(p.pgid, nix::unistd::getpgid(Some(Pid::from_raw(1))));
     if p.pgid == p.pid {
         if nix::unistd::getpgrp().as_raw() != p.pid {
             nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(e("setpgid"))?;
         }
-    } else if p.pgid > 0 && nix::unistd::getpgrp().as_raw() != p.pgid {
-        let join = || nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(p.pgid));
+    } else if want_pgid > 0 && nix::unistd::getpgrp().as_raw() != want_pgid {
+        let join = || nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(want_pgid));
         if join().is_err() && tree.dead_groups.contains(&p.pgid) {
             session::make_group(p.pgid, tree.helper_pid)?;
         }
@@ -840,7 +851,7 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         nix::unistd::getsid(None).map_or(0, |s| s.as_raw()),
         nix::unistd::getpgrp().as_raw(),
     );
-    if (p.sid > 0 && sid != p.sid) || (p.pgid > 0 && pgid != p.pgid) {
+    if (p.sid > 0 && sid != want_sid) || (p.pgid > 0 && pgid != want_pgid) {
         return Err(rerr(
             me,
             format!(

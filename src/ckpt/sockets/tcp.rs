@@ -39,6 +39,11 @@ const SIOCOUTQNSD: libc::c_ulong = 0x894B;
 const STATE_ESTABLISHED: u8 = 1;
 const STATE_CLOSE: u8 = 7;
 const STATE_LISTEN: u8 = 10;
+const FIN_WAIT1: u8 = 4;
+const FIN_WAIT2: u8 = 5;
+const CLOSE_WAIT: u8 = 8;
+const LAST_ACK: u8 = 9;
+const CLOSING: u8 = 11;
 
 /// An established connection's state. Its data file holds the receive queue
 /// (`inq` bytes) then the send queue (`outq` bytes, the last `unsent` of
@@ -60,6 +65,14 @@ pub struct Conn {
     pub timestamp: u32,
     /// struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
     pub window: [u32; 5],
+    /// The peer had closed its side (CLOSE-WAIT, LAST-ACK, CLOSING): the
+    /// restored socket reads what is left, then end-of-file.
+    #[serde(default)]
+    pub fin_in: bool,
+    /// This side had closed its writing (FIN-WAIT, LAST-ACK, CLOSING): its FIN
+    /// goes out again after its data.
+    #[serde(default)]
+    pub fin_out: bool,
 }
 
 fn state_name(s: u8) -> &'static str {
@@ -120,9 +133,12 @@ pub fn dump(fd: &OwnedFd, img: &mut SocketImg, d: &mut Dumper) -> Result<Vec<u8>
             return Ok(Vec::new());
         }
         STATE_CLOSE => return Ok(Vec::new()),
-        STATE_ESTABLISHED => {}
+        STATE_ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING => {}
         s => return Err(format!("a TCP connection in state {}", state_name(s))),
     }
+    // The peer's FIN came in; ours went out (it takes a sequence number).
+    let fin_in = matches!(state, CLOSE_WAIT | LAST_ACK | CLOSING);
+    let fin_out = matches!(state, FIN_WAIT1 | FIN_WAIT2 | LAST_ACK | CLOSING);
     img.state = State::Connected;
     let (Some(local), Some(peer)) = (inet(&img.local), inet(&img.peer)) else {
         return Err("a TCP connection without addresses".into());
@@ -150,16 +166,19 @@ pub fn dump(fd: &OwnedFd, img: &mut SocketImg, d: &mut Dumper) -> Result<Vec<u8>
     let snd_seq = sys::get_int(f, libc::IPPROTO_TCP, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))?;
     let outq = sys::ioctl_int(f, SIOCOUTQ).map_err(e("SIOCOUTQ"))?;
     let unsent = sys::ioctl_int(f, SIOCOUTQNSD).map_err(e("SIOCOUTQNSD"))?;
-    // The send queue is read whole from its start, whatever the peek offset.
+    // The send queue is read whole from its start, whatever the peek offset;
+    // a FIN not yet acknowledged counts in SIOCOUTQ but is not data.
     let mut sendq = vec![0u8; outq as usize];
+    let mut n = 0;
     if outq > 0 {
-        let n = nix::sys::socket::recv(f.as_raw_fd(), &mut sendq, MsgFlags::MSG_PEEK)
+        n = nix::sys::socket::recv(f.as_raw_fd(), &mut sendq, MsgFlags::MSG_PEEK)
             .map_err(e("read the send queue"))?;
-        if n != outq as usize {
+        if n != outq as usize && !(fin_out && n + 1 == outq as usize) {
             return Err(format!("read {n} of {outq} bytes of its send queue"));
         }
     }
-    data.extend_from_slice(&sendq);
+    let (outq, unsent) = (n as i32, unsent.min(n as i32));
+    data.extend_from_slice(&sendq[..n]);
     let _ = set_queue(TCP_NO_QUEUE);
     let timestamp =
         sys::get_int(f, libc::IPPROTO_TCP, TCP_TIMESTAMP).map_err(e("TCP_TIMESTAMP"))? as u32;
@@ -184,6 +203,8 @@ pub fn dump(fd: &OwnedFd, img: &mut SocketImg, d: &mut Dumper) -> Result<Vec<u8>
             u32_at(&w, 12),
             u32_at(&w, 16),
         ],
+        fin_in,
+        fin_out,
     });
     Ok(data)
 }
@@ -264,7 +285,10 @@ pub fn create_repaired(s: &SocketImg, data: &[u8], closing: bool) -> Result<Owne
     // Each queue starts where its saved bytes begin.
     for (queue, seq) in [
         (TCP_RECV_QUEUE, c.rcv_seq.wrapping_sub(c.inq)),
-        (TCP_SEND_QUEUE, c.snd_seq.wrapping_sub(c.outq)),
+        (
+            TCP_SEND_QUEUE,
+            c.snd_seq.wrapping_sub(c.outq + u32::from(c.fin_out)),
+        ),
     ] {
         tcp(TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE")?;
         tcp(TCP_QUEUE_SEQ, seq as i32, "TCP_QUEUE_SEQ")?;
@@ -331,5 +355,17 @@ pub fn release(fd: BorrowedFd, s: &SocketImg, data: &[u8], closing: bool) -> Res
     leave_repair(fd).map_err(|e| format!("{}: leave repair mode: {e}", describe(s)))?;
     let start = (c.inq + c.outq - c.unsent.min(c.outq)) as usize;
     let unsent = data.get(start..(c.inq + c.outq) as usize).unwrap_or(&[]);
-    send_all(fd, unsent).map_err(|e| format!("{}: send its unsent data: {e}", describe(s)))
+    send_all(fd, unsent).map_err(|e| format!("{}: send its unsent data: {e}", describe(s)))?;
+    // A FIN received: reads end after the data (the new socket never saw it,
+    // its sequence number was counted in). A FIN sent: again, after the data.
+    use nix::sys::socket::{shutdown, Shutdown};
+    if c.fin_in {
+        shutdown(fd.as_raw_fd(), Shutdown::Read)
+            .map_err(|e| format!("{}: shutdown: {e}", describe(s)))?;
+    }
+    if c.fin_out {
+        shutdown(fd.as_raw_fd(), Shutdown::Write)
+            .map_err(|e| format!("{}: shutdown: {e}", describe(s)))?;
+    }
+    Ok(())
 }

@@ -266,6 +266,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
     let timeout = Duration::from_secs_f64(a.timeout);
     let spec = a.app.as_deref().unwrap_or_default();
+    // A container of xos-loader by its id: its application.
+    let app_of_container = xos::container::app_of(&a.state_dir, spec).map(|id| id.to_string());
+    let spec = app_of_container.as_deref().unwrap_or(spec);
     let rec = match reg.resolve(spec) {
         Ok(r) => r,
         Err(e) => {
@@ -309,7 +312,17 @@ pub fn main(args: Vec<OsString>) -> i32 {
                 crate::progress::checkpoint(rec.id, tmp, crate::progress::memory_estimate(&pids))
             })
             .flatten();
-        let written = xos::ckpt::checkpoint(&a.state_dir, &rec, &opts);
+        let written = if rec.checkpointer == xos::gcp::container::CONTAINER {
+            // The whole container: its tmpfs, root and SysV IPC objects too.
+            xos::gcp::container::checkpoint_version(&a.state_dir, &rec, &opts)
+                .map_err(anyhow::Error::from)
+        } else {
+            // A job unit of xos-loader killed for this reports no end.
+            xos::container::unit::checkpoint_kill(&a.state_dir, rec.id, a.kill, || {
+                xos::ckpt::checkpoint(&a.state_dir, &rec, &opts)
+            })
+            .map_err(anyhow::Error::from)
+        };
         drop(progress);
         return match written {
             Ok(_) if a.quiet => 0,
@@ -344,7 +357,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
                 0
             }
             Err(e) => {
-                let msg = common::one_line(&e);
+                let msg = common::one_line(e.as_ref());
                 let prefix = format!("application {}: ", rec.id);
                 let msg = if msg.starts_with(&prefix) {
                     msg

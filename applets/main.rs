@@ -8,10 +8,10 @@ mod common;
 mod ipccheckpoint;
 mod ipcrestart;
 mod krgcr_run;
+mod loader;
 mod pam_app_aem;
 mod progress;
 mod restart;
-mod stub;
 mod xcheckpoint;
 mod xos_cert;
 mod xrestart;
@@ -83,8 +83,8 @@ pub const APPLETS: &[Applet] = &[
     },
     Applet {
         name: "xos-loader",
-        command: stub::loader,
-        run: stub::loader_main,
+        command: loader::command,
+        run: loader::main,
     },
 ];
 

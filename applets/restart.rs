@@ -271,6 +271,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let saved = img.processes.iter().map(|p| p.pages.len).sum::<u64>()
         + img.shared.iter().map(|b| b.len).sum::<u64>();
     spec.while_starting = crate::progress::restart(spec.app_id.unwrap_or(a.app), saved);
+    // The image of a whole container (checkpoint -c of a container): the
+    // container comes back around the processes, with the same id.
+    let container = xos::gcp::container::is_container_image(&dir).then(|| dir.clone());
+    if let Some(d) = &container {
+        match xos::gcp::container::prepare_restart(&reg, d, None, None) {
+            Ok(setup) => xos::gcp::container::with_container(&mut spec, setup),
+            Err(e) => return common::fail("restart", e),
+        }
+        spec.ipc_restore = Some(d.join("ipc")).filter(|i| i.is_dir());
+    }
     let processes = img.processes.len();
     spec.restore = Some((dir, img));
     spec.stay_frozen = a.frozen;
@@ -278,7 +288,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
     spec.tcp_close = a.tcp_close;
     spec.close_fds = vec![lock.raw_fd()];
     let (json, from_app, frozen, records) = (a.json, a.app, a.frozen, &reg);
-    krgcr_run::supervise_then("restart", &reg, &spec, a.detach, false, move |started| {
+    let forked = std::cell::Cell::new(false);
+    let code = krgcr_run::supervise_then("restart", &reg, &spec, a.detach, false, |started| {
+        forked.set(matches!(started, krgcr_run::Started::Child));
         match started {
             // A forked copy: unlocking here would unlock the caller's lock.
             krgcr_run::Started::Child => std::mem::forget(lock),
@@ -298,7 +310,12 @@ pub fn main(args: Vec<OsString>) -> i32 {
             }
             _ => {}
         }
-    })
+    });
+    if let (Some(d), false) = (&container, forked.get()) {
+        // Nothing of the container is left unless it runs.
+        xos::gcp::container::undo_restart(&reg, d);
+    }
+    code
 }
 
 /// One version in a listing: the stored summary and the application's state.

@@ -56,6 +56,10 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     stderr: Option<PathBuf>,
 
+    /// Where container units report their job's end: unix:PATH or tcp:HOST:PORT (default: the address they had)
+    #[arg(long, value_name = "ADDR")]
+    notify: Option<String>,
+
     /// State directory holding the registry
     #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -160,6 +164,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         cgroup_parent: a.cgroup_parent.clone(),
         stdout: a.stdout.clone(),
         stderr: a.stderr.clone(),
+        notify: a.notify.clone(),
     };
     match job::restart(&backends, &reg, &ck, job, version, &opts) {
         Ok(JobRestarted::Started(units)) => {

@@ -12,8 +12,10 @@ fi
 
 # Debian packages: C toolchain and perl for the vendored OpenSSL, util-linux and
 # procps for the tests, man-db to render the man pages, libpam0g-dev to link
-# pam_xos.so and pamtester to test it.
-pkgs=(gcc make perl pkg-config util-linux procps man-db groff-base python3 xz-utils libpam0g-dev pamtester iproute2 nftables redis-server postgresql)
+# pam_xos.so and pamtester to test it, iproute2, nftables, redis-server and
+# postgresql for the socket tests, busybox-static for the root filesystem
+# templates of the container tests.
+pkgs=(gcc make perl pkg-config util-linux procps man-db groff-base python3 xz-utils libpam0g-dev pamtester iproute2 nftables redis-server postgresql busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -95,6 +95,9 @@ pub struct LaunchSpec {
     pub callback: Option<PathBuf>,
     /// Kernel checkpointer the application is started for (`native`, `criu`).
     pub checkpointer: String,
+    /// A job unit of `xos-loader` (a container, or a native unit): what its
+    /// init sets up, how it starts the job and reports its end.
+    pub unit: Option<crate::container::UnitSetup>,
     /// The application's network (`krgcr-run --net`).
     pub net: crate::net::NetMode,
 }
@@ -123,6 +126,7 @@ impl LaunchSpec {
             job: None,
             callback: None,
             checkpointer: NATIVE.to_string(),
+            unit: None,
             net: crate::net::NetMode::Host,
         }
     }
@@ -223,6 +227,9 @@ pub struct Running {
     registry: Registry,
     init: Pid,
     old_mask: SigSet,
+    /// A job unit of `xos-loader` (its id; whether it is a container): its
+    /// end is reported by the supervisor.
+    unit: Option<(u32, bool)>,
 }
 
 /// Signals the supervisor and the init handle synchronously.
@@ -236,6 +243,10 @@ fn handled_signals() -> SigSet {
         Signal::SIGQUIT,
         Signal::SIGUSR1,
         Signal::SIGUSR2,
+        // The watchdog of a job unit's wall-clock and CPU time limits.
+        Signal::SIGALRM,
+        // A job unit joining a container.
+        Signal::SIGIO,
     ] {
         s.add(sig);
     }
@@ -605,11 +616,15 @@ fn start_in_group(
     if let Err(e) = registry.save(&record) {
         return fail(e.into());
     }
+    if let Some(u) = &spec.unit {
+        crate::container::unit::started(registry.root(), u.id, id);
+    }
     Ok(Launch::Running(Box::new(Running {
         record,
         registry: registry.clone(),
         init: child,
         old_mask,
+        unit: spec.unit.as_ref().map(|u| (u.id, u.container)),
     })))
 }
 
@@ -670,21 +685,26 @@ fn init_main(
     if go.read(&mut byte).unwrap_or(0) != 1 {
         return 1; // The supervisor gave up; it reports why.
     }
-    let setup = init_setup(stdio, spec, host_if).and_then(|()| match &spec.ipc_restore {
-        Some(dir) => crate::sysvipc::restore_all(dir).map(drop).map_err(|e| {
-            format!(
-                "cannot restore the SysV IPC objects of {}: {e}",
-                dir.display()
-            )
-        }),
-        None => Ok(()),
+    let setup = init_setup(stdio, spec, host_if).and_then(|loader| match &spec.ipc_restore {
+        Some(dir) => crate::sysvipc::restore_all(&in_view(&loader, dir))
+            .map(|_| loader)
+            .map_err(|e| {
+                format!(
+                    "cannot restore the SysV IPC objects of {}: {e}",
+                    dir.display()
+                )
+            }),
+        None => Ok(loader),
     });
-    if let Err(m) = setup {
-        if let Some(e) = err.as_mut() {
-            let _ = e.write_all(m.as_bytes());
+    let mut loader = match setup {
+        Ok(l) => l,
+        Err(m) => {
+            if let Some(e) = err.as_mut() {
+                let _ = e.write_all(m.as_bytes());
+            }
+            return 1;
         }
-        return 1;
-    }
+    };
     // Just before the rebuilt processes are let go: with stay_frozen, report
     // success and wait until the supervisor has frozen the group.
     let mut before_detach = || {
@@ -700,7 +720,8 @@ fn init_main(
             tcp_close: spec.tcp_close,
             redirected: spec.redirected,
         };
-        crate::ckpt::restore::restore_tree(dir, img, &opts, &mut before_detach).map(|p| (p, img))
+        let dir = in_view(&loader, dir);
+        crate::ckpt::restore::restore_tree(&dir, img, &opts, &mut before_detach).map(|p| (p, img))
     });
     drop(go);
     let command = match restored {
@@ -740,6 +761,14 @@ fn init_main(
             let _ = signal::kill(Pid::from_raw(-1), sig);
             continue;
         }
+        if let (Some(l), Signal::SIGALRM | Signal::SIGIO) = (loader.as_mut(), sig) {
+            if sig == Signal::SIGALRM {
+                l.tick();
+            } else {
+                l.accept(old_mask);
+            }
+            continue;
+        }
         if sig != Signal::SIGCHLD {
             continue;
         }
@@ -747,15 +776,33 @@ fn init_main(
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(ws) => {
+                    if let Some(l) = loader.as_mut() {
+                        l.reaped(ws);
+                    }
                     if ws.pid() == Some(command) {
-                        status = exit_code(ws);
+                        status = Some(ws);
                     }
                 }
                 Err(nix::Error::EINTR) => {}
                 // No child left: the application has ended.
-                Err(_) => return status.unwrap_or(1),
+                Err(_) => {
+                    if let Some(l) = loader {
+                        l.finish(status);
+                    }
+                    return status.and_then(exit_code).unwrap_or(1);
+                }
             }
         }
+    }
+}
+
+/// Where the init finds a file of the image being restored: a job unit's
+/// loader that entered a root filesystem of its own reaches the image through
+/// a descriptor.
+fn in_view(loader: &Option<crate::container::inside::Loader>, path: &Path) -> PathBuf {
+    match loader {
+        Some(l) => l.image_path(path),
+        None => path.to_path_buf(),
     }
 }
 
@@ -777,6 +824,12 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
             // dispositions (not the runtime's ignored SIGPIPE) and mask.
             process::caller_dispositions();
             let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+            if let Some(u) = &spec.unit {
+                if let Err(m) = crate::container::inside::prepare_job(u) {
+                    let _ = write!(err, "{m}");
+                    return None;
+                }
+            }
             let e = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
             let _ = write!(err, "exec {}", e as i32);
             None
@@ -785,19 +838,25 @@ fn start_command(spec: &LaunchSpec, old_mask: &SigSet, err: &mut File) -> Option
     }
 }
 
-/// Namespaces, /proc, session and stdio of the init; an error is reported as text.
+/// Namespaces, /proc, session and stdio of the init (and the loader of a job
+/// unit, which it returns); an error is reported as text.
 fn init_setup(
     stdio: [Option<File>; 3],
     spec: &LaunchSpec,
     host_if: &str,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Option<crate::container::inside::Loader>, String> {
     nix::sched::unshare(CloneFlags::CLONE_NEWIPC)
         .map_err(|e| format!("cannot create an IPC namespace: {e}"))?;
     crate::net::netns::create(&spec.net, host_if)?;
     if spec.checkpointer == CRIU {
         // CRIU would have to dump a mount namespace made of every mount of
         // the host; a unit for it keeps the host's (and the host's /proc).
-        return init_stdio(stdio, spec);
+        let loader = spec
+            .unit
+            .as_ref()
+            .map(|u| crate::container::inside::setup(u, false, None))
+            .transpose()?;
+        return init_stdio(stdio, spec).map(|()| loader);
     }
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot create a mount namespace: {e}"))?;
@@ -810,15 +869,14 @@ fn init_setup(
         None::<&str>,
     )
     .map_err(|e| format!("cannot make / a slave mount: {e}"))?;
-    nix::mount::mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot mount /proc: {e}"))?;
-    init_stdio(stdio, spec)
+    if let Some(u) = &spec.unit {
+        // The unit's loader mounts /proc, in its own root if it has one.
+        let image = spec.restore.as_ref().map(|(d, _)| d.as_path());
+        let loader = crate::container::inside::setup(u, true, image)?;
+        return init_stdio(stdio, spec).map(|()| Some(loader));
+    }
+    crate::container::inside::mount_proc()?;
+    init_stdio(stdio, spec).map(|()| None)
 }
 
 /// Session and stdio of the init.
@@ -851,12 +909,40 @@ impl Running {
     /// Waits until the application has ended (its last process), passing SIGTERM,
     /// SIGHUP, SIGUSR1 and SIGUSR2 on to it, then removes its cgroup and record.
     /// Returns the command's exit status (128 + signal if it was killed).
+    /// A job unit's end is reported (see [`crate::container::unit::ended`]),
+    /// and a container's supervisor reports the ends of the units that
+    /// joined it as they come.
     pub fn wait(self) -> Result<i32> {
+        let unit = self.unit;
+        let root = self.registry.root().to_path_buf();
+        let mut members = unit.filter(|(_, container)| *container).map(|(id, _)| {
+            let root = &root;
+            move || crate::container::unit::members_ended(root, id)
+        });
+        let code = self.wait_ticking(members.as_mut().map(|m| m as &mut dyn FnMut()));
+        if let Some((id, _)) = unit {
+            // Reported from here, outside the container, where the notify
+            // address is reachable.
+            crate::container::unit::ended(&root, id, *code.as_ref().unwrap_or(&1));
+        }
+        code
+    }
+
+    /// Like [`Running::wait`], calling `tick` about every second meanwhile.
+    fn wait_ticking(self, mut tick: Option<&mut dyn FnMut()>) -> Result<i32> {
         let set = handled_signals();
+        if tick.is_some() {
+            nix::unistd::alarm::set(1);
+        }
         let code = loop {
             let Ok(sig) = set.wait() else { continue };
             if forwarded(sig) {
                 let _ = signal::kill(self.init, sig);
+                continue;
+            }
+            if let (Some(t), Signal::SIGALRM) = (tick.as_mut(), sig) {
+                t();
+                nix::unistd::alarm::set(1);
                 continue;
             }
             if sig != Signal::SIGCHLD {
@@ -872,6 +958,7 @@ impl Running {
                 Err(e) => return Err(sys_err("wait for the application")(e)),
             }
         };
+        nix::unistd::alarm::cancel();
         let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
         let _ = self.registry.save_exit(self.record.id, code);
         let cleaned = self.record.cgroup.destroy(CLEANUP_TIMEOUT);
@@ -986,11 +1073,15 @@ fn adopt(registry: &Registry, spec: &LaunchSpec, start: ExternalStart<'_>) -> Re
         .and_then(|root| {
             let record = new_record(spec, id, &group, root)?;
             registry.save(&record)?;
+            if let Some(u) = &spec.unit {
+                crate::container::unit::started(registry.root(), u.id, id);
+            }
             Ok(Running {
                 record,
                 registry: registry.clone(),
                 init: root,
                 old_mask,
+                unit: spec.unit.as_ref().map(|u| (u.id, u.container)),
             })
         });
     if result.is_err() {

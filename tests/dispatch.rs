@@ -84,13 +84,13 @@ fn unknown_applet_is_one_line_and_status_2() {
 }
 
 #[test]
-fn applets_not_built_yet_say_so() {
-    let args = ["xos-loader", "true"];
+fn an_applet_without_its_command_says_so_in_one_line() {
+    let args = ["xos-loader"];
     let o = Command::new(xos()).args(args).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{args:?}: {}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("not built yet") && err.lines().count() == 1,
+        err.contains("no command given") && err.lines().count() == 1,
         "{args:?}: {err}"
     );
 }

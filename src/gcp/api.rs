@@ -99,6 +99,8 @@ pub struct RestartOptions {
     /// Where the unit's inherited stdio goes (/dev/null when not given).
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
+    /// Where a container unit reports its job's end (else where it did).
+    pub notify: Option<String>,
 }
 
 /// Outcome of a unit restart in the calling process.

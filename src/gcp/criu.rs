@@ -245,14 +245,24 @@ impl Checkpointer for Criu {
             cmd.arg("--leave-running");
         }
         let start = Instant::now();
-        let out = cmd.output().map_err(|source| GcpError::Spawn {
-            program: bin.clone(),
-            source,
+        // A job unit of xos-loader: its record goes into the image (read
+        // before a --kill makes its supervisor remove it), and a --kill is
+        // not its job's end.
+        let loader_unit = crate::container::unit::native_unit_of(state, unit.id);
+        let log = work.join("dump.log");
+        crate::container::unit::checkpoint_kill(state, unit.id, opts.kill, || {
+            let out = cmd.output().map_err(|source| GcpError::Spawn {
+                program: bin.clone(),
+                source,
+            })?;
+            if !out.status.success() {
+                return Err(failure("dump", log.clone(), &out.status.to_string()));
+            }
+            Ok(())
         })?;
         let stopped = start.elapsed();
-        let log = work.join("dump.log");
-        if !out.status.success() {
-            return Err(failure("dump", log, &out.status.to_string()));
+        if let Some(r) = &loader_unit {
+            crate::container::save_record_at(&dir.join(crate::container::UNIT_FILE), r)?;
         }
         if opts.kill {
             // CRIU killed the tree; the supervisor removes the group.
@@ -349,7 +359,18 @@ impl Checkpointer for Criu {
             }
             Ok(Pid::from_raw(root))
         };
-        Ok(match app::adopt_detached(registry, &spec, &start)? {
+        // A job unit of xos-loader: it reports its end again.
+        let adopted = crate::container::unit::restart_with_unit(
+            registry,
+            dir,
+            opts.notify.clone(),
+            |e| super::native::bad_unit(dir, e),
+            |unit| {
+                spec.unit = unit;
+                Ok(app::adopt_detached(registry, &spec, &start)?)
+            },
+        );
+        Ok(match adopted? {
             Detached::Started(id) => Restarted::Started(id),
             Detached::ChildExit(c) => Restarted::ChildExit(c),
         })

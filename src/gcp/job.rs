@@ -246,6 +246,7 @@ pub fn checkpoint(
                     callback: u.callback.clone(),
                     stdout: None,
                     stderr: None,
+                    notify: None,
                 },
             )
         });
@@ -546,6 +547,8 @@ pub struct JobRestart {
     pub cgroup_parent: String,
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
+    /// Where container units report their job's end (else where they did).
+    pub notify: Option<String>,
 }
 
 /// Outcome of [`restart`] in the calling process.
@@ -593,6 +596,7 @@ pub fn restart(
                 callback: u.callback.clone(),
                 stdout: opts.stdout.clone(),
                 stderr: opts.stderr.clone(),
+                notify: opts.notify.clone(),
             },
         );
         match r {

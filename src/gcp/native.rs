@@ -49,19 +49,28 @@ impl Checkpointer for Native {
         if frozen_here {
             unit.cgroup.freeze(opts.timeout)?;
         }
+        // Read before a --kill makes its supervisor remove it.
+        let loader_unit = crate::container::unit::native_unit_of(state, unit.id);
         let ipc_tmp = dir.with_file_name(format!(
             ".{}.ipc.tmp",
             dir.file_name().unwrap_or_default().to_string_lossy()
         ));
         let _ = std::fs::remove_dir_all(&ipc_tmp);
-        let result =
-            save_ipc(unit.root_pid, &ipc_tmp).and_then(|()| self.dump(state, unit, dir, opts));
+        let result = save_ipc(unit.root_pid, &ipc_tmp).and_then(|()| {
+            // A job unit of xos-loader killed for this reports no end.
+            crate::container::unit::checkpoint_kill(state, unit.id, opts.kill, || {
+                self.dump(state, unit, dir, opts)
+            })
+        });
         if frozen_here && unit.alive() {
             let _ = unit.cgroup.thaw(opts.timeout);
         }
         let moved = result.and_then(|mut img| {
             let to = dir.join(IPC_DIR);
             std::fs::rename(&ipc_tmp, &to).map_err(|e| PathError::new("rename into", &to, e))?;
+            if let Some(r) = &loader_unit {
+                crate::container::save_record_at(&dir.join(crate::container::UNIT_FILE), r)?;
+            }
             img.bytes = super::meta::tree_size(dir);
             Ok(img)
         });
@@ -84,22 +93,48 @@ impl Checkpointer for Native {
 
     fn restart(&self, registry: &Registry, dir: &Path, opts: &RestartOptions) -> Result<Restarted> {
         self.verify(dir)?;
-        let img = ckpt::load_image_at(dir)?;
-        let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
-        spec.limits = img.limits.clone();
-        spec.net = img.net.clone();
-        spec.cgroup_parent = opts.cgroup_parent.clone();
-        set_stdio(&mut spec, opts);
-        spec.ipc_restore = Some(dir.join(IPC_DIR)).filter(|d| d.exists());
-        spec.restore = Some((dir.to_path_buf(), img));
-        spec.stay_frozen = opts.frozen;
-        spec.job = opts.job.clone();
-        spec.callback = opts.callback.clone();
-        Ok(match app::launch_detached(registry, &spec)? {
+        let mut spec = restart_spec(dir, opts)?;
+        // A job unit of xos-loader: it reports its end again.
+        let launched = crate::container::unit::restart_with_unit(
+            registry,
+            dir,
+            opts.notify.clone(),
+            |e| bad_unit(dir, e),
+            |unit| {
+                spec.unit = unit;
+                Ok(app::launch_detached(registry, &spec)?)
+            },
+        );
+        Ok(match launched? {
             Detached::Started(id) => Restarted::Started(id),
             Detached::ChildExit(c) => Restarted::ChildExit(c),
         })
     }
+}
+
+/// The job unit of the image in `dir` cannot be made again.
+pub(super) fn bad_unit(dir: &Path, e: crate::container::ContainerError) -> GcpError {
+    GcpError::BadImage {
+        path: dir.join(crate::container::UNIT_FILE),
+        reason: e.to_string(),
+    }
+}
+
+/// How the processes (and SysV IPC objects) of the image in `dir` are
+/// started again; the container backend adds its container to it.
+pub(super) fn restart_spec(dir: &Path, opts: &RestartOptions) -> Result<LaunchSpec> {
+    let img = ckpt::load_image_at(dir)?;
+    let mut spec = LaunchSpec::new(img.command.iter().map(OsString::from).collect());
+    spec.limits = img.limits.clone();
+    spec.net = img.net.clone();
+    spec.cgroup_parent = opts.cgroup_parent.clone();
+    set_stdio(&mut spec, opts);
+    spec.ipc_restore = Some(dir.join(IPC_DIR)).filter(|d| d.exists());
+    spec.restore = Some((dir.to_path_buf(), img));
+    spec.stay_frozen = opts.frozen;
+    spec.job = opts.job.clone();
+    spec.callback = opts.callback.clone();
+    Ok(spec)
 }
 
 /// The unit's SysV IPC objects, inside its image directory.
@@ -107,7 +142,7 @@ const IPC_DIR: &str = "ipc";
 
 /// Saves every SysV IPC object of the IPC namespace of `pid` into `dir`, from a
 /// child that enters that namespace (the caller keeps its own).
-fn save_ipc(pid: i32, dir: &Path) -> Result<()> {
+pub(super) fn save_ipc(pid: i32, dir: &Path) -> Result<()> {
     use std::io::{Read, Write};
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
         GcpError::Io(PathError::new(

@@ -157,33 +157,38 @@ pub fn dump(fd: &OwnedFd, img: &mut SocketImg, d: &mut Dumper) -> Result<Vec<u8>
     let e = |what: &'static str| move |err: nix::Error| format!("{what}: {err}");
     sys::set_int(f, libc::IPPROTO_TCP, TCP_REPAIR, 1).map_err(e("TCP_REPAIR"))?;
     d.repaired.push(fd.try_clone().map_err(|x| x.to_string())?);
-    let set_queue = |q| sys::set_int(f, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, q);
-    set_queue(TCP_RECV_QUEUE).map_err(e("TCP_REPAIR_QUEUE"))?;
-    let rcv_seq = sys::get_int(f, libc::IPPROTO_TCP, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))?;
-    let inq = sys::ioctl_int(f, SIOCINQ).map_err(e("SIOCINQ"))?;
-    let mut data = super::queue::peek_bytes(f, inq as usize)?;
-    set_queue(TCP_SEND_QUEUE).map_err(e("TCP_REPAIR_QUEUE"))?;
-    let snd_seq = sys::get_int(f, libc::IPPROTO_TCP, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))?;
-    let outq = sys::ioctl_int(f, SIOCOUTQ).map_err(e("SIOCOUTQ"))?;
-    let unsent = sys::ioctl_int(f, SIOCOUTQNSD).map_err(e("SIOCOUTQNSD"))?;
-    // The send queue is read whole from its start, whatever the peek offset;
-    // a FIN not yet acknowledged counts in SIOCOUTQ but is not data.
-    let mut sendq = vec![0u8; outq as usize];
-    let mut n = 0;
-    if outq > 0 {
-        n = nix::sys::socket::recv(f.as_raw_fd(), &mut sendq, MsgFlags::MSG_PEEK)
-            .map_err(e("read the send queue"))?;
-        if n != outq as usize && !(fin_out && n + 1 == outq as usize) {
-            return Err(format!("read {n} of {outq} bytes of its send queue"));
+    // A packet that passed the lock just before it went up may still be
+    // on its way into the socket (on another CPU): read until two readings
+    // agree, so that sequence numbers, queues and window belong together.
+    let mut tries = 0;
+    let (q, w) = loop {
+        let q = read_queues(f, fin_out, true)?;
+        let w = sys::getsockopt(f, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20)
+            .map_err(e("TCP_REPAIR_WINDOW"))?;
+        // The same numbers again mean the same bytes: nothing read them.
+        let again = read_queues(f, fin_out, false)?;
+        let w2 = sys::getsockopt(f, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20)
+            .map_err(e("TCP_REPAIR_WINDOW"))?;
+        if again.numbers() == q.numbers() && w2 == w {
+            break (q, w);
         }
-    }
-    let (outq, unsent) = (n as i32, unsent.min(n as i32));
-    data.extend_from_slice(&sendq[..n]);
-    let _ = set_queue(TCP_NO_QUEUE);
+        tries += 1;
+        if tries > 100 {
+            return Err("its connection does not hold still (traffic passes the lock)".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    let Queues {
+        rcv_seq,
+        snd_seq,
+        inq,
+        outq,
+        unsent,
+        data,
+        ..
+    } = q;
     let timestamp =
         sys::get_int(f, libc::IPPROTO_TCP, TCP_TIMESTAMP).map_err(e("TCP_TIMESTAMP"))? as u32;
-    let w = sys::getsockopt(f, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20)
-        .map_err(e("TCP_REPAIR_WINDOW"))?;
     let wscale = info.get(6).copied().unwrap_or(0);
     img.tcp = Some(Conn {
         snd_seq: snd_seq as u32,
@@ -207,6 +212,67 @@ pub fn dump(fd: &OwnedFd, img: &mut SocketImg, d: &mut Dumper) -> Result<Vec<u8>
         fin_out,
     });
     Ok(data)
+}
+
+/// Both queues of a connection in repair mode: sequence numbers and bytes.
+struct Queues {
+    rcv_seq: i32,
+    snd_seq: i32,
+    inq: i32,
+    outq: i32,
+    unsent: i32,
+    /// SIOCOUTQ and SIOCOUTQNSD as the kernel said them (a FIN counted).
+    raw: (i32, i32),
+    /// The receive queue's bytes, then the send queue's.
+    data: Vec<u8>,
+}
+
+impl Queues {
+    fn numbers(&self) -> [i32; 5] {
+        [self.rcv_seq, self.snd_seq, self.inq, self.raw.0, self.raw.1]
+    }
+}
+
+/// Reads both queues' numbers, and their bytes when `bytes`.
+fn read_queues(f: BorrowedFd, fin_out: bool, bytes: bool) -> Result<Queues, String> {
+    let e = |what: &'static str| move |err: nix::Error| format!("{what}: {err}");
+    let set_queue = |q| sys::set_int(f, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, q);
+    set_queue(TCP_RECV_QUEUE).map_err(e("TCP_REPAIR_QUEUE"))?;
+    let rcv_seq = sys::get_int(f, libc::IPPROTO_TCP, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))?;
+    let inq = sys::ioctl_int(f, SIOCINQ).map_err(e("SIOCINQ"))?;
+    let mut data = if bytes {
+        super::queue::peek_bytes(f, inq as usize)?
+    } else {
+        Vec::new()
+    };
+    set_queue(TCP_SEND_QUEUE).map_err(e("TCP_REPAIR_QUEUE"))?;
+    let snd_seq = sys::get_int(f, libc::IPPROTO_TCP, TCP_QUEUE_SEQ).map_err(e("TCP_QUEUE_SEQ"))?;
+    let outq = sys::ioctl_int(f, SIOCOUTQ).map_err(e("SIOCOUTQ"))?;
+    let unsent = sys::ioctl_int(f, SIOCOUTQNSD).map_err(e("SIOCOUTQNSD"))?;
+    // The send queue is read whole from its start, whatever the peek offset;
+    // a FIN not yet acknowledged counts in SIOCOUTQ but is not data.
+    let mut sendq = vec![0u8; if bytes { outq as usize } else { 0 }];
+    let mut n = outq.max(0) as usize;
+    if bytes && outq > 0 {
+        n = nix::sys::socket::recv(f.as_raw_fd(), &mut sendq, MsgFlags::MSG_PEEK)
+            .map_err(e("read the send queue"))?;
+        if n != outq as usize && !(fin_out && n + 1 == outq as usize) {
+            return Err(format!("read {n} of {outq} bytes of its send queue"));
+        }
+    }
+    if bytes {
+        data.extend_from_slice(&sendq[..n]);
+    }
+    let _ = set_queue(TCP_NO_QUEUE);
+    Ok(Queues {
+        rcv_seq,
+        snd_seq,
+        inq,
+        outq: n as i32,
+        unsent: unsent.min(n as i32),
+        raw: (outq, unsent),
+        data,
+    })
 }
 
 /// Takes `fd` out of repair mode (a checkpoint that leaves the application

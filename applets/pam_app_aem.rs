@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use xos::registry::{self, Registry};
 use xos::vo::config::{self, Config};
 use xos::vo::proto::{self, Account, Request, Response, Session};
 use xos::vo::session;
@@ -45,6 +46,18 @@ struct Args {
     /// The job id (the session's cgroup is aem_jobid_ID); default: this process's pid
     #[arg(short, long, value_name = "ID", env = "XOS_JOB_ID")]
     job_id: Option<String>,
+
+    /// Start CMD as a checkpointable unit of the job instead of in a session: a native unit (own cgroup, PID and IPC namespaces) recorded with the job id, which checkpoint --list shows and xcheckpoint ID saves; pam_app_aem returns once CMD runs and prints its application id (as xos-loader submit --cert does)
+    #[arg(long, requires = "job_id")]
+    unit: bool,
+
+    /// With --unit: the state directory of the registry
+    #[arg(long, value_name = "DIR", env = registry::STATE_ENV, default_value = registry::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// With --unit: the cgroup under which the unit's group is made
+    #[arg(long, value_name = "NAME", env = xos::app::CGROUP_PARENT_ENV, default_value = xos::app::DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: String,
 
     /// The user's XOS-cert (PEM)
     #[arg(value_name = "CERT")]
@@ -117,6 +130,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if let Err(e) = session::check_job_id(&job_id) {
         return fail(e);
     }
+    if a.unit {
+        return start_unit(&a.state_dir, a.cgroup_parent, &acct, &job_id, a.command);
+    }
     let sess = match call(
         &socket,
         &Request::OpenSession {
@@ -144,25 +160,83 @@ pub fn main(args: Vec<OsString>) -> i32 {
     code
 }
 
+/// The environment CMD gets: the mapped user's, nothing of the caller's but TERM.
+fn job_env(acct: &Account, job_id: &str) -> Vec<(String, String)> {
+    let p = &acct.passwd;
+    let mut env = vec![
+        ("HOME".to_string(), p.dir.clone()),
+        ("USER".to_string(), p.name.clone()),
+        ("LOGNAME".to_string(), p.name.clone()),
+        ("SHELL".to_string(), p.shell.clone()),
+        (
+            "PATH".to_string(),
+            "/usr/local/bin:/usr/bin:/bin".to_string(),
+        ),
+        ("XOS_JOB_ID".to_string(), job_id.to_string()),
+    ];
+    if let Ok(t) = std::env::var("TERM") {
+        env.push(("TERM".to_string(), t));
+    }
+    env
+}
+
+/// CMD's working directory: the user's home when there is one.
+fn job_dir(acct: &Account) -> PathBuf {
+    let home = PathBuf::from(&acct.passwd.dir);
+    if home.is_dir() {
+        home
+    } else {
+        PathBuf::from("/")
+    }
+}
+
+/// `--unit`: CMD as a native unit of job `job_id`, run as the mapped account.
+fn start_unit(
+    state: &std::path::Path,
+    cgroup_parent: String,
+    acct: &Account,
+    job_id: &str,
+    command: Vec<OsString>,
+) -> i32 {
+    use xos::container::unit::{self, SubmitSpec, Submitted};
+    let registry = match Registry::open(state) {
+        Ok(r) => r,
+        Err(e) => return fail(common::one_line(&e)),
+    };
+    let p = &acct.passwd;
+    let spec = SubmitSpec {
+        argv: command,
+        job: Some(job_id.to_string()),
+        checkpointer: xos::app::NATIVE.to_string(),
+        creds: Some(xos::container::Creds {
+            user: Some(p.name.clone()),
+            uid: p.uid,
+            gid: p.gid,
+            groups: acct.gids.clone(),
+            home: Some(PathBuf::from(&p.dir)),
+        }),
+        env: Some(job_env(acct, job_id).into_iter().collect()),
+        cwd: Some(job_dir(acct)),
+        cgroup_parent,
+        ..SubmitSpec::default()
+    };
+    match unit::submit(&registry, &spec) {
+        Ok(Submitted::Started { app, .. }) => {
+            println!("{app}");
+            0
+        }
+        Ok(Submitted::ChildExit(code)) => code,
+        Err(e) => fail(common::one_line(&e)),
+    }
+}
+
 fn run(acct: &Account, sess: &Session, job_id: &str, cmd: &[OsString]) -> i32 {
     let p = &acct.passwd;
     let mut c = std::process::Command::new(&cmd[0]);
     c.args(&cmd[1..])
         .env_clear()
-        .env("HOME", &p.dir)
-        .env("USER", &p.name)
-        .env("LOGNAME", &p.name)
-        .env("SHELL", &p.shell)
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("XOS_JOB_ID", job_id);
-    if let Some(t) = std::env::var_os("TERM") {
-        c.env("TERM", t);
-    }
-    if std::path::Path::new(&p.dir).is_dir() {
-        c.current_dir(&p.dir);
-    } else {
-        c.current_dir("/");
-    }
+        .envs(job_env(acct, job_id))
+        .current_dir(job_dir(acct));
     let (uid, gids) = (p.uid, acct.gids.clone());
     let tmp = (sess.tmp_blocks, sess.tmp_inodes);
     let private_tmp = tmp.0.is_some() || tmp.1.is_some();

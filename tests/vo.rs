@@ -457,6 +457,61 @@ fn pam_app_aem_runs_the_job_as_the_vo_user_in_its_cgroup() {
 }
 
 #[test]
+fn pam_app_aem_unit_starts_a_checkpointable_unit_of_the_job() {
+    let pki = Pki::new("unitvo");
+    let d = Daemon::start(&pki, &pool("unitvo", 73100, 2));
+    let cert = pki.user("5c0ffee1");
+    let env = common::Env::new();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = shared.path().join("out");
+    let o = xos_cmd("pam_app_aem")
+        .arg("--socket")
+        .arg(d.socket())
+        .env("XOS_JOB_ID", "job-unit")
+        .env("XOS_STATE_DIR", env.state.path())
+        .env("XOS_CGROUP_PARENT", &env.parent)
+        .arg("--unit")
+        .arg(&cert)
+        .args(["/bin/sh", "-c"])
+        .arg(format!(
+            "id -u > {o}; echo $XOS_JOB_ID >> {o}; exec sleep 1000",
+            o = out.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let app: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let rec = env.registry().load(app).unwrap();
+    assert_eq!(rec.job.as_deref(), Some("job-unit"));
+    assert!(rec.alive());
+    let acct = d.map_ok(&cert);
+    assert!(wait_until(Duration::from_secs(10), || common::read(&out)
+        == format!("{}\njob-unit", acct.passwd.uid)));
+    let list = env.cmd("checkpoint").arg("--list").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("job-unit"),
+        "{}",
+        show(&list)
+    );
+    // Without a job id there is no unit to record.
+    let o = xos_cmd("pam_app_aem")
+        .arg("--socket")
+        .arg(d.socket())
+        .env_remove("XOS_JOB_ID")
+        .arg("--unit")
+        .arg(&cert)
+        .arg("/bin/true")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+}
+
+#[test]
 fn pam_xos_through_pamtester() {
     let pki = Pki::new("pamvo");
     let d = Daemon::start(&pki, &(pool("pamvo", 72900, 2) + JOB_CONF));

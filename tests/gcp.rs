@@ -86,6 +86,53 @@ impl Node<'_> {
     }
 }
 
+/// The oldest child of process `pid` (0 if none).
+fn child_of(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .min()
+        .unwrap_or(0)
+}
+
+/// The pid of host process `pid` in its own PID namespace (NSpid's last).
+fn inner_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// Processes holding pids for a test, killed when dropped.
+struct Holders(Vec<std::process::Child>);
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A process holding host pid `pid` (made next through ns_last_pid), or None
+/// when another process took it first (then it is in use all the same).
+fn occupy(pid: i32) -> Option<std::process::Child> {
+    for _ in 0..50 {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let mut c = Command::new("sleep").arg("600").spawn().ok()?;
+        if c.id() as i32 == pid {
+            return Some(c);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    None
+}
+
 fn numbers(p: &Path) -> Vec<u64> {
     std::fs::read_to_string(p)
         .unwrap_or_default()
@@ -203,11 +250,24 @@ fn native_job_coordinated_checkpoint_kill_and_migration() {
 
     // Version 2, then the units are stopped (migration); the other job runs on.
     let (ra, rb) = (n1.record(a), n1.record(b));
+    // The host pids of each unit's init and command, taken by other processes
+    // below before node 2 restarts the job.
+    let old_pids: Vec<i32> = [&ra, &rb]
+        .iter()
+        .flat_map(|r| [r.root_pid, child_of(r.root_pid)])
+        .collect();
     let o = n1.ok("xcheckpoint", &["--kill", "job-1"]);
     assert!(o.contains("version 2 written"), "{o}");
     assert!(wait_until(T, || !ra.alive() && !rb.alive()));
     let (la, lb) = (consecutive(&fa), consecutive(&fb));
     assert!(n1.record(c).alive() && grows(&fc));
+    let holders = Holders(old_pids.iter().filter_map(|p| occupy(*p)).collect());
+    assert!(
+        old_pids
+            .iter()
+            .all(|p| Path::new(&format!("/proc/{p}")).exists()),
+        "the old pids are in use"
+    );
 
     let l = n1.ok("xrestart", &["--list", "job-1"]);
     assert_eq!(l.lines().count(), 3, "{l}");
@@ -245,6 +305,12 @@ fn native_job_coordinated_checkpoint_kill_and_migration() {
     let recs = n2.job_records("job-1");
     assert_eq!(recs.len(), 2);
     assert!(recs.iter().all(|r| r.alive() && r.checkpointer == "native"));
+    // Each unit's command has its pid again, inside the unit's namespace,
+    // while other processes hold the host pids the job had on node 1.
+    for r in &recs {
+        assert_eq!(inner_pid(child_of(r.root_pid)), Some(2));
+    }
+    drop(holders);
     // Same keys and ids, in the restarted unit's own IPC namespace.
     let ra2 = recs.iter().find(|r| r.id == ids[0]).unwrap();
     assert_eq!(ipc_of(ra2.root_pid), ipc_before);

@@ -21,7 +21,7 @@ def push(s, data):
 def pull(s, n):
     s.setblocking(True); got = b""
     while len(got) < n:
-        d = s.recv(65536)
+        d = s.recv(min(65536, n - len(got)))  # not into what follows
         if not d:
             break
         got += d

@@ -131,9 +131,9 @@ struct Submit {
     #[arg(long, value_name = "NAME")]
     template: Option<String>,
 
-    /// Directory of root filesystem templates (with the default, /var/lib/vz/template/cache is searched too)
-    #[arg(long, value_name = "DIR", env = container::TEMPLATE_DIR_ENV, default_value = container::DEFAULT_TEMPLATE_DIR)]
-    template_dir: PathBuf,
+    /// Directory of root filesystem templates (default: the TemplateDir key of the grid configuration /etc/xos/gcp.conf ($XOS_GCP_CONFIG), else /var/lib/xos/templates, with /var/lib/vz/template/cache searched too)
+    #[arg(long, value_name = "DIR", env = container::TEMPLATE_DIR_ENV)]
+    template_dir: Option<PathBuf>,
 
     /// A tmpfs mounted in the container at DIR (saved with its content by checkpoints), with mount options after a colon, e.g. /scratch:size=16m
     #[arg(long, value_name = "DIR[:OPTIONS]")]
@@ -190,8 +190,12 @@ that joined it. xrestart JOB VERSION [--notify ADDR] (on this node or another) a
 restart APP VERSION bring it back with the same id and hostname; its end is then
 reported to the address given at restart, else to the one it had.
 
-Environment: XOS_STATE_DIR, XOS_CGROUP_PARENT, XOS_TEMPLATE_DIR, XOS_AMSD_SOCKET,
-XOS_AMSD_CONFIG.
+Templates are NAME.tar.gz or NAME.tar in --template-dir (XOS_TEMPLATE_DIR), else
+in the TemplateDir of the grid configuration /etc/xos/gcp.conf (XOS_GCP_CONFIG),
+else in /var/lib/xos/templates and /var/lib/vz/template/cache.
+
+Environment: XOS_STATE_DIR, XOS_CGROUP_PARENT, XOS_TEMPLATE_DIR, XOS_GCP_CONFIG,
+XOS_AMSD_SOCKET, XOS_AMSD_CONFIG.
 
 Examples:
   xos-loader --check job.jsdl
@@ -430,7 +434,14 @@ fn submit_spec(s: &Submit) -> anyhow::Result<SubmitSpec> {
         .map(std::fs::canonicalize)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--rootfs {}: {e}", s.rootfs.as_ref().unwrap().display()))?;
-    spec.template = s.template.clone().map(|t| (t, s.template_dir.clone()));
+    if let Some(t) = &s.template {
+        let conf = xos::gcp::config::GcpConfig::load_named(
+            std::env::var_os(xos::gcp::config::CONFIG_ENV)
+                .map(PathBuf::from)
+                .as_deref(),
+        )?;
+        spec.template = Some((t.clone(), conf.template_dir(s.template_dir.clone())));
+    }
     spec.tmpfs = s
         .tmpfs
         .iter()

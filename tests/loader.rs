@@ -552,6 +552,21 @@ fn template_root_filesystem_is_all_the_job_sees() {
     );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("template 'nope'"));
+    // The grid configuration's TemplateDir is where templates are looked for
+    // when the command line does not say.
+    let conf = env.state.path().join("gcp.conf");
+    std::fs::write(&conf, format!("TemplateDir {}\n", tdir.display())).unwrap();
+    let o = env
+        .cmd("xos-loader")
+        .env("XOS_GCP_CONFIG", &conf)
+        .args(["submit", "--template", "nope", "--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("template 'nope' not found in {}", tdir.display())),
+        "{err}"
+    );
 }
 
 /// The job of test 4: two processes (a counter and a helper), a SysV message

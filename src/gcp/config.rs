@@ -3,7 +3,9 @@
 //! `Key value` per line, `#` starts a comment, keys are case-insensitive.
 //!
 //! - `CheckpointDir DIR`: the directory of the jobs' versions (may be shared);
-//! - `Criu PATH`: the criu binary, when it is not on PATH.
+//! - `Criu PATH`: the criu binary, when it is not on PATH;
+//! - `TemplateDir DIR`: root filesystem templates of containers (xos-loader
+//!   `--template`; the seed's /var/lib/vz/template/cache).
 //!
 //! The command line and the environment come first; a missing file at the
 //! default path gives the defaults.
@@ -27,6 +29,7 @@ pub struct GcpConfig {
     pub path: Option<PathBuf>,
     pub checkpoint_dir: Option<PathBuf>,
     pub criu: Option<PathBuf>,
+    pub template_dir: Option<PathBuf>,
 }
 
 impl GcpConfig {
@@ -56,6 +59,7 @@ impl GcpConfig {
             match key.to_ascii_lowercase().as_str() {
                 "checkpointdir" => c.checkpoint_dir = Some(PathBuf::from(value)),
                 "criu" => c.criu = Some(PathBuf::from(value)),
+                "templatedir" => c.template_dir = Some(PathBuf::from(value)),
                 _ => return Err(err(format!("unknown key '{key}'"))),
             }
         }
@@ -76,6 +80,13 @@ impl GcpConfig {
     pub fn checkpoint_dir(&self, arg: Option<PathBuf>) -> PathBuf {
         arg.or_else(|| self.checkpoint_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CHECKPOINT_DIR))
+    }
+
+    /// The directory of container templates: `arg` (command line or
+    /// environment), else the `TemplateDir` key, else the default.
+    pub fn template_dir(&self, arg: Option<PathBuf>) -> PathBuf {
+        arg.or_else(|| self.template_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(crate::container::DEFAULT_TEMPLATE_DIR))
     }
 
     /// The CRIU backend: `arg` (`--criu` or `$XOS_CRIU`), else the `Criu` key,
@@ -103,10 +114,15 @@ mod tests {
     fn parses_keys() {
         let p = Path::new("/etc/xos/gcp.conf");
         let c = GcpConfig::parse(
-            "# grid checkpointing\nCheckpointDir /shared/ckpt\ncriu  /opt/criu/sbin/criu # 4.2\n",
+            "# grid checkpointing\nCheckpointDir /shared/ckpt\ncriu  /opt/criu/sbin/criu # 4.2\nTemplateDir /srv/tpl\n",
             p,
         )
         .unwrap();
+        assert_eq!(c.template_dir(None), Path::new("/srv/tpl"));
+        assert_eq!(
+            GcpConfig::default().template_dir(None),
+            Path::new(crate::container::DEFAULT_TEMPLATE_DIR)
+        );
         assert_eq!(c.checkpoint_dir.as_deref(), Some(Path::new("/shared/ckpt")));
         assert_eq!(c.criu.as_deref(), Some(Path::new("/opt/criu/sbin/criu")));
         let e = GcpConfig::parse("Criu\n", p).unwrap_err().to_string();

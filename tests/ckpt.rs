@@ -214,12 +214,16 @@ fn a_checkpoint_leaves_the_application_running() {
         .status()
         .unwrap()
         .success());
+    let frozen_at = numbers(&out).len();
     assert_eq!(checkpoint(&env, id, false), 2);
     let rec = env.registry().load(id).unwrap();
     assert_eq!(
         rec.cgroup.freezer_state().unwrap(),
         xos::cgroup::FreezerState::Frozen
     );
+    // Nothing ran past the image: it is frozen again before it is let go.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(numbers(&out).len(), frozen_at);
     assert!(env
         .cmd("checkpoint")
         .args(["--unfreeze", &id.to_string()])

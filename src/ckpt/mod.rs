@@ -184,11 +184,14 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         group.kill(opts.timeout)?;
         return finish_image(state, result?, freezing, stopped);
     }
-    for p in &procs {
-        p.detach();
-    }
+    // A frozen application is frozen again while its tasks are still held
+    // (the freezer takes stopped and traced tasks as they are): let go, they
+    // enter the freezer before running one more instruction past the image.
     if was_frozen {
         let _ = group.freeze(opts.timeout);
+    }
+    for p in &procs {
+        p.detach();
     }
     let stopped = start.elapsed();
     finish_image(state, result?, freezing, stopped)

@@ -481,3 +481,57 @@ fn a_tcp_connection_half_closed_closes_the_same_way_after_restart() {
     let l = cycle(&env, id, &out);
     assert_said(&l, &["server b'request' b''", "client b'response' b''"]);
 }
+
+#[test]
+fn an_asyncio_server_and_client_run_on_after_checkpoints_and_a_restart() {
+    let env = Env::new();
+    let out = env.state.path().join("echo.out");
+    let id = env.detach(&[
+        "--net",
+        "private",
+        "python3",
+        "-B",
+        &prog("asyncio_echo"),
+        out.to_str().unwrap(),
+    ]);
+    let count = || lines(&out).len();
+    assert!(wait_until(T, || count() >= 10));
+    let root = env.registry().load(id).unwrap().root_pid;
+    for _ in 0..2 {
+        // Left running: the connection goes on, the traffic lock is gone.
+        let o = env
+            .cmd("checkpoint")
+            .args(["-c", &id.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        let n = count();
+        assert!(
+            wait_until(T, || count() > n + 10),
+            "stalled after a checkpoint"
+        );
+        let rules = Command::new("nsenter")
+            .args(["-t", &root.to_string(), "-n", "nft", "list", "ruleset"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&rules.stdout).trim().is_empty());
+    }
+    checkpoint_kill(&env, id, &[]);
+    let at_kill = count();
+    let o = env
+        .cmd("restart")
+        .args(["--detach", &id.to_string(), "3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        wait_until(T, || count() > at_kill + 10),
+        "stalled after restart"
+    );
+    let got: Vec<usize> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(
+        got,
+        (0..got.len()).collect::<Vec<_>>(),
+        "every answer once, in order"
+    );
+}

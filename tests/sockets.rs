@@ -535,3 +535,12 @@ fn an_asyncio_server_and_client_run_on_after_checkpoints_and_a_restart() {
         "every answer once, in order"
     );
 }
+
+#[test]
+fn a_tcp_client_whose_server_closed_reads_the_answer_after_restart() {
+    let env = Env::new();
+    let (id, out) = start(&env, "private", "tcp_gone", &[], 1);
+    assert_said(&lines(&out), &["state 8"]); // CLOSE-WAIT
+    let l = cycle(&env, id, &out);
+    assert_said(&l, &["client b'answer' b''"]);
+}

@@ -412,26 +412,34 @@ pub fn create_repaired(s: &SocketImg, data: &[u8], closing: bool) -> Result<Owne
 /// `closing`, resets it: the peer gets a reset, the application ECONNRESET.
 pub fn release(fd: BorrowedFd, s: &SocketImg, data: &[u8], closing: bool) -> Result<(), String> {
     let Some(c) = &s.tcp else { return Ok(()) };
+    use nix::sys::socket::{shutdown, Shutdown};
+    let shut =
+        |how| shutdown(fd.as_raw_fd(), how).map_err(|e| format!("{}: shutdown: {e}", describe(s)));
+    const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+    let leave = |how: i32| {
+        sys::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, how)
+            .map_err(|e| format!("{}: leave repair mode: {e}", describe(s)))
+    };
     if closing {
-        const TCP_REPAIR_OFF_NO_WP: i32 = -1;
-        sys::set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
-            .map_err(|e| format!("{}: leave repair mode: {e}", describe(s)))?;
+        leave(TCP_REPAIR_OFF_NO_WP)?;
         return sys::disconnect(fd).map_err(|e| format!("{}: reset: {e}", describe(s)));
     }
-    leave_repair(fd).map_err(|e| format!("{}: leave repair mode: {e}", describe(s)))?;
+    // A FIN received: reads end after the data (the new socket never saw it,
+    // its sequence number was counted in). Set still in repair mode, and no
+    // window probe then: the peer closed its side and may be gone (a closed
+    // socket is not saved), and a probe would only fetch a reset.
+    if c.fin_in {
+        shut(Shutdown::Read)?;
+        leave(TCP_REPAIR_OFF_NO_WP)?;
+    } else {
+        leave(0)?;
+    }
     let start = (c.inq + c.outq - c.unsent.min(c.outq)) as usize;
     let unsent = data.get(start..(c.inq + c.outq) as usize).unwrap_or(&[]);
     send_all(fd, unsent).map_err(|e| format!("{}: send its unsent data: {e}", describe(s)))?;
-    // A FIN received: reads end after the data (the new socket never saw it,
-    // its sequence number was counted in). A FIN sent: again, after the data.
-    use nix::sys::socket::{shutdown, Shutdown};
-    if c.fin_in {
-        shutdown(fd.as_raw_fd(), Shutdown::Read)
-            .map_err(|e| format!("{}: shutdown: {e}", describe(s)))?;
-    }
+    // A FIN sent: again, after the data.
     if c.fin_out {
-        shutdown(fd.as_raw_fd(), Shutdown::Write)
-            .map_err(|e| format!("{}: shutdown: {e}", describe(s)))?;
+        shut(Shutdown::Write)?;
     }
     Ok(())
 }

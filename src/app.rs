@@ -973,6 +973,16 @@ impl Running {
 /// gets [`Detached::Started`]; the supervisor and its children get
 /// [`Detached::ChildExit`] when they are done.
 pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detached> {
+    in_background(spec, |spec, keep| launch_closing(registry, spec, keep))
+}
+
+/// Forks the background supervisor, in a session of its own, and runs `body`
+/// there (with the descriptors it must close in its children); the caller
+/// reads the supervisor's report.
+fn in_background(
+    spec: &LaunchSpec,
+    body: impl FnOnce(&LaunchSpec, &[RawFd]) -> Result<Launch>,
+) -> Result<Detached> {
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create a pipe"))?;
     match sys::fork().map_err(sys_err("fork"))? {
@@ -992,7 +1002,7 @@ pub fn launch_detached(registry: &Registry, spec: &LaunchSpec) -> Result<Detache
             };
             let mut wr = File::from(wr);
             let _ = nix::unistd::setsid();
-            match launch_closing(registry, spec, &[wr.as_raw_fd()]) {
+            match body(spec, &[wr.as_raw_fd()]) {
                 Ok(Launch::ChildExit(c)) => {
                     // The launch closed this descriptor in its children already.
                     std::mem::forget(wr);
@@ -1028,34 +1038,9 @@ pub fn adopt_detached(
     spec: &LaunchSpec,
     start: ExternalStart<'_>,
 ) -> Result<Detached> {
-    let (rd, wr) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("create a pipe"))?;
-    match sys::fork().map_err(sys_err("fork"))? {
-        ForkResult::Parent { child } => {
-            drop(wr);
-            read_report(rd, child)
-        }
-        ForkResult::Child => {
-            drop(rd);
-            for fd in &spec.close_fds {
-                let _ = nix::unistd::close(*fd);
-            }
-            let mut wr = File::from(wr);
-            let _ = nix::unistd::setsid();
-            match adopt(registry, spec, start) {
-                Ok(running) => {
-                    let _ = writeln!(wr, "ok {}", running.id());
-                    drop(wr);
-                    detach_stdio();
-                    Ok(Detached::ChildExit(running.wait().map(|_| 0).unwrap_or(1)))
-                }
-                Err(e) => {
-                    let _ = write!(wr, "err {e}");
-                    Ok(Detached::ChildExit(1))
-                }
-            }
-        }
-    }
+    in_background(spec, |spec, _| {
+        adopt(registry, spec, start).map(|r| Launch::Running(Box::new(r)))
+    })
 }
 
 fn adopt(registry: &Registry, spec: &LaunchSpec, start: ExternalStart<'_>) -> Result<Running> {

@@ -133,15 +133,11 @@ pub fn command() -> clap::Command {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     let mut a: Args = common::parse_args(args);
-    let cfg = match GcpConfig::load_named(a.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return common::fail("xcheckpoint", e),
-    };
-    let ck = cfg.checkpoint_dir(a.checkpoint_dir.take());
-    let backends = Backends {
-        criu: cfg.criu(a.criu.take()),
-        ..Backends::default()
-    };
+    let (ck, backends) =
+        match GcpConfig::resolve(a.config.as_deref(), a.checkpoint_dir.take(), a.criu.take()) {
+            Ok(r) => r,
+            Err(e) => return common::fail("xcheckpoint", e),
+        };
     if a.backends {
         let list: [&dyn Checkpointer; 3] = [&backends.native, &backends.criu, &backends.container];
         for b in list {

@@ -8,7 +8,7 @@ use clap::{ArgGroup, CommandFactory, Parser};
 use xos::gcp::config::{self, GcpConfig};
 use xos::gcp::criu::CRIU_ENV;
 use xos::gcp::job::{self, JobRestart, JobRestarted};
-use xos::gcp::{meta, Backends};
+use xos::gcp::meta;
 use xos::registry::{self, Registry};
 
 use crate::common;
@@ -112,15 +112,11 @@ pub fn command() -> clap::Command {
 
 pub fn main(args: Vec<OsString>) -> i32 {
     let mut a: Args = common::parse_args(args);
-    let cfg = match GcpConfig::load_named(a.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return common::fail("xrestart", e),
-    };
-    let ck = cfg.checkpoint_dir(a.checkpoint_dir.take());
-    let backends = Backends {
-        criu: cfg.criu(a.criu.take()),
-        ..Backends::default()
-    };
+    let (ck, backends) =
+        match GcpConfig::resolve(a.config.as_deref(), a.checkpoint_dir.take(), a.criu.take()) {
+            Ok(r) => r,
+            Err(e) => return common::fail("xrestart", e),
+        };
     let job = a.job.as_str();
     let fail = |e: xos::gcp::GcpError| {
         common::fail(

@@ -89,6 +89,22 @@ impl GcpConfig {
             .unwrap_or_else(|| PathBuf::from(crate::container::DEFAULT_TEMPLATE_DIR))
     }
 
+    /// What xcheckpoint and xrestart work with: the configuration named by
+    /// `config` (see [`GcpConfig::load_named`]), then the checkpoint directory
+    /// and the backends, the command line's `checkpoint_dir` and `criu` first.
+    pub fn resolve(
+        config: Option<&Path>,
+        checkpoint_dir: Option<PathBuf>,
+        criu: Option<PathBuf>,
+    ) -> Result<(PathBuf, super::Backends), ConfigError> {
+        let cfg = GcpConfig::load_named(config)?;
+        let backends = super::Backends {
+            criu: cfg.criu(criu),
+            ..super::Backends::default()
+        };
+        Ok((cfg.checkpoint_dir(checkpoint_dir), backends))
+    }
+
     /// The CRIU backend: `arg` (`--criu` or `$XOS_CRIU`), else the `Criu` key,
     /// else criu on PATH.
     pub fn criu(&self, arg: Option<PathBuf>) -> Criu {

@@ -860,10 +860,7 @@ impl<'a> Dumper<'a> {
             let target_s = target.to_string_lossy().into_owned();
             let text = fs::read_to_string(format!("/proc/{host}/fdinfo/{fd}")).unwrap_or_default();
             let info = files::FdInfo { text: &text };
-            let flags = info
-                .get("flags:")
-                .and_then(|v| u32::from_str_radix(v, 8).ok())
-                .unwrap_or(0);
+            let flags = info.flags();
             let pos: u64 = info.get("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
             let md = fs::metadata(&path).ok();
             let unsupported = |why: &str| CkptError::Unsupported {
@@ -1114,11 +1111,7 @@ impl<'a> Dumper<'a> {
                 what: format!("a descriptor in flight ({link}){why}"),
             };
             let text = fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).unwrap_or_default();
-            let flags = files::FdInfo { text: &text }
-                .get("flags:")
-                .and_then(|v| u32::from_str_radix(v, 8).ok())
-                .unwrap_or(0)
-                & !(libc::O_CLOEXEC as u32);
+            let flags = files::FdInfo { text: &text }.flags() & !(libc::O_CLOEXEC as u32);
             let path = PathBuf::from(format!("/proc/self/fd/{raw}"));
             let kind = if link.starts_with("socket:[") {
                 let sock =

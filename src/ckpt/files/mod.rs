@@ -29,6 +29,13 @@ impl<'a> FdInfo<'a> {
             .map(str::trim)
     }
 
+    /// The open(2) flags ("flags:", octal), 0 when unreadable.
+    pub fn flags(&self) -> u32 {
+        self.get("flags:")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(0)
+    }
+
     /// Every line starting with `key`, the rest of each.
     pub fn all(&self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.text.lines().filter_map(move |l| l.strip_prefix(key))

@@ -286,7 +286,7 @@ impl Dumper {
                     self.unix = Some(diag::unix_sockets(self.ns_pid)?);
                 }
                 let table = self.unix.as_ref().unwrap();
-                let (b, f) = unix::dump(&fd, &mut img, table, cwd, self.opts.external_unix)?;
+                let (b, f) = unix::dump(&fd, &mut img, table, cwd)?;
                 fds = f;
                 b
             }

@@ -34,7 +34,6 @@ pub fn dump(
     img: &mut SocketImg,
     table: &HashMap<u32, UnixDiag>,
     cwd: &Path,
-    _external: bool,
 ) -> Result<(Vec<u8>, queue::InFlightFds), String> {
     let d = table
         .get(&(img.id as u32))

@@ -919,12 +919,16 @@ impl Running {
             let root = &root;
             move || crate::container::unit::members_ended(root, id)
         });
+        let old_mask = self.old_mask;
         let code = self.wait_ticking(members.as_mut().map(|m| m as &mut dyn FnMut()));
         if let Some((id, _)) = unit {
             // Reported from here, outside the container, where the notify
             // address is reachable.
             crate::container::unit::ended(&root, id, *code.as_ref().unwrap_or(&1));
         }
+        // Only now: a SIGTERM pending since the application ended must not
+        // end this process before the report is out.
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
         code
     }
 
@@ -958,8 +962,13 @@ impl Running {
                 Err(e) => return Err(sys_err("wait for the application")(e)),
             }
         };
-        nix::unistd::alarm::cancel();
-        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
+        if tick.is_some() {
+            nix::unistd::alarm::cancel();
+            // An alarm that went off after the last wait is pending still:
+            // unblocked with its default action, it would kill the
+            // supervisor (found as a container whose end was never reported).
+            let _ = sys::discard_pending(Signal::SIGALRM);
+        }
         let _ = self.registry.save_exit(self.record.id, code);
         let cleaned = self.record.cgroup.destroy(CLEANUP_TIMEOUT);
         self.registry.remove(self.record.id)?;

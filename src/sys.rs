@@ -18,6 +18,14 @@ pub(crate) fn default_disposition(sig: Signal) -> nix::Result<()> {
     unsafe { signal::signal(sig, SigHandler::SigDfl) }.map(drop)
 }
 
+/// Discards a pending `sig` (setting it ignored drops it, see signal(7)) and
+/// restores its default disposition.
+pub(crate) fn discard_pending(sig: Signal) -> nix::Result<()> {
+    // SAFETY: SIG_IGN and SIG_DFL register no Rust code as a handler.
+    unsafe { signal::signal(sig, SigHandler::SigIgn) }?;
+    default_disposition(sig)
+}
+
 /// Borrows a raw descriptor number for a call that takes `AsFd`.
 pub(crate) fn borrow_fd(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
     // SAFETY: used only for immediate fcntl calls on descriptors the caller knows to

@@ -92,8 +92,15 @@ fn xrestart(node: &Env, ck: &Path, args: &[&str]) {
 /// `xos-loader listen` on `addr`, for `count` reports.
 struct Listener {
     child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    /// Lines read by a thread, so that a missing report fails the test
+    /// after a while instead of hanging it.
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The state directory, shown when a report does not come.
+    state: PathBuf,
 }
+
+/// How long a test waits for a report.
+const REPORT_WAIT: Duration = Duration::from_secs(60);
 
 impl Listener {
     fn start(env: &Env, addr: &str, count: u32) -> Listener {
@@ -103,17 +110,34 @@ impl Listener {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(|l| l.ok()) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
         if let Some(p) = addr.strip_prefix("unix:") {
             assert!(wait_until(T, || Path::new(p).exists()), "no socket {p}");
         } else {
             std::thread::sleep(Duration::from_millis(300));
         }
-        Listener { child, lines }
+        Listener {
+            child,
+            lines,
+            state: env.state.path().to_path_buf(),
+        }
     }
 
     fn next(&mut self) -> serde_json::Value {
-        let line = self.lines.next().expect("a report").unwrap();
+        let line = self.lines.recv_timeout(REPORT_WAIT).unwrap_or_else(|e| {
+            panic!(
+                "no report within {REPORT_WAIT:?}: {e}\n{}",
+                state_dump(&self.state)
+            )
+        });
         serde_json::from_str(&line).unwrap()
     }
 }
@@ -123,6 +147,36 @@ impl Drop for Listener {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The units' files and the processes still running, for a failure message.
+fn state_dump(state: &Path) -> String {
+    let mut out = String::new();
+    let units = state.join("containers");
+    for e in walk(&units) {
+        out.push_str(&format!("{}\n", e.display()));
+        if e.extension().is_some_and(|x| x == "json") {
+            out.push_str(&format!("  {}\n", read(&e)));
+        }
+    }
+    let ps = Command::new("ps")
+        .args(["-eo", "pid,ppid,pgid,stat,wchan:24,args"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out + &ps
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if p.is_dir() && !p.ends_with("root") {
+            out.extend(walk(&p));
+        }
+    }
+    out
 }
 
 const JSDL_HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?>

@@ -490,24 +490,27 @@ fn list(c: &Common, json: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!(
-        "{:<11} {:<9} {:<10} {:<16} {:<8} COMMAND",
-        "CTID", "KIND", "STATE", "JOB", "PID"
-    );
-    for u in units {
-        println!(
-            "{:<11} {:<9} {:<10} {:<16} {:<8} {}",
-            u.record.id,
-            if u.record.container {
-                "container"
-            } else {
-                "native"
-            },
-            u.state,
-            u.record.job.as_deref().unwrap_or("-"),
-            u.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            u.record.command.join(" ")
-        );
+    let rows: Vec<Vec<String>> = units
+        .iter()
+        .map(|u| {
+            vec![
+                u.record.id.to_string(),
+                if u.record.container {
+                    "container"
+                } else {
+                    "native"
+                }
+                .into(),
+                u.state.to_string(),
+                u.record.job.clone().unwrap_or_else(|| "-".into()),
+                u.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                common::printable(&u.record.command.join(" ")),
+            ]
+        })
+        .collect();
+    let header = ["CTID", "KIND", "STATE", "JOB", "PID", "COMMAND"];
+    for line in common::table(&header, &rows, &[]) {
+        println!("{line}");
     }
     Ok(())
 }

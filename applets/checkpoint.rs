@@ -149,7 +149,8 @@ pid, parent, process group and session (every shape setsid and setpgid build,
 also groups and sessions whose leader ended), uids, gids, groups, capability
 sets, securebits, rlimits, umask, working directory (also a deleted one),
 executable (also a deleted one), personality, no_new_privs and the prctl
-settings dumpable, child subreaper, THP disabled and timer slack.
+settings dumpable, child subreaper, THP disabled and timer slack, and
+mlockall(MCL_FUTURE) with MCL_ONFAULT for mappings made later.
 
 Sockets: Unix stream, datagram and seqpacket sockets (pairs, accepted
 connections, listeners with their connections not yet accepted, path, deleted and
@@ -185,13 +186,17 @@ shared memory segment only partly mapped; a SIGIO owner outside the
 application; an epoll watching a descriptor closed since.
 
 Not saved, as nothing shows them: SysV semaphore undo lists (SEM_UNDO; after
-restart the adjustments are not made when the process exits) and
-mlockall(MCL_FUTURE) for mappings made later. A dumpable value of 2
-(suid_dumpable) comes back as 1.
+restart the adjustments are not made when the process exits), and
+mlockall(MCL_FUTURE) in a process that has no locked memory at all (nothing
+mapped since). A dumpable value of 2 comes back where fs.suid_dumpable is 2,
+elsewhere as 0 (never 1, which would let the process's user attach to it).
 
 -c never leaves APP changed: it is stopped task by task under ptrace, and
 killing checkpoint at any moment (kill -9, Ctrl-C) lets every task continue
-exactly where it was. SIGINT, SIGTERM and SIGHUP abort -c cleanly; a temporary
+exactly where it was. (One exception: in a process with locked memory, whether
+mlockall(MCL_FUTURE) is in force shows only on a new mapping, so one page
+without access is mapped and unmapped again in it; killed just then, that
+page stays.) SIGINT, SIGTERM and SIGHUP abort -c cleanly; a temporary
 version left by a killed checkpoint is removed by the next one. One operation
 (checkpoint, restart, freeze, unfreeze) runs on APP at a time: a second one
 fails at once naming the first, or waits with --wait.

@@ -1438,6 +1438,12 @@ fn self_check_survives_restart(mode: &str) -> (Env, PathBuf) {
 
 /// [`self_check_survives_restart`] of program `name` given `mode`.
 fn program_check_survives_restart(name: &str, mode: &str) -> (Env, PathBuf) {
+    program_check_with(name, mode, || {})
+}
+
+/// [`program_check_survives_restart`], calling `between` after the
+/// checkpoint and before the restart.
+fn program_check_with(name: &str, mode: &str, between: impl FnOnce()) -> (Env, PathBuf) {
     let env = Env::new();
     let prog = cc(env.state.path(), name);
     let out = env.state.path().join("out");
@@ -1451,6 +1457,7 @@ fn program_check_survives_restart(name: &str, mode: &str) -> (Env, PathBuf) {
     no_bad(&out);
     let v = checkpoint_kill(&env, id);
     let before = oks(&out);
+    between();
     restart(&env, id, v);
     assert!(wait_until(T, || oks(&out) >= before + 5
         || lines(&out).len() > oks(&out)));
@@ -1469,6 +1476,43 @@ fn madvise_advice_mlock_and_growsdown_come_back() {
 #[test]
 fn prctl_settings_securebits_and_personality_come_back() {
     self_check_survives_restart("prctl");
+}
+
+#[test]
+fn mlockall_future_comes_back() {
+    self_check_survives_restart("mlockall");
+    self_check_survives_restart("mlockall-onfault");
+}
+
+/// Sets the sysctl fs.suid_dumpable (not namespaced) and puts the old value
+/// back when dropped.
+struct SuidDumpable(String);
+
+const SUID_DUMPABLE: &str = "/proc/sys/fs/suid_dumpable";
+
+impl SuidDumpable {
+    fn set(v: &str) -> SuidDumpable {
+        let old = std::fs::read_to_string(SUID_DUMPABLE).unwrap();
+        std::fs::write(SUID_DUMPABLE, v).unwrap();
+        SuidDumpable(old)
+    }
+}
+
+impl Drop for SuidDumpable {
+    fn drop(&mut self) {
+        let _ = std::fs::write(SUID_DUMPABLE, self.0.trim());
+    }
+}
+
+/// Dumpable 2 (a process that changed its fsuid while fs.suid_dumpable was
+/// 2) comes back as 2 where the sysctl is 2, and never as 1 (which would
+/// let its user attach to it) where it is not.
+#[test]
+fn dumpable_2_comes_back_as_2_or_0_never_1() {
+    let _s = SuidDumpable::set("2");
+    self_check_survives_restart("dumpable2");
+    let s = SuidDumpable::set("2");
+    program_check_with("procstate", "dumpable-not1", move || drop(s));
 }
 
 #[test]

@@ -175,7 +175,8 @@ pub const DEFAULT_TIMERSLACK: u64 = 50_000;
 /// Process-wide settings (prctl(2), securebits(7)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
-    /// PR_SET_DUMPABLE: 0, 1 or 2 (suid_dumpable; cannot be set again, taken as 1).
+    /// PR_SET_DUMPABLE: 0, 1 or 2 (fs.suid_dumpable's; given again only
+    /// where that sysctl is 2, else 0).
     pub dumpable: u32,
     pub child_subreaper: bool,
     /// PR_SET_THP_DISABLE.
@@ -183,6 +184,10 @@ pub struct Settings {
     /// PR_SET_TIMERSLACK, in nanoseconds.
     pub timerslack_ns: u64,
     pub securebits: u32,
+    /// mlockall(2) flags in force for future mappings (MCL_FUTURE, with
+    /// MCL_ONFAULT), 0 for none.
+    #[serde(default)]
+    pub mlock_future: u32,
 }
 
 impl Default for Settings {
@@ -193,6 +198,7 @@ impl Default for Settings {
             thp_disable: false,
             timerslack_ns: DEFAULT_TIMERSLACK,
             securebits: 0,
+            mlock_future: 0,
         }
     }
 }

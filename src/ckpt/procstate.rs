@@ -47,6 +47,7 @@ pub fn query(
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(DEFAULT_TIMERSLACK);
+    let mlock_future = mlock_future(t, regs0, host, status)?;
     let thp_disable = status
         .lines()
         .find_map(|l| l.strip_prefix("THP_enabled:"))
@@ -57,6 +58,7 @@ pub fn query(
         thp_disable,
         timerslack_ns,
         securebits: securebits as u32,
+        mlock_future,
     })
 }
 
@@ -88,10 +90,119 @@ pub fn apply(s: &Settings) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The dumpable value to set after a change of credentials (which resets it):
-/// the saved one, 2 (not settable) taken as 1.
-pub fn dumpable_after_credentials(s: &Settings) -> u64 {
-    u64::from(s.dumpable != 0)
+/// Gives the rebuilt process its saved dumpable flag, after its credentials
+/// (a change of uids resets it to the sysctl fs.suid_dumpable). 2 cannot be
+/// set with prctl: the kernel gives it on a change of fsuid while that
+/// sysctl is 2; where it is not, the process gets 0, which like 2 keeps its
+/// /proc files root's and it unattachable by its user (it dumps no core).
+pub fn restore_dumpable(t: &Tracee, base: &libc::user_regs_struct, s: &Settings) -> Result<()> {
+    let call = |what: &'static str, nr: i64, a: u64, b: u64| {
+        t.syscall_ok(base, what, nr, [a, b, 0, 0, 0, 0])
+    };
+    let get = || call("get dumpable", libc::SYS_prctl, PR_GET_DUMPABLE, 0);
+    if get()? == u64::from(s.dumpable) {
+        return Ok(());
+    }
+    if s.dumpable == 2 && suid_dumpable() == Some(2) {
+        // An fsuid changed there and back (root's restore changed no uid).
+        let cur = call("setfsuid", libc::SYS_setfsuid, u64::from(u32::MAX), 0)?;
+        let other = if cur == 0 { 1 } else { 0 };
+        call("setfsuid", libc::SYS_setfsuid, other, 0)?;
+        call("setfsuid", libc::SYS_setfsuid, cur, 0)?;
+        if get()? == 2 {
+            return Ok(());
+        }
+    }
+    let d = match s.dumpable {
+        2 => {
+            log::warn!(
+                "dumpable 2 (fs.suid_dumpable) cannot be given again on this node: set to 0"
+            );
+            0
+        }
+        d => u64::from(d),
+    };
+    call("set dumpable", libc::SYS_prctl, PR_SET_DUMPABLE as u64, d)?;
+    Ok(())
+}
+
+/// The sysctl fs.suid_dumpable.
+fn suid_dumpable() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/fs/suid_dumpable")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the process has mlockall(MCL_FUTURE) (and MCL_ONFAULT) in force,
+/// as mlockall flags (0: no). Nothing shows it but a new mapping's flags: a
+/// probe page is mapped, looked at and unmapped again, only in a process
+/// with locked memory (one that called mlockall has some). Shared, so that
+/// it merges with no neighbour.
+fn mlock_future(
+    t: &Tracee,
+    regs0: &libc::user_regs_struct,
+    host: i32,
+    status: &str,
+) -> Result<u32> {
+    let locked_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if locked_kb == 0 {
+        return Ok(0);
+    }
+    let page = 4096;
+    let addr = t.syscall_ok(
+        regs0,
+        "mmap a probe page",
+        libc::SYS_mmap,
+        [
+            0,
+            page,
+            libc::PROT_NONE as u64,
+            (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    let smaps = std::fs::read_to_string(format!("/proc/{host}/smaps"));
+    t.syscall_ok(
+        regs0,
+        "munmap the probe page",
+        libc::SYS_munmap,
+        [addr, page, 0, 0, 0, 0],
+    )?;
+    let smaps = smaps.map_err(|e| CkptError::Proc {
+        pid: t.label,
+        what: "read smaps",
+        source: e,
+    })?;
+    let advice = advice_of(&smaps);
+    let has = |n: &str| advice.get(&addr).is_some_and(|a| a.iter().any(|x| x == n));
+    Ok(if has("lockonfault") {
+        (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u32
+    } else if has("locked") {
+        libc::MCL_FUTURE as u32
+    } else {
+        0
+    })
+}
+
+/// mlockall(MCL_FUTURE) again when it was in force (only future mappings:
+/// the current ones have their saved locks already).
+pub fn restore_mlock_future(t: &Tracee, base: &libc::user_regs_struct, s: &Settings) -> Result<()> {
+    if s.mlock_future != 0 {
+        t.syscall_ok(
+            base,
+            "mlockall(MCL_FUTURE)",
+            libc::SYS_mlockall,
+            [u64::from(s.mlock_future), 0, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
 }
 
 /// One kind of mapping advice: its `VmFlags` code in smaps, its name in the
@@ -284,16 +395,5 @@ VmFlags: rd wr mr mw me ac
         assert_eq!(a[&0x55d0a000], vec!["dontfork", "locked", "dontdump"]);
         assert!(!a.contains_key(&0x7f000000));
         assert!(grows_down(&a[&0x7ffd1000]));
-    }
-
-    #[test]
-    fn dumpable_after_credentials_keeps_zero() {
-        let s = |d| Settings {
-            dumpable: d,
-            ..Settings::default()
-        };
-        assert_eq!(dumpable_after_credentials(&s(0)), 0);
-        assert_eq!(dumpable_after_credentials(&s(1)), 1);
-        assert_eq!(dumpable_after_credentials(&s(2)), 1);
     }
 }

@@ -949,7 +949,6 @@ fn set_credentials(
     }
     const PR_CAPBSET_DROP: u64 = 24;
     const PR_SET_KEEPCAPS: u64 = 8;
-    const PR_SET_DUMPABLE: u64 = 4;
     const PR_CAP_AMBIENT: u64 = 47;
     const PR_CAP_AMBIENT_RAISE: u64 = 2;
     let call = |what: &'static str, nr: i64, a: [u64; 3]| {
@@ -987,12 +986,6 @@ fn set_credentials(
     call("setfsuid", libc::SYS_setfsuid, [fsuid, 0, 0])?;
     if !root && !keep_caps {
         prctl("reset keep capabilities", PR_SET_KEEPCAPS, 0)?;
-    }
-    if !root || p.settings.dumpable != 1 {
-        // Changing uids made the process non-dumpable, which would make its
-        // /proc files root's: it gets the saved value again.
-        let d = procstate::dumpable_after_credentials(&p.settings);
-        prctl("set dumpable", PR_SET_DUMPABLE, d)?;
     }
     // capset: a version-3 header, then two {effective, permitted, inheritable}
     // halves (linux/capability.h).
@@ -1761,6 +1754,9 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         set_credentials(tt, &own, p, scratch)?;
         thread::queue_signals(tt, &own, scratch, p.pid, &th.pending, false)?;
     }
+    // Changing uids reset the dumpable flag (every thread's change did):
+    // the saved one is set last.
+    procstate::restore_dumpable(t, &base, &p.settings)?;
     log::debug!("process {pid}: threads created and set up");
     timer::restore(t, &base, scratch, &p.timers)?;
     thread::queue_signals(t, &base, scratch, p.pid, &p.shared_pending, true)?;
@@ -1770,6 +1766,8 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         libc::SYS_munmap,
         [scratch, SCRATCH_LEN, 0, 0, 0, 0],
     )?;
+    // After the last mapping the restorer makes in it.
+    procstate::restore_mlock_future(t, &base, &p.settings)?;
     for (i, th) in p.threads.iter().enumerate() {
         let tt: &Tracee = if i == 0 { t } else { &threads[i - 1] };
         let words: [u64; sys::REGS_WORDS] = th

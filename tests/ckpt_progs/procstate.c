@@ -8,6 +8,13 @@
  *            securebits, personality
  *   deleted  its executable and its working directory removed (the links in
  *            /proc/self say "(deleted)", the names are the old ones)
+ *   mlockall mlockall(MCL_FUTURE): every new mapping is locked, the ones
+ *            from before are not
+ *   mlockall-onfault  mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT): new
+ *            mappings are locked on fault
+ *   dumpable2  dumpable 2, from a change of fsuid while fs.suid_dumpable is 2
+ *            (the test sets it)
+ *   dumpable-not1  dumpable 2 at first, never 1 afterwards
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -17,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/mman.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
@@ -141,6 +149,55 @@ static int check_prctl(void)
     return 1;
 }
 
+static char *before_mlockall, *taken_after;
+static int future_flags;
+
+static void setup_mlockall(int flags)
+{
+    before_mlockall = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    before_mlockall[0] = 1;
+    future_flags = flags;
+    if (mlockall(flags))
+        exit(3);
+    /* Memory it takes afterwards is locked (a large malloc is a mapping). */
+    taken_after = malloc(1 << 20);
+    taken_after[0] = 1;
+}
+
+static int check_mlockall(void)
+{
+    char *p = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int locked = has_flag(p, "lo"), onfault = has_flag(p, "lf");
+    munmap(p, PAGE);
+    CHECK(locked, "a new mapping is not locked");
+    CHECK(has_flag(taken_after, "lo"), "memory taken after mlockall is not locked");
+    CHECK(onfault == !!(future_flags & MCL_ONFAULT), "lock on fault");
+    CHECK(has_flag(before_mlockall, "lo") == !!(future_flags & MCL_CURRENT),
+          "a mapping from before mlockall");
+    return 1;
+}
+
+static int want_dumpable;
+
+static void setup_dumpable2(int want)
+{
+    /* Changing fsuid gives the process fs.suid_dumpable's value. */
+    setfsuid(1);
+    setfsuid(0);
+    if (prctl(PR_GET_DUMPABLE) != 2)
+        exit(4);
+    want_dumpable = want;
+}
+
+static int check_dumpable(void)
+{
+    int d = prctl(PR_GET_DUMPABLE);
+    if (want_dumpable == 2)
+        CHECK(d == 2, "dumpable is not 2");
+    CHECK(d != 1, "dumpable 2 became 1");
+    return 1;
+}
+
 static char exe_was[4096], cwd_was[4096];
 
 static void setup_deleted(const char *out)
@@ -207,6 +264,18 @@ int main(int argc, char **argv)
     } else if (strcmp(argv[2], "prctl") == 0) {
         setup_prctl();
         check = check_prctl;
+    } else if (strcmp(argv[2], "mlockall") == 0) {
+        setup_mlockall(MCL_FUTURE);
+        check = check_mlockall;
+    } else if (strcmp(argv[2], "mlockall-onfault") == 0) {
+        setup_mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT);
+        check = check_mlockall;
+    } else if (strcmp(argv[2], "dumpable2") == 0) {
+        setup_dumpable2(2);
+        check = check_dumpable;
+    } else if (strcmp(argv[2], "dumpable-not1") == 0) {
+        setup_dumpable2(0);
+        check = check_dumpable;
     } else if (strcmp(argv[2], "deleted") == 0) {
         setup_deleted(argv[1]);
         check = check_deleted;

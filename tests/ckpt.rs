@@ -1583,6 +1583,21 @@ fn every_session_and_process_group_shape_comes_back() {
         before.iter().any(|s| !pids.contains(&s.3) && s.3 > 1),
         "{before:?}"
     );
+    let shape = |pid: i32| before.iter().find(|s| s.0 == pid).copied();
+    // Adopted by a subreaper (not the init) from a session whose leader ended.
+    assert!(
+        before
+            .iter()
+            .any(|s| s.1 > 1 && !pids.contains(&s.3) && shape(s.1).is_some_and(|p| p.3 != s.3)),
+        "{before:?}"
+    );
+    // In the group of a living process made after it, not its ancestor.
+    assert!(
+        before
+            .iter()
+            .any(|s| s.2 > s.0 && pids.contains(&s.2) && shape(s.2).is_some_and(|l| l.1 != s.0)),
+        "{before:?}"
+    );
     let v = checkpoint_kill(&env, id);
     let at_kill = assert_consecutive(&out);
     restart(&env, id, v);

@@ -423,6 +423,8 @@ struct Tree<'a> {
     dead_sessions: BTreeMap<i32, Vec<&'a Proc>>,
     /// Process groups whose leader is gone.
     dead_groups: std::collections::BTreeSet<i32>,
+    /// Every session whose leader is gone.
+    all_dead_sessions: std::collections::BTreeSet<i32>,
     /// pid for the short-lived helpers, above every saved pid.
     helper_pid: i32,
     /// parent -> its ended, unreaped children.
@@ -467,6 +469,7 @@ pub fn restore_tree(
         orphans: BTreeMap::new(),
         dead_sessions: BTreeMap::new(),
         dead_groups,
+        all_dead_sessions: dead_sessions.clone(),
         zombies: BTreeMap::new(),
         allow_changed_files: opts.allow_changed_files,
         redirected: opts.redirected,
@@ -506,7 +509,7 @@ pub fn restore_tree(
             spawn(p, tree, &shared, &mut created)?;
         }
         for (&sid, members) in &tree.dead_sessions {
-            spawn_session(sid, members, tree, &shared, &mut created)?;
+            spawn_session(sid, members, tree, &shared, &mut created, true)?;
         }
         // Every process is in its session and group: the helpers can go.
         session::end_helpers(dead_sessions.iter().chain(&tree.dead_groups).copied());
@@ -628,14 +631,17 @@ fn spawn(p: &Proc, tree: &Tree, shared: &Shared, created: &mut Vec<i32>) -> Resu
 }
 
 /// Creates session `sid`, whose leader is gone, from a helper with its pid
-/// that forks `members` (through helpers that exit, so they are the init's
-/// children as before) and stays until [`session::end_helpers`].
+/// that forks `members` (through helpers that exit, so they are the caller's
+/// children as before: the init's, or a subreaper's). The helper stays until
+/// [`session::end_helpers`] when `stay` (the init's), else it ends at once
+/// and the caller reaps it.
 fn spawn_session(
     sid: i32,
     members: &[&Proc],
     tree: &Tree,
     shared: &Shared,
     created: &mut Vec<i32>,
+    stay: bool,
 ) -> Result<()> {
     session::next_pid(sid)?;
     let (rd, wr) = nix::unistd::pipe().map_err(|e| rerr(sid, e))?;
@@ -659,6 +665,9 @@ fn spawn_session(
                 Err(e) => writeln!(w, "E{}", e.to_string().replace('\n', " ")),
             };
             drop(w);
+            if !stay {
+                std::process::exit(0);
+            }
             loop {
                 sys::pause();
             }
@@ -668,6 +677,10 @@ fn spawn_session(
             let mut msg = String::new();
             let _ =
                 std::io::BufRead::read_line(&mut std::io::BufReader::new(File::from(rd)), &mut msg);
+            if !stay {
+                let _ = nix::sys::wait::waitpid(child, None);
+                take_sigchld();
+            }
             if child.as_raw() != sid {
                 return Err(rerr(sid, format!("the pid is taken (got {child})")));
             }
@@ -767,13 +780,19 @@ fn spawn_zombie(z: &Zombie) -> Result<()> {
                 nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
             )
             .map_err(|e| rerr(z.pid, format!("wait: {e}")))?;
-            let mut chld = SigSet::empty();
-            chld.add(Signal::SIGCHLD);
-            if SigSet::thread_get_mask().is_ok_and(|m| m.contains(Signal::SIGCHLD)) {
-                let _ = chld.wait();
-            }
+            take_sigchld();
             Ok(())
         }
+    }
+}
+
+/// Takes back the SIGCHLD (blocked here) that a child made for the restore
+/// sent when it ended: the process gets its saved pending signals only.
+fn take_sigchld() {
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    if SigSet::thread_get_mask().is_ok_and(|m| m.contains(Signal::SIGCHLD)) {
+        let _ = chld.wait();
     }
 }
 
@@ -811,6 +830,16 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     };
     let mut subtree = vec![me];
     let children = tree.children.get(&me).cloned().unwrap_or_default();
+    // Children in a session whose leader is gone, neither this process's nor
+    // the one it was born in: a subreaper adopted them (a daemon's double
+    // fork). Made the same way, from a helper holding the leader's pid.
+    let born_sid = nix::unistd::getsid(None).map_or(0, |s| s.as_raw());
+    let (adopted, children): (Vec<&Proc>, Vec<&Proc>) = children.into_iter().partition(|c| {
+        c.sid != p.sid
+            && c.sid != c.pid
+            && c.sid != born_sid
+            && tree.all_dead_sessions.contains(&c.sid)
+    });
     // Children left in the session this process had before its setsid(2)
     // were forked before it.
     let (early, children): (Vec<&Proc>, Vec<&Proc>) = children
@@ -833,16 +862,23 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     };
     let want_sid = of_init(p.sid, nix::unistd::getsid(Some(Pid::from_raw(1))));
     let want_pgid = of_init(p.pgid, nix::unistd::getpgid(Some(Pid::from_raw(1))));
+    let mut deferred_group = false;
     if p.pgid == p.pid {
         if nix::unistd::getpgrp().as_raw() != p.pid {
             nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(e("setpgid"))?;
         }
     } else if want_pgid > 0 && nix::unistd::getpgrp().as_raw() != want_pgid {
         let join = || nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(want_pgid));
-        if join().is_err() && tree.dead_groups.contains(&p.pgid) {
-            session::make_group(p.pgid, tree.helper_pid)?;
+        if join().is_err() {
+            if tree.dead_groups.contains(&p.pgid) {
+                session::make_group(p.pgid, tree.helper_pid)?;
+                join().map_err(e("join its process group"))?;
+            } else if p.pgid > 1 {
+                // Its leader lives in another branch, not made yet: joined
+                // once every process exists (see `rebuild`).
+                deferred_group = true;
+            }
         }
-        join().map_err(e("join its process group"))?;
     }
     // A shape this restorer cannot build (a member adopted by a subreaper
     // from a session whose leader ended…) fails here rather than coming back
@@ -851,7 +887,7 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
         nix::unistd::getsid(None).map_or(0, |s| s.as_raw()),
         nix::unistd::getpgrp().as_raw(),
     );
-    if (p.sid > 0 && sid != want_sid) || (p.pgid > 0 && pgid != want_pgid) {
+    if (p.sid > 0 && sid != want_sid) || (p.pgid > 0 && pgid != want_pgid && !deferred_group) {
         return Err(rerr(
             me,
             format!(
@@ -864,6 +900,17 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
     // command) holds it for the children that join it.
     for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
         spawn_zombie(z)?;
+    }
+    if !adopted.is_empty() && p.settings.child_subreaper {
+        // Set again with the other settings; needed now for the adoption.
+        nix::sys::prctl::set_child_subreaper(true).map_err(e("PR_SET_CHILD_SUBREAPER"))?;
+    }
+    let mut by_session: BTreeMap<i32, Vec<&Proc>> = BTreeMap::new();
+    for c in adopted {
+        by_session.entry(c.sid).or_default().push(c);
+    }
+    for (sid, members) in by_session {
+        spawn_session(sid, &members, tree, shared, &mut subtree, false)?;
     }
     for c in children {
         spawn(c, tree, shared, &mut subtree)?;
@@ -1386,6 +1433,18 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         .ok_or_else(|| rerr(pid, "no vDSO"))?;
     t.find_gadget(vdso.start, vdso.end)?;
     let base = t.regs()?;
+    // A group whose leader was made after this process (in another branch)
+    // exists now.
+    if p.pgid > 1
+        && nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() != p.pgid)
+    {
+        t.syscall_ok(
+            &base,
+            "join its process group",
+            libc::SYS_setpgid,
+            [0, p.pgid as u64, 0, 0, 0, 0],
+        )?;
+    }
     // The kernel writes to a registered rseq area on every return to user space:
     // the restorer's area goes away with its memory, so it is unregistered first.
     const RSEQ_FLAG_UNREGISTER: u64 = 1;

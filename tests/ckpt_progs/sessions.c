@@ -10,12 +10,17 @@
  *   F: a new session and, in it, a second group that a sibling joins
  *   G: a group whose leader G1 ended but is not reaped (a zombie, as the
  *      first command of a pipeline), joined by its sibling G2
+ *   H: a child subreaper; its child H1 starts a session, forks H2 and ends
+ *      (a daemon's double fork): H2 is adopted by H from a session whose
+ *      leader ended
+ *   I: I1's child I2 joins the group of I3, forked after it in another branch
  * Processes that stay sleep. Their pids, parents, groups and sessions are
  * compared from outside (/proc) before the checkpoint and after the restart. */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -143,6 +148,52 @@ static void g(void)
     sleep_forever(); /* G1 stays a zombie */
 }
 
+static void h2(void) { sleep_forever(); }
+static void h1(void)
+{
+    setsid();
+    child(h2);
+    nap(30);
+    _exit(0);
+}
+static void h(void)
+{
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    waitpid(child(h1), NULL, 0);
+    sleep_forever();
+}
+
+static int i_pipe[2];
+static void i2(void)
+{
+    pid_t leader;
+    if (read(i_pipe[0], &leader, sizeof leader) == sizeof leader)
+        setpgid(0, leader);
+    sleep_forever();
+}
+static void i1(void)
+{
+    child(i2);
+    sleep_forever();
+}
+static void i3(void)
+{
+    setpgid(0, 0);
+    sleep_forever();
+}
+static void i(void)
+{
+    if (pipe(i_pipe))
+        _exit(1);
+    child(i1);
+    nap(10);
+    pid_t leader = child(i3);
+    setpgid(leader, leader); /* before I2 joins, whichever runs first */
+    if (write(i_pipe[1], &leader, sizeof leader) != sizeof leader)
+        _exit(1);
+    sleep_forever();
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -150,7 +201,7 @@ int main(int argc, char **argv)
     FILE *out = fopen(argv[1], "a");
     setvbuf(out, NULL, _IOLBF, 0);
     root_group = getpgrp();
-    void (*shapes[])(void) = {a, b, c, d, e, f, g};
+    void (*shapes[])(void) = {a, b, c, d, e, f, g, h, i};
     for (unsigned i = 0; i < sizeof shapes / sizeof *shapes; i++)
         child(shapes[i]);
     /* Reap the ones that end (B and E; A2 is the init's). */

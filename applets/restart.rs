@@ -186,6 +186,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         };
     }
     let began = std::time::Instant::now();
+    log::debug!("restart of application {:?} begins", a.app_arg);
     let mut a = a;
     a.app = a.app_arg.unwrap_or_default();
     let version = a.number.unwrap_or_default();
@@ -214,6 +215,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         Err(_) => {}
     }
+    log::debug!("application {} locked", a.app);
     let (dir, img) = match ckpt::load_image(&a.state_dir, a.app, version) {
         Ok(v) => v,
         Err(e) => return failed(e),

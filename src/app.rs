@@ -554,7 +554,19 @@ fn start_in_group(
         restore(&old_mask);
         return Err(sys_err("create a PID namespace")(e));
     }
-    let child = match sys::fork() {
+    // The init starts in the group's v2 directory if it can, and moves
+    // itself into the v1 ones: no move by pid (see `Group::attach_self`).
+    let v2 = group.v2_fd();
+    let (forked, in_v2) = match v2
+        .as_ref()
+        .map(|fd| sys::fork_into_cgroup(std::os::fd::AsFd::as_fd(fd)))
+    {
+        Some(Ok(f)) => (Ok(f), true),
+        // clone3 or CLONE_INTO_CGROUP unknown to this kernel.
+        Some(Err(_)) | None => (sys::fork(), false),
+    };
+    drop(v2);
+    let child = match forked {
         Err(e) => {
             restore(&old_mask);
             return Err(sys_err("fork")(e));
@@ -565,7 +577,8 @@ fn start_in_group(
             for fd in close_in_child.iter().chain(&spec.close_fds) {
                 let _ = nix::unistd::close(*fd);
             }
-            let code = init_main(go_r, err_w, stdio, spec, &old_mask, &host_if);
+            let attached = group.attach_self(in_v2).map_err(|e| e.to_string());
+            let code = init_main(go_r, err_w, attached, stdio, spec, &old_mask, &host_if);
             return Ok(Launch::ChildExit(code));
         }
         Ok(ForkResult::Parent { child }) => child,
@@ -579,9 +592,6 @@ fn start_in_group(
         restore(&old_mask);
         Err(e)
     };
-    if let Err(e) = group.attach(child.as_raw()) {
-        return fail(e.into());
-    }
     let mut go_w = File::from(go_w);
     if let Err(e) = go_w.write_all(b"g") {
         return fail(LaunchError::Setup(format!(
@@ -674,6 +684,7 @@ fn decode_child_error(msg: &str, program: &OsString) -> LaunchError {
 fn init_main(
     go: OwnedFd,
     err: OwnedFd,
+    attached: std::result::Result<(), String>,
     stdio: [Option<File>; 3],
     spec: &LaunchSpec,
     old_mask: &SigSet,
@@ -684,6 +695,12 @@ fn init_main(
     let mut byte = [0u8; 1];
     if go.read(&mut byte).unwrap_or(0) != 1 {
         return 1; // The supervisor gave up; it reports why.
+    }
+    if let Err(m) = attached {
+        if let Some(e) = err.as_mut() {
+            let _ = e.write_all(m.as_bytes());
+        }
+        return 1;
     }
     let setup = init_setup(stdio, spec, host_if).and_then(|loader| match &spec.ipc_restore {
         Some(dir) => crate::sysvipc::restore_all(&in_view(&loader, dir))

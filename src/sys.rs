@@ -10,6 +10,40 @@ pub(crate) fn fork() -> nix::Result<ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
+/// fork(2) straight into the cgroup v2 directory `cgroup` (clone3(2) with
+/// CLONE_INTO_CGROUP): unlike a move by pid afterwards, it waits for no RCU
+/// grace period.
+pub(crate) fn fork_into_cgroup(cgroup: std::os::fd::BorrowedFd<'_>) -> nix::Result<ForkResult> {
+    use std::os::fd::AsRawFd;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    // struct clone_args (linux/sched.h), version 2: flags, pidfd, child_tid,
+    // parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+    // cgroup.
+    let mut args = [0u64; 11];
+    args[0] = CLONE_INTO_CGROUP;
+    args[4] = libc::SIGCHLD as u64;
+    args[10] = cgroup.as_raw_fd() as u64;
+    // SAFETY: as fork (no CLONE_VM, no new stack: the child runs on a copy of
+    // the caller's memory and returns here). Callers are single-threaded, and
+    // the child runs xos code only, which needs none of the bookkeeping glibc's
+    // fork adds: no atfork handler, no pthread mutex kind that records the
+    // cached thread id (raise asks the kernel for it), no robust mutex.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args.as_ptr(),
+            std::mem::size_of_val(&args),
+        )
+    };
+    match r {
+        -1 => Err(nix::errno::Errno::last()),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: nix::unistd::Pid::from_raw(pid as i32),
+        }),
+    }
+}
+
 /// Restores the default disposition of `sig`. A caller that inherited SIGCHLD as
 /// ignored would otherwise have its children reaped by the kernel, losing their
 /// exit status.

@@ -246,13 +246,21 @@ impl Tracee {
         if let Some(sp) = self.safe_rsp {
             r.rsp = sp;
         }
+        let began = std::time::Instant::now();
         self.set_regs(r)?;
         if self.single_step {
             self.run_stepping(nr)?;
         } else {
             self.run_to_syscall_exit(nr)?;
         }
-        Ok(self.regs()?.rax as i64)
+        let ret = self.regs()?.rax as i64;
+        log::trace!(
+            "process {}: syscall {nr} {:x?} = {ret} in {:?}",
+            self.label,
+            &args[..3],
+            began.elapsed()
+        );
+        Ok(ret)
     }
 
     /// One step over the `syscall` instruction: a single stop once the call has

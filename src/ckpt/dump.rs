@@ -382,6 +382,7 @@ impl<'a> Dumper<'a> {
         stopped: Option<i32>,
     ) -> Result<Proc> {
         let pid = threads[0].label;
+        log::debug!("process {pid}: dump begins");
         let status = read_proc(host, pid, "status")?;
         // A filter cannot be read back without CAP_SYS_ADMIN tricks and would
         // be lost silently; strict mode cannot even be entered again.
@@ -403,7 +404,9 @@ impl<'a> Dumper<'a> {
             &fs::read_to_string(format!("/proc/{host}/timers")).unwrap_or_default(),
             &host_tids,
         );
+        log::debug!("process {pid}: threads read");
         let safety = self.safety(&threads[0], &maps)?;
+        log::debug!("process {pid}: safety frame found");
         let mut leader_facts = None;
         for (i, (t, (regs0, xstate, th))) in threads.iter_mut().zip(seen.iter_mut()).enumerate() {
             let facts = with_injection(t, regs0, th.sigmask, xstate, safety, |t, scratch| {
@@ -503,8 +506,11 @@ impl<'a> Dumper<'a> {
             });
         }
 
+        log::debug!("process {pid}: threads and settings read");
         let vmas = self.dump_memory(&threads[0], host, &maps)?;
+        log::debug!("process {pid}: memory saved");
         let fds = self.dump_fds(host, pid)?;
+        log::debug!("process {pid}: descriptors saved");
         let pages = vmas.1;
         let cwd = link("cwd");
         let cwd_deleted = procstate::deleted_target(&cwd, &format!("/proc/{host}/cwd"));

@@ -167,6 +167,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
     let start = std::time::Instant::now();
     let seizure = seize::seize_all(group, rec.root_pid, opts.timeout, opts.cancel.as_ref())?;
     let freezing = start.elapsed();
+    log::debug!("application {}: every task stopped in {freezing:?}", rec.id);
     let mut procs = seizure.procs;
     let result = if procs.is_empty() {
         Err(CkptError::Empty(rec.id))
@@ -187,6 +188,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
     // A frozen application is frozen again while its tasks are still held
     // (the freezer takes stopped and traced tasks as they are): let go, they
     // enter the freezer before running one more instruction past the image.
+    log::debug!("application {}: saved at {:?}", rec.id, start.elapsed());
     if was_frozen {
         let _ = group.freeze(opts.timeout);
     }
@@ -194,6 +196,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         p.detach();
     }
     let stopped = start.elapsed();
+    log::debug!("application {}: let go at {stopped:?}", rec.id);
     finish_image(state, result?, freezing, stopped)
 }
 

@@ -133,8 +133,9 @@ Saved for every process of APP: memory (private pages that were ever touched,
 shared anonymous memory, file mappings by reference, mm fields, vDSO; each
 mapping's advice and locks: MADV_DONTFORK, DONTDUMP, WIPEONFORK, HUGEPAGE,
 NOHUGEPAGE, MERGEABLE, mlock and MAP_GROWSDOWN), SysV shared memory attached
-(the application's whole SysV IPC namespace is then saved with the image, as
-ipccheckpoint --all writes it, and restored by restart), every thread
+again at its address, the SysV IPC objects of APP's own IPC namespace (message
+queues, semaphore arrays, segments: saved with the image as ipccheckpoint --all
+writes them, and restored by restart before its processes), every thread
 (registers, TLS and FPU state, signal mask and queued signals, alternate signal
 stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
 priority and nice value, parent-death signal), open files (each fd's flags,

@@ -17,8 +17,8 @@ use crate::{common, krgcr_run};
 /// process groups and sessions), a new IPC and mount namespace and a new job cgroup,
 /// with the saved memory, files, pipes and signal state and every thread with its
 /// tid, registers and per-thread state, and continue where they were (a process that
-/// was stopped comes back stopped). An image of an application that had SysV shared
-/// memory attached holds its SysV IPC namespace (ipc/), restored in the new one first. Only one restart or checkpoint of APP runs at a
+/// was stopped comes back stopped). An image of an application whose IPC namespace held
+/// SysV objects holds them (ipc/), restored in the new namespace first. Only one restart or checkpoint of APP runs at a
 /// time: another one fails at once, or waits with --wait. Descriptors that were the application's inherited stdin, stdout
 /// or stderr (its terminal, or the files krgcr-run was given) are connected to
 /// restart's own. By default restart waits until the application ends and exits with

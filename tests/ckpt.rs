@@ -1478,6 +1478,14 @@ fn prctl_settings_securebits_and_personality_come_back() {
     self_check_survives_restart("prctl");
 }
 
+/// A semaphore set and a message queue without any shared memory come back
+/// with their values, messages, keys and ids (the application's own IPC
+/// namespace is saved whenever it holds anything).
+#[test]
+fn sysv_semaphores_and_message_queues_come_back() {
+    program_check_survives_restart("sysvobj", "");
+}
+
 #[test]
 fn mlockall_future_comes_back() {
     self_check_survives_restart("mlockall");

@@ -53,7 +53,8 @@ pub struct Image {
     #[serde(default)]
     pub socket_data: Option<Blob>,
     /// The application's SysV IPC namespace is saved in `ipc/` (as
-    /// `ipccheckpoint --all` writes it): a process had shared memory attached.
+    /// `ipccheckpoint --all` writes it): a process had shared memory attached,
+    /// or the application's own namespace held any object.
     #[serde(default)]
     pub ipc: bool,
     /// How the checkpoint went (`checkpoint -c --stats`); None in images

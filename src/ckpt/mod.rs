@@ -245,9 +245,7 @@ fn write_image(
         for p in procs.iter_mut() {
             out.push(d.dump(&mut p.threads, p.host, p.stopped)?);
         }
-        if d.sysv_shm {
-            sysvshm::save(procs[0].host, &tmp)?;
-        }
+        let ipc = sysvshm::save(procs[0].host, &tmp, d.sysv_shm)?;
         let xfeatures = out
             .iter()
             .flat_map(|p| p.threads.iter())
@@ -280,7 +278,7 @@ fn write_image(
             sockets,
             socket_data,
             stats: Some(d.stats.clone()),
-            ipc: d.sysv_shm,
+            ipc,
         };
         if opts.kill {
             d.sockets.for_kill();

@@ -48,14 +48,31 @@ pub fn attachment(
 }
 
 /// Saves the IPC namespace of process `host` into `dir/ipc`, from a thread
-/// of its own that enters that namespace.
-pub fn save(host: i32, dir: &Path) -> Result<()> {
+/// of its own that enters that namespace: always when `attached` (the
+/// application maps a segment of it), else only when the namespace is the
+/// application's own and holds any object (semaphore sets and message queues
+/// would otherwise be lost at restart). Says whether it was saved.
+pub fn save(host: i32, dir: &Path, attached: bool) -> Result<bool> {
+    if !attached {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/ipc")).ok();
+        if ns(&host.to_string()) == ns("self") {
+            // The caller's own (the host's): not the application's to save.
+            return Ok(false);
+        }
+    }
     let target = dir.join(DIR);
     std::thread::scope(|s| {
         s.spawn(|| {
             crate::ns::enter(host, "ipc").map_err(|e| err(host, e))?;
+            if !attached
+                && crate::sysvipc::list_all()
+                    .map_err(|e| err(host, format!("its SysV IPC namespace: {e}")))?
+                    .is_empty()
+            {
+                return Ok(false);
+            }
             crate::sysvipc::save_all(&target)
-                .map(drop)
+                .map(|_| true)
                 .map_err(|e| err(host, format!("its SysV IPC namespace: {e}")))
         })
         .join()

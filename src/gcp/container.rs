@@ -319,8 +319,9 @@ pub fn undo_restart(registry: &Registry, dir: &Path) {
 
 /// `checkpoint -c` of a container: its processes as a version of its
 /// application (the built-in checkpointer), with what the container holds
-/// besides (`container.json`, its tmpfs and root, its SysV IPC objects in
-/// `ipc/`) in the same version directory, which `restart` recognises.
+/// besides (`container.json`, its tmpfs and root; its SysV IPC objects are
+/// in the image's `ipc/`) in the same version directory, which `restart`
+/// recognises.
 pub fn checkpoint_version(
     state: &Path,
     unit: &AppRecord,
@@ -333,7 +334,6 @@ pub fn checkpoint_version(
     let result = frozen_for_checkpoint(state, unit, opts.timeout, opts.kill, || {
         fsutil::create_dir_all(&tmp, 0o700)?;
         Container.save(state, &rec, unit, &tmp)?;
-        super::native::save_ipc(unit.root_pid, &tmp.join("ipc"))?;
         let done = crate::ckpt::checkpoint(state, unit, opts)?;
         let rd = std::fs::read_dir(&tmp).map_err(|e| PathError::new("list", &tmp, e))?;
         for ent in rd.flatten() {

@@ -18,7 +18,6 @@ use crate::ckpt::{self, image, CheckpointOptions};
 use crate::fsutil::{self, PathError};
 use crate::registry::{AppRecord, Registry};
 use crate::sysvipc;
-use nix::unistd::ForkResult;
 
 /// The built-in checkpointer.
 #[derive(Debug, Default, Clone)]
@@ -43,39 +42,28 @@ impl Checkpointer for Native {
         dir: &Path,
         opts: &DumpOptions,
     ) -> Result<UnitImage> {
-        // The SysV IPC objects of the unit's namespace go with it, saved while
-        // it is frozen so that they and the processes are one state.
+        // Frozen while it is saved (the native image holds the SysV IPC
+        // objects of its namespace too, in `ipc/`).
         let frozen_here = unit.cgroup.freezer_state()? != FreezerState::Frozen;
         if frozen_here {
             unit.cgroup.freeze(opts.timeout)?;
         }
         // Read before a --kill makes its supervisor remove it.
         let loader_unit = crate::container::unit::native_unit_of(state, unit.id);
-        let ipc_tmp = dir.with_file_name(format!(
-            ".{}.ipc.tmp",
-            dir.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        let _ = std::fs::remove_dir_all(&ipc_tmp);
-        let result = save_ipc(unit.root_pid, &ipc_tmp).and_then(|()| {
-            // A job unit of xos-loader killed for this reports no end.
-            crate::container::unit::checkpoint_kill(state, unit.id, opts.kill, || {
-                self.dump(state, unit, dir, opts)
-            })
+        // A job unit of xos-loader killed for this reports no end.
+        let result = crate::container::unit::checkpoint_kill(state, unit.id, opts.kill, || {
+            self.dump(state, unit, dir, opts)
         });
         if frozen_here && unit.alive() {
             let _ = unit.cgroup.thaw(opts.timeout);
         }
-        let moved = result.and_then(|mut img| {
-            let to = dir.join(IPC_DIR);
-            std::fs::rename(&ipc_tmp, &to).map_err(|e| PathError::new("rename into", &to, e))?;
+        result.and_then(|mut img| {
             if let Some(r) = &loader_unit {
                 crate::container::save_record_at(&dir.join(crate::container::UNIT_FILE), r)?;
             }
             img.bytes = super::meta::tree_size(dir);
             Ok(img)
-        });
-        let _ = std::fs::remove_dir_all(&ipc_tmp);
-        moved
+        })
     }
 
     fn verify(&self, dir: &Path) -> Result<()> {
@@ -137,53 +125,9 @@ pub(super) fn restart_spec(dir: &Path, opts: &RestartOptions) -> Result<LaunchSp
     Ok(spec)
 }
 
-/// The unit's SysV IPC objects, inside its image directory.
+/// The unit's SysV IPC objects, inside its image directory (written by the
+/// native checkpointer; by this backend itself in images before it did).
 const IPC_DIR: &str = "ipc";
-
-/// Saves every SysV IPC object of the IPC namespace of `pid` into `dir`, from a
-/// child that enters that namespace (the caller keeps its own).
-pub(super) fn save_ipc(pid: i32, dir: &Path) -> Result<()> {
-    use std::io::{Read, Write};
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
-        GcpError::Io(PathError::new(
-            "create a pipe for",
-            dir,
-            std::io::Error::from(e),
-        ))
-    })?;
-    match crate::sys::fork() {
-        Err(e) => Err(PathError::new("fork to save", dir, std::io::Error::from(e)).into()),
-        Ok(ForkResult::Child) => {
-            drop(rd);
-            let mut wr = std::fs::File::from(wr);
-            let r = crate::ns::enter(pid, "ipc")
-                .map_err(|e| e.to_string())
-                .and_then(|()| sysvipc::save_all(dir).map(drop).map_err(|e| e.to_string()));
-            let code = match r {
-                Ok(()) => 0,
-                Err(m) => {
-                    let _ = wr.write_all(m.as_bytes());
-                    1
-                }
-            };
-            crate::sys::exit_child(code);
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(wr);
-            let mut msg = String::new();
-            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
-            let status = nix::sys::wait::waitpid(child, None);
-            if msg.is_empty() && matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
-                Ok(())
-            } else {
-                Err(GcpError::BadImage {
-                    path: dir.to_path_buf(),
-                    reason: format!("cannot save the SysV IPC objects of process {pid}: {msg}"),
-                })
-            }
-        }
-    }
-}
 
 impl Native {
     /// The processes' image, written by the checkpointer and moved into `dir`.

@@ -186,8 +186,10 @@ lease being broken; a deleted file or memfd larger than --ghost-limit; a SysV
 shared memory segment only partly mapped; a SIGIO owner outside the
 application; an epoll watching a descriptor closed since.
 
-Not saved, as nothing shows them: SysV semaphore undo lists (SEM_UNDO; after
-restart the adjustments are not made when the process exits), and
+SysV semaphore undo lists (SEM_UNDO) show only when a process ends: -c --kill
+ends the processes one at a time and saves each one's list, which restart
+gives back; a checkpoint that lets APP run cannot see them, and its restart
+makes no adjustment when a process exits. Not saved, as nothing shows it:
 mlockall(MCL_FUTURE) in a process that has no locked memory at all (nothing
 mapped since). A dumpable value of 2 comes back where fs.suid_dumpable is 2,
 elsewhere as 0 (never 1, which would let the process's user attach to it).

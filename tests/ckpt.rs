@@ -1415,6 +1415,21 @@ fn files_given_as_stdio_are_reopened_at_their_offsets() {
     assert_eq!(assert_consecutive(&out), 3000);
 }
 
+/// A file of /proc open part-read (its size says 0 bytes, less than the
+/// offset) is not a file that changed: it is opened again.
+#[test]
+fn a_proc_file_open_part_read_is_opened_again() {
+    let env = Env::new();
+    let out = env.state.path().join("out");
+    let script = format!(
+        "exec 3</proc/self/status; read -r first <&3; i=0; \
+         while true; do i=$((i+1)); echo $i >> {}; sleep 0.01; done",
+        out.display()
+    );
+    let id = env.detach(&["bash", "-c", &script]);
+    cycles_keep_counting(&env, id, &out, 2);
+}
+
 #[test]
 fn a_shell_loop_that_forks_all_the_time_survives_many_cycles() {
     let env = Env::new();
@@ -1484,6 +1499,39 @@ fn prctl_settings_securebits_and_personality_come_back() {
 #[test]
 fn sysv_semaphores_and_message_queues_come_back() {
     program_check_survives_restart("sysvobj", "");
+}
+
+/// The SEM_UNDO lists of two processes, measured by checkpoint --kill, are
+/// theirs again after restart: when each ends, the kernel gives back exactly
+/// its part.
+#[test]
+fn sem_undo_lists_come_back_after_checkpoint_kill() {
+    let env = Env::new();
+    let prog = cc(env.state.path(), "semundo");
+    let out = env.state.path().join("out");
+    let go = env.state.path().join("go");
+    let id = env.detach(&[
+        prog.to_str().unwrap(),
+        out.to_str().unwrap(),
+        go.to_str().unwrap(),
+    ]);
+    let oks = || lines(&out).iter().filter(|l| l.starts_with("ok ")).count();
+    assert!(wait_until(T, || oks() >= 3), "{:?}", lines(&out));
+    let v = checkpoint_kill(&env, id);
+    let before = oks();
+    restart(&env, id, v);
+    assert!(wait_until(T, || oks() >= before + 3), "{:?}", lines(&out));
+    std::fs::write(&go, "").unwrap();
+    assert!(
+        wait_until(T, || lines(&out)
+            .iter()
+            .any(|l| l == "B undone" || l.starts_with("bad"))),
+        "{:?}",
+        lines(&out)
+    );
+    let l = lines(&out);
+    assert!(l.iter().any(|l| l == "A undone"), "{l:?}");
+    assert!(!l.iter().any(|l| l.starts_with("bad")), "{l:?}");
 }
 
 #[test]

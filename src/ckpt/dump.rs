@@ -525,6 +525,7 @@ impl<'a> Dumper<'a> {
         };
         Ok(Proc {
             pid,
+            sem_undo: Vec::new(),
             ppid,
             pgid: ns_value(&status, "NSpgid"),
             sid: ns_value(&status, "NSsid"),

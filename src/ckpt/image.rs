@@ -125,6 +125,10 @@ pub struct Proc {
     /// pid, parent, group and session in the application's PID namespace; 0 for a
     /// group or session led from outside it.
     pub pid: i32,
+    /// SysV semaphore adjustments (SEM_UNDO) the kernel makes when the
+    /// process ends (seen only by a checkpoint --kill, see `semundo`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sem_undo: Vec<SemUndo>,
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
@@ -172,6 +176,15 @@ pub struct Proc {
 
 /// The kernel's default timer slack (50 µs), what a process has unless told.
 pub const DEFAULT_TIMERSLACK: u64 = 50_000;
+
+/// One adjustment of a process's SysV semaphore undo list: semaphore `num`
+/// of array `semid` gets `adj` added when the process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SemUndo {
+    pub semid: i32,
+    pub num: u16,
+    pub adj: i32,
+}
 
 /// Process-wide settings (prctl(2), securebits(7)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

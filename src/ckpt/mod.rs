@@ -16,6 +16,7 @@ mod procstate;
 mod ptrace;
 pub mod restore;
 mod seize;
+mod semundo;
 mod session;
 mod sigframe;
 pub mod sockets;
@@ -175,8 +176,17 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
         write_image(state, rec, &mut procs, &seizure.zombies, opts)
     };
     if opts.kill && result.is_ok() {
+        let mut result = result;
         // Killed while still stopped: the application does not run one more
-        // instruction past its image.
+        // instruction past its image. With SysV objects, one process at a
+        // time, which shows their SEM_UNDO lists.
+        if let Some(pending) = result.as_mut().ok().filter(|p| p.img.ipc) {
+            let order: Vec<(i32, i32)> = procs.iter().map(|p| (p.host, p.ns)).collect();
+            let lists = semundo::kill_measuring(procs[0].host, &order, opts.timeout);
+            for p in pending.img.processes.iter_mut() {
+                p.sem_undo = lists.get(&p.pid).cloned().unwrap_or_default();
+            }
+        }
         for p in &procs {
             p.kill();
         }

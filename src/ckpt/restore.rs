@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{files, procstate, session, sockets, sys, sysvshm, thread, timer, CkptError};
+use super::{files, procstate, semundo, session, sockets, sys, sysvshm, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -81,6 +81,10 @@ struct Shared {
     /// (pid, fd) -> an open file several processes share (see `share_files`),
     /// made by the init.
     common: HashMap<(i32, i32), RawFd>,
+    /// (pid, fd) -> a file of /proc several processes shared, about a
+    /// process of the application: it cannot be opened before that process
+    /// exists, so each holder opens its own (see `own_proc_file`).
+    own_opens: HashMap<(i32, i32), image::Fd>,
     /// First descriptor number above everything the image uses.
     base: RawFd,
 }
@@ -170,6 +174,7 @@ fn prepare_shared(dir: &Path, img: &Image, opts: &RestoreOptions) -> Result<Shar
         fifos: HashMap::new(),
         sockets: HashMap::new(),
         common: HashMap::new(),
+        own_opens: HashMap::new(),
         base,
     };
     for p in &img.pipes {
@@ -346,6 +351,10 @@ fn share_files(img: &Image, opts: &RestoreOptions, s: &mut Shared) -> Result<()>
                         format!("fd {}: fd {fd} of process {pid} is not in the image", f.fd),
                     )
                 })?;
+            if own_proc_file(first) {
+                s.own_opens.insert((pid, fd), first.clone());
+                continue;
+            }
             let made = match &first.kind {
                 FdKind::Path { .. } => open_path(first, opts.allow_changed_files),
                 FdKind::Ghost { .. } => open_ghost(first, s),
@@ -357,6 +366,21 @@ fn share_files(img: &Image, opts: &RestoreOptions, s: &mut Shared) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// Whether `f` is a file of /proc about a process (`/proc/PID/…`), which
+/// the init cannot open before the application's processes exist. Its
+/// holders each open their own: one offset each instead of a shared one,
+/// which for such files (made anew at each read) changes nothing of note.
+fn own_proc_file(f: &image::Fd) -> bool {
+    let FdKind::Path { path, .. } = &f.kind else {
+        return false;
+    };
+    let mut c = path.components().skip(1);
+    c.next().is_some_and(|d| d.as_os_str() == "proc")
+        && c.next()
+            .and_then(|d| d.as_os_str().to_str()?.parse::<u32>().ok())
+            .is_some()
 }
 
 /// Opens the file of `f` (a `FdKind::Path`) again at its offset, with its
@@ -461,6 +485,7 @@ pub fn restore_tree(
         let _ = sys::set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
     sysvshm::restore(dir, img)?;
+    semundo::prepare(dir, img)?;
     let shared = prepare_shared(dir, img, opts)?;
     let pids: Vec<i32> = img.processes.iter().map(|p| p.pid).collect();
     let (dead_sessions, dead_groups) = session::dead_leaders(img);
@@ -896,6 +921,7 @@ fn task_setup(p: &Proc, tree: &Tree, shared: &Shared, keep_fd: RawFd) -> Result<
             ),
         ));
     }
+    semundo::give_back(p).map_err(|why| rerr(me, why))?;
     // Ended children first: one that led a process group (a pipeline's first
     // command) holds it for the children that join it.
     for z in tree.zombies.get(&me).cloned().unwrap_or_default() {
@@ -1150,6 +1176,11 @@ fn setup_fds(
                 made = None;
                 shared.common[&(me, f.fd)]
             }
+            FdKind::SharedWith { pid, fd } if shared.own_opens.contains_key(&(*pid, *fd)) => {
+                let first = &shared.own_opens[&(*pid, *fd)];
+                made = Some(open_path(first, allow_changed).map_err(|why| rerr(me, why))?);
+                -1
+            }
             FdKind::SharedWith { pid, fd } => {
                 made = None;
                 *shared.common.get(&(*pid, *fd)).ok_or_else(|| {
@@ -1382,7 +1413,7 @@ fn check_unchanged(
     if ftype != 0 && now_type != ftype {
         return Err(changed("it is another kind of file".into()));
     }
-    if now_type != libc::S_IFREG {
+    if now_type != libc::S_IFREG || pseudo_fs(fd) {
         return Ok(());
     }
     let now = st.st_size as u64;
@@ -1398,6 +1429,22 @@ fn check_unchanged(
         return Err(changed(format!("{now} bytes instead of {size}")));
     }
     Ok(())
+}
+
+/// Whether `fd` is a file of a filesystem made up by the kernel (/proc, /sys,
+/// cgroups…), whose files say 0 bytes whatever they hold: nothing to compare.
+fn pseudo_fs(fd: &OwnedFd) -> bool {
+    const PSEUDO: &[libc::c_long] = &[
+        libc::PROC_SUPER_MAGIC,
+        libc::SYSFS_MAGIC,
+        libc::CGROUP_SUPER_MAGIC,
+        libc::CGROUP2_SUPER_MAGIC,
+        libc::DEBUGFS_MAGIC,
+        libc::TRACEFS_MAGIC,
+        libc::SECURITYFS_MAGIC,
+    ];
+    nix::sys::statfs::fstatfs(fd)
+        .is_ok_and(|s| PSEUDO.contains(&(s.filesystem_type().0 as libc::c_long)))
 }
 
 fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {

@@ -19,7 +19,7 @@ pub mod msg;
 pub mod procfs;
 pub mod sem;
 pub mod shm;
-mod sys;
+pub(crate) mod sys;
 
 use std::fmt;
 use std::fs;

@@ -161,6 +161,22 @@ pub(crate) fn sem_setall(id: i32, values: &[u16]) -> Result<(), Errno> {
     check(unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) }).map(drop)
 }
 
+/// semop(2) of `ops` (semaphore number, operation) on array `id`, each with
+/// SEM_UNDO and IPC_NOWAIT: the calling process's adjustments change by the
+/// opposite of each operation.
+pub(crate) fn sem_op_undo(id: i32, ops: &[(u16, i16)]) -> Result<(), Errno> {
+    let mut buf: Vec<libc::sembuf> = ops
+        .iter()
+        .map(|&(num, op)| libc::sembuf {
+            sem_num: num,
+            sem_op: op,
+            sem_flg: (libc::SEM_UNDO | libc::IPC_NOWAIT) as i16,
+        })
+        .collect();
+    // SAFETY: `buf` holds `buf.len()` sembufs that semop reads.
+    check(unsafe { libc::semop(id, buf.as_mut_ptr(), buf.len()) }).map(drop)
+}
+
 // ---------------------------------------------------------------- shared memory
 
 pub(crate) fn shmget(key: i32, size: usize, flags: i32) -> Result<i32, Errno> {

@@ -297,6 +297,11 @@ pub fn advice_of(smaps: &str) -> std::collections::HashMap<u64, Vec<String>> {
     out
 }
 
+/// Whether `advice` locks the mapping (mlock, with or without ONFAULT).
+pub fn locks(advice: &[String]) -> bool {
+    advice.iter().any(|n| n == "locked" || n == "lockonfault")
+}
+
 /// Whether `advice` asks for MAP_GROWSDOWN.
 pub fn grows_down(advice: &[String]) -> bool {
     advice.iter().any(|n| n == "growsdown")

@@ -1788,7 +1788,25 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
             )?;
         }
         if !v.advice.is_empty() {
+            // mlock(2) fails on a mapping without access (it faults the pages
+            // in): a locked one (a thread stack's guard page under
+            // mlockall(MCL_FUTURE)) is locked while readable.
+            let none = v.prot == libc::PROT_NONE as u32 && procstate::locks(&v.advice);
+            let mprotect = |p: i32| {
+                t.syscall_ok(
+                    &base,
+                    "mprotect",
+                    libc::SYS_mprotect,
+                    [v.start, len, p as u64, 0, 0, 0],
+                )
+            };
+            if none {
+                mprotect(libc::PROT_READ)?;
+            }
             procstate::restore_advice(t, &base, v.start, v.end, &v.advice)?;
+            if none {
+                mprotect(libc::PROT_NONE)?;
+            }
         }
     }
 

@@ -149,7 +149,7 @@ static int check_prctl(void)
     return 1;
 }
 
-static char *before_mlockall, *taken_after;
+static char *before_mlockall, *taken_after, *guard_after;
 static int future_flags;
 
 static void setup_mlockall(int flags)
@@ -159,9 +159,11 @@ static void setup_mlockall(int flags)
     future_flags = flags;
     if (mlockall(flags))
         exit(3);
-    /* Memory it takes afterwards is locked (a large malloc is a mapping). */
+    /* Memory it takes afterwards is locked (a large malloc is a mapping),
+     * and so is a mapping without access (a thread stack's guard page). */
     taken_after = malloc(1 << 20);
     taken_after[0] = 1;
+    guard_after = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 }
 
 static int check_mlockall(void)
@@ -171,6 +173,7 @@ static int check_mlockall(void)
     munmap(p, PAGE);
     CHECK(locked, "a new mapping is not locked");
     CHECK(has_flag(taken_after, "lo"), "memory taken after mlockall is not locked");
+    CHECK(has_flag(guard_after, "lo"), "a mapping without access is not locked");
     CHECK(onfault == !!(future_flags & MCL_ONFAULT), "lock on fault");
     CHECK(has_flag(before_mlockall, "lo") == !!(future_flags & MCL_CURRENT),
           "a mapping from before mlockall");

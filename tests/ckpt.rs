@@ -1534,6 +1534,68 @@ fn sem_undo_lists_come_back_after_checkpoint_kill() {
     assert!(!l.iter().any(|l| l.starts_with("bad")), "{l:?}");
 }
 
+/// python3 installs its handlers with SA_ONSTACK and no alternate stack:
+/// after restart a signal must reach the handler (it once found the
+/// restorer's alternate stack, unmapped, and died of SIGSEGV), and Ctrl-C
+/// is still a KeyboardInterrupt.
+#[test]
+fn python_signal_handlers_work_after_restart() {
+    let env = Env::new();
+    let out = env.state.path().join("out");
+    let py = format!(
+        "import signal, time\n\
+         got = 0\n\
+         def h(*a):\n    global got\n    got += 1\n\
+         signal.signal(signal.SIGUSR1, h)\n\
+         n = 0\n\
+         try:\n    while True:\n        n += 1\n        \
+         open('{o}', 'a').write(f'{{n}} {{got}}\\n')\n        time.sleep(0.02)\n\
+         except KeyboardInterrupt:\n    open('{o}', 'a').write('interrupted\\n')\n",
+        o = out.display()
+    );
+    let id = env.detach(&["python3", "-c", &py]);
+    assert!(
+        wait_until(T, || lines(&out).len() >= 3),
+        "{:?}",
+        lines(&out)
+    );
+    let v = checkpoint_kill(&env, id);
+    restart(&env, id, v);
+    // python3 is pid 2 of the application's namespace.
+    let is_2 = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t2"))
+    };
+    let pids = env.registry().load(id).unwrap().cgroup.pids().unwrap();
+    let main = pids.into_iter().find(is_2).unwrap();
+    let got = |out: &Path| {
+        lines(out)
+            .last()
+            .and_then(|l| l.split(' ').nth(1).map(str::to_string))
+            .unwrap_or_default()
+    };
+    for want in ["1", "2"] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(main),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        assert!(wait_until(T, || got(&out) == want), "{:?}", lines(&out));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(main),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(
+        wait_until(T, || lines(&out).last().is_some_and(|l| l == "interrupted")),
+        "{:?}",
+        lines(&out)
+    );
+}
+
 #[test]
 fn mlockall_future_comes_back() {
     self_check_survives_restart("mlockall");

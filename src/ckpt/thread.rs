@@ -213,7 +213,17 @@ pub fn restore(
             [th.robust_list.0, th.robust_list.1, 0, 0, 0, 0],
         )?;
     }
-    if let Some((sp, flags, size)) = th.altstack {
+    // The leader, forked from the restorer, has the restorer's alternate
+    // signal stack (the Rust runtime sets one), in memory gone by now: with
+    // none saved it is disabled, else a handler installed with SA_ONSTACK
+    // (every Python program's) faults at the next signal. Threads made with
+    // clone3 start without one.
+    let altstack = match th.altstack {
+        Some(a) => Some(a),
+        None if !has.clear_tid => Some((0, SS_DISABLE, 0)),
+        None => None,
+    };
+    if let Some((sp, flags, size)) = altstack {
         let mut b = Vec::with_capacity(24);
         b.extend_from_slice(&sp.to_le_bytes());
         b.extend_from_slice(&(flags as u64).to_le_bytes());

@@ -198,6 +198,9 @@ impl BlobWriter {
     }
 }
 
+/// A code mapping: path, inode, file offset, length.
+type RestorerKey = (String, u64, u64, u64);
+
 /// Everything shared between the processes of one checkpoint.
 pub struct Dumper<'a> {
     pub dir: &'a Path,
@@ -211,7 +214,10 @@ pub struct Dumper<'a> {
     pub fifos: BTreeMap<u64, image::FifoImg>,
     buf: Vec<u8>,
     /// rt_sigreturn offsets found per code mapping (path, inode, offset, size).
-    restorers: HashMap<(String, u64, u64, u64), Option<usize>>,
+    restorers: HashMap<RestorerKey, Option<usize>>,
+    /// The offsets an earlier checkpoint of the application found, checked
+    /// before use (see [`Dumper::remember_restorers`]).
+    known_restorers: HashMap<RestorerKey, usize>,
     /// Unlinked files saved so far, by (device, inode).
     pub ghosts: BTreeMap<(u64, u64), image::Ghost>,
     /// Largest unlinked file saved with the image.
@@ -361,6 +367,7 @@ impl<'a> Dumper<'a> {
             fifos: BTreeMap::new(),
             buf: vec![0u8; CHUNK],
             restorers: HashMap::new(),
+            known_restorers: HashMap::new(),
             open_files: Vec::new(),
             ghosts: BTreeMap::new(),
             ghost_limit: DEFAULT_GHOST_LIMIT,
@@ -625,8 +632,19 @@ impl<'a> Dumper<'a> {
         code_maps.sort_by_key(|m| !m.path.contains("/libc"));
         for m in code_maps {
             let key = (m.path.clone(), m.inode, m.offset, m.end - m.start);
+            let known = || {
+                let o = *self.known_restorers.get(&key)?;
+                let mut b = [0u8; 9];
+                t.read_mem(m.start + o as u64, &mut b).ok()?;
+                (sigframe::find_sigreturn(&b) == Some(0)).then_some(o)
+            };
             let off = match self.restorers.get(&key) {
                 Some(o) => *o,
+                None if known().is_some() => {
+                    let o = known();
+                    self.restorers.insert(key, o);
+                    o
+                }
                 None => {
                     let mut code = vec![0u8; (m.end - m.start) as usize];
                     let o = t
@@ -650,6 +668,47 @@ impl<'a> Dumper<'a> {
             t.label
         );
         Ok(unsafe_way)
+    }
+
+    /// Uses and keeps up to date the rt_sigreturn offsets found in the code
+    /// mappings (the C library's signal restorer) in `file`: finding one
+    /// means reading and searching the whole C library (about 1 ms), and the
+    /// next checkpoint of the same application finds the same ones. An offset
+    /// from the file is used only if the bytes there are still the sequence.
+    pub fn remember_restorers(&mut self, file: &Path) {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines() {
+            let mut f = line.splitn(5, ' ');
+            let mut num = || f.next().and_then(|v| v.parse::<u64>().ok());
+            let (Some(o), Some(inode), Some(off), Some(len)) = (num(), num(), num(), num()) else {
+                continue;
+            };
+            if let Some(path) = f.next() {
+                self.known_restorers
+                    .insert((path.to_string(), inode, off, len), o as usize);
+            }
+        }
+    }
+
+    /// Writes the offsets found (see [`Dumper::remember_restorers`]) when
+    /// they are new.
+    pub fn save_restorers(&self, file: &Path) {
+        let found: HashMap<&RestorerKey, usize> = self
+            .restorers
+            .iter()
+            .filter_map(|(k, o)| o.map(|o| (k, o)))
+            .collect();
+        if found
+            .iter()
+            .all(|(k, o)| self.known_restorers.get(*k) == Some(o))
+        {
+            return;
+        }
+        let text: String = found
+            .iter()
+            .map(|((path, inode, off, len), o)| format!("{o} {inode} {off} {len} {path}\n"))
+            .collect();
+        let _ = crate::fsutil::write_atomic(file, text.as_bytes(), 0o600);
     }
 
     fn dump_memory(&mut self, t: &Tracee, host: i32, maps: &[MapLine]) -> Result<(Vec<Vma>, Blob)> {

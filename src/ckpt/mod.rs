@@ -210,6 +210,10 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
     finish_image(state, result?, freezing, stopped)
 }
 
+/// In an application's image directory: where the signal restorer of its
+/// code mappings was found (see `Dumper::remember_restorers`).
+const RESTORERS: &str = ".restorers";
+
 /// An image whose data is written but not yet synced nor visible.
 struct Pending {
     tmp: PathBuf,
@@ -241,6 +245,8 @@ fn write_image(
     let ns_pids: HashMap<i32, i32> = procs.iter().map(|p| (p.host, p.ns)).collect();
     let result = (|| {
         let mut d = dump::Dumper::new(&tmp, rec.root_pid, ns_pids);
+        let restorers = app_dir.join(RESTORERS);
+        d.remember_restorers(&restorers);
         d.cancel = opts.cancel.clone();
         d.ghost_limit = opts.ghost_limit;
         d.sockets = sockets::Dumper::new(
@@ -255,6 +261,7 @@ fn write_image(
         for p in procs.iter_mut() {
             out.push(d.dump(&mut p.threads, p.host, p.stopped)?);
         }
+        d.save_restorers(&restorers);
         let ipc = sysvshm::save(procs[0].host, &tmp, d.sysv_shm)?;
         let xfeatures = out
             .iter()

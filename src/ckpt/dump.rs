@@ -65,7 +65,7 @@ fn read_proc(host: i32, label: i32, file: &str) -> Result<String> {
 }
 
 /// Values of a `Key:\tv1\tv2…` line of /proc/PID/status.
-fn status_field<'a>(status: &'a str, key: &str) -> Vec<&'a str> {
+pub(super) fn status_field<'a>(status: &'a str, key: &str) -> Vec<&'a str> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
@@ -640,17 +640,13 @@ impl<'a> Dumper<'a> {
             };
             let off = match self.restorers.get(&key) {
                 Some(o) => *o,
-                None if known().is_some() => {
-                    let o = known();
-                    self.restorers.insert(key, o);
-                    o
-                }
                 None => {
-                    let mut code = vec![0u8; (m.end - m.start) as usize];
-                    let o = t
-                        .read_mem(m.start, &mut code)
-                        .ok()
-                        .and_then(|()| sigframe::find_sigreturn(&code));
+                    let o = known().or_else(|| {
+                        let mut code = vec![0u8; (m.end - m.start) as usize];
+                        t.read_mem(m.start, &mut code)
+                            .ok()
+                            .and_then(|()| sigframe::find_sigreturn(&code))
+                    });
                     self.restorers.insert(key, o);
                     o
                 }

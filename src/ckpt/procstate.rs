@@ -146,10 +146,9 @@ fn mlock_future(
     host: i32,
     status: &str,
 ) -> Result<u32> {
-    let locked_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    let locked_kb = super::dump::status_field(status, "VmLck")
+        .first()
+        .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     if locked_kb == 0 {
         return Ok(0);

@@ -64,9 +64,9 @@ fn ended(host: i32) -> bool {
 /// Kills the stopped processes `procs` (host pid, pid in the application)
 /// one by one, from a thread in the IPC namespace of `ns_of`, and returns
 /// each one's undo list (processes without one are left out). With no
-/// semaphore in the namespace they are simply killed. A process that does
-/// not end within `timeout` stops the measuring (the rest are killed at once)
-/// and the lists seen so far are returned.
+/// semaphore in the namespace, or once a process does not end within
+/// `timeout`, it stops and returns the lists seen so far: the caller kills
+/// every process afterwards anyway.
 pub fn kill_measuring(
     ns_of: i32,
     procs: &[(i32, i32)],
@@ -78,7 +78,7 @@ pub fn kill_measuring(
             nix::sys::signal::Signal::SIGKILL,
         );
     };
-    let measured = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| {
             let mut out = BTreeMap::new();
             if crate::ns::enter(ns_of, "ipc").is_err() {
@@ -121,12 +121,7 @@ pub fn kill_measuring(
         })
         .join()
         .unwrap_or_default()
-    });
-    // Whatever the measuring left alive.
-    for &(host, _) in procs {
-        kill(host);
-    }
-    measured
+    })
 }
 
 /// In the init, after the image's IPC objects are restored and before any

@@ -114,6 +114,9 @@ struct Args {
     number: Option<u64>,
 }
 
+/// How long a restart waits for the supervisor of the run it replaces.
+const CLEANUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 const USAGE: &str = "\
 restart [OPTIONS] [--json] APP VERSION
        restart --list [--json] [APP]
@@ -210,7 +213,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return FAILED;
         }
         Ok(rec) if rec.alive() => {}
-        Ok(_) => {
+        Ok(rec) => {
+            // Right after `checkpoint -c --kill` the supervisor of the killed
+            // run may still be cleaning up; it would destroy the new cgroup.
+            if !reg.wait_cleanup(&rec, CLEANUP_WAIT) {
+                eprintln!(
+                    "restart: application {}: its ended run's supervisor (pid {}) has not \
+                     cleaned up within {}s",
+                    a.app,
+                    rec.supervisor_pid.unwrap_or_default(),
+                    CLEANUP_WAIT.as_secs()
+                );
+                return FAILED;
+            }
             let _ = reg.remove(a.app);
         }
         Err(_) => {}

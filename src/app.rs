@@ -986,6 +986,16 @@ impl Running {
             // supervisor (found as a container whose end was never reported).
             let _ = sys::discard_pending(Signal::SIGALRM);
         }
+        // A restart may already have replaced this run (after checkpoint
+        // --kill): its record and cgroup (the same path) are not this run's to
+        // remove.
+        let ours = self
+            .registry
+            .load(self.record.id)
+            .is_ok_and(|r| r.root_pid == self.record.root_pid);
+        if !ours {
+            return Ok(code);
+        }
         let _ = self.registry.save_exit(self.record.id, code);
         let cleaned = self.record.cgroup.destroy(CLEANUP_TIMEOUT);
         self.registry.remove(self.record.id)?;

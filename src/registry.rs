@@ -298,6 +298,28 @@ impl Registry {
         Self::load_path(&path)
     }
 
+    /// Waits, at most `timeout`, until the supervisor of `rec`, a run that has
+    /// ended, is done with it: until that supervisor is gone or the record is
+    /// removed or replaced. Its cleanup destroys the application's cgroup, whose
+    /// path a restart reuses. Returns whether it is done.
+    pub fn wait_cleanup(&self, rec: &AppRecord, timeout: std::time::Duration) -> bool {
+        let Some(sup) = rec.supervisor_pid else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let same = self.load(rec.id).is_ok_and(|r| r.root_pid == rec.root_pid);
+            let running = process::stat(sup).is_ok_and(|st| st.state != 'Z');
+            if !same || !running {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Removes the record of application `id` (no error if it is already gone).
     pub fn remove(&self, id: u64) -> Result<()> {
         let path = self.record_path(id);

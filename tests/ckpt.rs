@@ -141,6 +141,43 @@ fn counter_continues_where_it_stopped() {
 }
 
 #[test]
+fn a_restart_right_after_checkpoint_kill_keeps_running() {
+    // The supervisor of the killed run cleans up (its cgroup, whose path the
+    // restart reuses, and its record) on its own time: held stopped here, it
+    // would otherwise destroy the restarted application.
+    let env = Env::new();
+    let (id, out) = start(&env, "counter");
+    assert!(wait_until(T, || numbers(&out).len() >= 3));
+    let sup = env.registry().load(id).unwrap().supervisor_pid.unwrap();
+    let sup = nix::unistd::Pid::from_raw(sup);
+    nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let v = checkpoint(&env, id, true);
+    let mut restarting = env
+        .cmd("restart")
+        .args(["--detach", "--stdout", "/dev/null", "--stderr", "/dev/null"])
+        .args([id.to_string(), v.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let o = restarting.wait_with_output().unwrap();
+    assert!(o.status.success(), "restart: {}", show(&o));
+    let at_restart = numbers(&out).len();
+    assert!(
+        wait_until(T, || numbers(&out).len() >= at_restart + 10),
+        "the restarted application did not run on"
+    );
+    let rec = env
+        .registry()
+        .load(id)
+        .expect("the restarted run is registered");
+    assert!(rec.alive());
+    checkpoint_kill(&env, id);
+}
+
+#[test]
 fn a_detached_application_restarts_in_the_foreground() {
     // Saved in the session and group of its init (krgcr-run --detach), it
     // comes back in the caller's, where a foreground restart puts the init.

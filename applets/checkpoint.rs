@@ -138,7 +138,8 @@ queues, semaphore arrays, segments: saved with the image as ipccheckpoint --all
 writes them, and restored by restart before its processes), every thread
 (registers, TLS and FPU state, signal mask and queued signals, alternate signal
 stack, rseq, robust futex list, clear_child_tid, name, scheduling policy,
-priority and nice value, parent-death signal), open files (each fd's flags,
+priority and nice value, CPU affinity when pinned (CPUs the restarting machine
+lacks are dropped), parent-death signal), open files (each fd's flags,
 offset and close-on-exec, O_ASYNC, its SIGIO owner and signal: regular files,
 directories and character devices by path, pipes and FIFOs with unread bytes,
 eventfd, signalfd, timerfd, epoll, inotify, pidfds of the application's

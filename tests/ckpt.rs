@@ -152,7 +152,7 @@ fn a_restart_right_after_checkpoint_kill_keeps_running() {
     let sup = nix::unistd::Pid::from_raw(sup);
     nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let v = checkpoint(&env, id, true);
-    let mut restarting = env
+    let restarting = env
         .cmd("restart")
         .args(["--detach", "--stdout", "/dev/null", "--stderr", "/dev/null"])
         .args([id.to_string(), v.to_string()])
@@ -710,6 +710,66 @@ fn last_numbers(out: &Path, prefix: &str) -> Vec<i64> {
         .find_map(|l| l.strip_prefix(prefix))
         .map(|l| l.split(' ').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// Cpus_allowed_list of every thread of host process `pid`, by tid in the
+/// application's namespace.
+fn thread_cpus(pid: i32) -> std::collections::BTreeMap<i32, String> {
+    let mut m = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = read(e.unwrap().path().join("status"));
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap()
+        };
+        let ns_tid = field("NSpid:")
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap();
+        m.insert(ns_tid, field("Cpus_allowed_list:"));
+    }
+    m
+}
+
+#[test]
+fn pinned_threads_keep_their_cpus_and_the_others_all_of_theirs() {
+    let env = Env::new();
+    let (id, out) = start(&env, "threads");
+    assert!(wait_until(T, || ticks(&out).iter().all(|c| *c > 2)));
+    let pid = app_process(&env, id);
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    tids.sort();
+    assert!(tids.len() >= 3, "{tids:?}");
+    let mine = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let last = (0..nix::sched::CpuSet::count())
+        .rfind(|&c| mine.is_set(c).unwrap())
+        .unwrap();
+    for (tid, cpu) in [(tids[1], 0), (tids[2], last)] {
+        let o = Command::new("taskset")
+            .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "taskset: {}", show(&o));
+    }
+    let before = thread_cpus(pid);
+    let v = checkpoint_kill(&env, id);
+    restart(&env, id, v);
+    // The leader and the other threads were never pinned: they may run on
+    // every CPU again, not only where the restart rebuilt them.
+    assert_eq!(thread_cpus(app_process(&env, id)), before);
+    let at = ticks(&out);
+    assert!(wait_until(T, || ticks(&out)
+        .iter()
+        .zip(&at)
+        .all(|(n, b)| n > b)));
 }
 
 #[test]

@@ -402,8 +402,15 @@ impl<'a> Dumper<'a> {
         }
         let maps = parse_maps(&read_proc(host, pid, "maps")?);
         let mut seen = Vec::new();
+        // The mask of the application's init is the default one (that of its
+        // cpuset): only a thread with a narrower mask was pinned.
+        let default_cpus = super::affinity::get(nix::unistd::Pid::from_raw(self.root_host));
         for t in threads.iter() {
-            seen.push(thread::read(t, host, t.label)?);
+            let (regs, xstate, mut th) = thread::read(t, host, t.label)?;
+            if th.cpus == default_cpus {
+                th.cpus = None;
+            }
+            seen.push((regs, xstate, th));
         }
         let host_tids: HashMap<i32, i32> =
             threads.iter().map(|t| (t.pid.as_raw(), t.label)).collect();
@@ -415,7 +422,10 @@ impl<'a> Dumper<'a> {
         let safety = self.safety(&threads[0], &maps)?;
         log::debug!("process {pid}: safety frame found");
         let mut leader_facts = None;
-        for (i, (t, (regs0, xstate, th))) in threads.iter_mut().zip(seen.iter_mut()).enumerate() {
+        let tids: Vec<_> = threads.iter().map(|t| t.pid).collect();
+        for i in super::affinity::cpu_order(&tids) {
+            let (t, (regs0, xstate, th)) = (&mut threads[i], &mut seen[i]);
+            super::affinity::follow(t.pid);
             let facts = with_injection(t, regs0, th.sigmask, xstate, safety, |t, scratch| {
                 thread::query(t, regs0, scratch, th)?;
                 if i == 0 {

@@ -9,6 +9,7 @@
 //! tree inside a new PID namespace with the same pids and tids from the
 //! application's init.
 
+mod affinity;
 pub mod dump;
 mod files;
 pub mod image;
@@ -165,6 +166,7 @@ pub fn checkpoint(state: &Path, rec: &AppRecord, opts: &CheckpointOptions) -> Re
     }
     let group = &rec.cgroup;
     let was_frozen = group.freezer_state()? == FreezerState::Frozen;
+    let _following = affinity::start();
     let start = std::time::Instant::now();
     let seizure = seize::seize_all(group, rec.root_pid, opts.timeout, opts.cancel.as_ref())?;
     let freezing = start.elapsed();

@@ -254,6 +254,10 @@ impl Tracee {
             self.run_to_syscall_exit(nr)?;
         }
         let ret = self.regs()?.rax as i64;
+        // A call this slow crossed CPUs: the task was woken on another one.
+        if began.elapsed() > Duration::from_micros(40) {
+            super::affinity::follow(self.pid);
+        }
         log::trace!(
             "process {}: syscall {nr} {:x?} = {ret} in {:?}",
             self.label,

@@ -25,7 +25,9 @@ use nix::unistd::{ForkResult, Pid};
 use super::dump::parse_maps;
 use super::image::{self, Backing, Blob, FdKind, Image, Proc, Zombie};
 use super::ptrace::Tracee;
-use super::{files, procstate, semundo, session, sockets, sys, sysvshm, thread, timer, CkptError};
+use super::{
+    affinity, files, procstate, semundo, session, sockets, sys, sysvshm, thread, timer, CkptError,
+};
 
 type Result<T> = std::result::Result<T, CkptError>;
 
@@ -551,7 +553,16 @@ pub fn restore_tree(
             (tree.helper_pid + 1).to_string(),
         )
         .map_err(|e| rerr(1, format!("cannot set ns_last_pid: {e}")))?;
-        let checker = std::thread::spawn(move || check_blobs(&pages_dir, &pages));
+        // The checker runs beside the restorer, not in turns with it on the
+        // CPU the restorer keeps for itself and the processes it rebuilds.
+        let _following = affinity::start();
+        let elsewhere = affinity::stay_here();
+        let checker = std::thread::spawn(move || {
+            if !elsewhere.is_empty() {
+                let _ = affinity::set(Pid::from_raw(0), &elsewhere);
+            }
+            check_blobs(&pages_dir, &pages)
+        });
         let mut leaders = Vec::new();
         for &pid in &created {
             let t = Tracee::seize(Pid::from_raw(pid), pid, true)?;
@@ -1480,6 +1491,11 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         .ok_or_else(|| rerr(pid, "no vDSO"))?;
     t.find_gadget(vdso.start, vdso.end)?;
     let base = t.regs()?;
+    // Its mask as made (its cpuset's), before it is pinned for the rebuild.
+    let default_cpus = affinity::get(t.pid);
+    if default_cpus.is_some() {
+        affinity::pin_together(t.pid);
+    }
     // A group whose leader was made after this process (in another branch)
     // exists now.
     if p.pgid > 1
@@ -1903,6 +1919,20 @@ fn rebuild(t: &mut Tracee, p: &Proc, dir: &Path, shared: &Shared) -> Result<Vec<
         let xs = image::from_hex(&th.xstate).ok_or_else(|| rerr(th.tid, "bad FPU state"))?;
         tt.set_xstate(&xs)?;
         tt.set_sigmask(th.sigmask)?;
+        if let Some(default) = &default_cpus {
+            // CPUs this machine (or cpuset) lacks are dropped; a thread left
+            // with none runs anywhere its cpuset allows.
+            let own: Vec<usize> = th
+                .cpus
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|c| default.contains(c))
+                .collect();
+            let cpus = if own.is_empty() { default } else { &own };
+            affinity::set(tt.pid, cpus)
+                .map_err(|e| rerr(th.tid, format!("sched_setaffinity: {e}")))?;
+        }
     }
     Ok(threads)
 }

@@ -73,6 +73,7 @@ pub fn read(
         rt_priority: field(40) as i32,
         nice: field(19) as i32,
         pdeathsig: 0,
+        cpus: super::affinity::get(t.pid),
     };
     Ok((regs, xstate, th))
 }

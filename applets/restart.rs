@@ -114,9 +114,6 @@ struct Args {
     number: Option<u64>,
 }
 
-/// How long a restart waits for the supervisor of the run it replaces.
-const CLEANUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 const USAGE: &str = "\
 restart [OPTIONS] [--json] APP VERSION
        restart --list [--json] [APP]
@@ -203,32 +200,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(l) => l,
         Err(e) => return failed(e),
     };
-    match reg.load(a.app) {
-        Ok(rec) if rec.alive() && !a.new_id => {
-            eprintln!(
-                "restart: application {} is running (pid {}); stop it before restarting it, \
-                 or restart it under a new id with --new-id",
-                a.app, rec.root_pid
-            );
-            return FAILED;
-        }
-        Ok(rec) if rec.alive() => {}
-        Ok(rec) => {
-            // Right after `checkpoint -c --kill` the supervisor of the killed
-            // run may still be cleaning up; it would destroy the new cgroup.
-            if !reg.wait_cleanup(&rec, CLEANUP_WAIT) {
-                eprintln!(
-                    "restart: application {}: its ended run's supervisor (pid {}) has not \
-                     cleaned up within {}s",
-                    a.app,
-                    rec.supervisor_pid.unwrap_or_default(),
-                    CLEANUP_WAIT.as_secs()
-                );
-                return FAILED;
-            }
-            let _ = reg.remove(a.app);
-        }
-        Err(_) => {}
+    // A run that has ended is replaced at the launch, once its supervisor is
+    // done with it.
+    if let Some(rec) = reg.load(a.app).ok().filter(|r| r.alive() && !a.new_id) {
+        eprintln!(
+            "restart: application {} is running (pid {}); stop it before restarting it, \
+             or restart it under a new id with --new-id",
+            a.app, rec.root_pid
+        );
+        return FAILED;
     }
     log::debug!("application {} locked", a.app);
     let (dir, img) = match ckpt::load_image(&a.state_dir, a.app, version) {

@@ -177,6 +177,12 @@ pub enum LaunchError {
         "cgroup {group} already holds {count} process(es) of something else; refusing to share it"
     )]
     GroupBusy { group: String, count: usize },
+    #[error(
+        "application {id}: the supervisor of its ended run (pid {pid}) has not cleaned up \
+         within {}s",
+        CLEANUP_TIMEOUT.as_secs()
+    )]
+    EndingRun { id: u64, pid: i32 },
     #[error("the detached supervisor failed: {0}")]
     Detached(String),
 }
@@ -371,6 +377,17 @@ fn prepare_group(registry: &Registry, spec: &LaunchSpec) -> Result<(u64, Group)>
         Some(id) => id,
         None => registry.allocate_id()?,
     };
+    // Right after `checkpoint -c --kill`, the supervisor of the killed run
+    // may still be cleaning up: it would destroy the group made here (the
+    // same path) and remove the new record.
+    if let Ok(ended) = registry.load(id).map(|r| (!r.alive()).then_some(r)) {
+        if let Some(rec) = ended.filter(|r| !registry.wait_cleanup(r, CLEANUP_TIMEOUT)) {
+            return Err(LaunchError::EndingRun {
+                id,
+                pid: rec.supervisor_pid.unwrap_or_default(),
+            });
+        }
+    }
     // Leftovers of ended or killed applications of this state directory go first.
     if let Err(e) = prune(registry, &spec.cgroup_parent) {
         log::warn!("cannot remove leftover groups: {e}");

@@ -659,6 +659,40 @@ fn two_phase_prepare_abort_and_commit() {
 }
 
 /// Starts a unit of `job` that counts into `file` for about `secs` seconds, then ends.
+#[test]
+fn xrestart_right_after_a_killing_xcheckpoint_keeps_running() {
+    // The killed unit's supervisor, held stopped, cleans up only after the
+    // restart has begun: it must neither destroy the new unit's cgroup (the
+    // same path) nor remove its record.
+    let ck = tempfile::tempdir().unwrap();
+    let n = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let f = out.path().join("a");
+    let a = short_job(&n, "job-k", &f, 120);
+    assert!(wait_until(T, || consecutive(&f) > 2));
+    let sup = nix::unistd::Pid::from_raw(n.record(a).supervisor_pid.unwrap());
+    nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    n.ok("xcheckpoint", &["--kill", "job-k"]);
+    let restarting = n
+        .cmd("xrestart")
+        .args(["job-k", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let o = restarting.wait_with_output().unwrap();
+    assert!(o.status.success(), "xrestart: {}", show(&o));
+    let id = restarted_ids(&String::from_utf8_lossy(&o.stdout))[0];
+    assert!(grows(&f), "the restarted unit did not run on");
+    assert!(n.record(id).alive());
+    n.ok("xcheckpoint", &["--kill", "job-k"]);
+}
+
 fn short_job(n: &Node, job: &str, file: &Path, secs: u32) -> u64 {
     let script = format!(
         "end=$(( $(date +%s) + {secs} )); i=0; while [ $(date +%s) -lt $end ]; do \

@@ -286,6 +286,55 @@ fn big_buffer_is_verified_by_the_program_after_restart() {
 }
 
 #[test]
+fn a_full_disk_fails_the_checkpoint_and_harms_nothing() {
+    // The images on a 64 MiB tmpfs: 512 MiB of memory do not fit (the pages
+    // are written by a second thread for a process this large).
+    common::in_private_mount_ns(|| {
+        let env = Env::new();
+        let images = env.state.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &images,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64m"),
+        )
+        .unwrap();
+        let (id, out) = start(&env, "bigbuf");
+        assert!(wait_until(Duration::from_secs(60), || read(&out) == "filled"));
+        let o = env
+            .cmd("checkpoint")
+            .args(["-c", &id.to_string()])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("pages-2.img") && err.contains("No space"),
+            "{err}"
+        );
+        // Nothing of the failed version is left, and the program, which
+        // checks its whole buffer, runs on intact.
+        let left: Vec<_> = std::fs::read_dir(images.join(id.to_string()))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
+        std::fs::write(out.with_extension("go"), "").unwrap();
+        assert!(
+            wait_until(Duration::from_secs(60), || lines(&out).len() >= 2),
+            "no verdict"
+        );
+        assert_eq!(lines(&out), ["filled", "ok"]);
+        let rec = env.registry().load(id).unwrap();
+        rec.cgroup.kill(Duration::from_secs(10)).unwrap();
+        wait_gone(&env, id);
+        nix::mount::umount(&images).unwrap();
+    });
+}
+
+#[test]
 fn pipe_data_in_flight_arrives_once_in_order() {
     let env = Env::new();
     let (id, out) = start(&env, "pipes");

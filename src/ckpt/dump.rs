@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
 use super::ptrace::Tracee;
+use super::writer::PageWriter;
 use super::{files, procstate, sigframe, sys, sysvshm, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
@@ -27,6 +28,9 @@ const GHOST_IDS: u64 = 1 << 62;
 pub const DEFAULT_GHOST_LIMIT: u64 = 10 << 20;
 /// Copy buffer: small enough to stay in cache and to cost few page faults.
 const CHUNK: usize = 1 << 20;
+/// From this much anonymous memory on, a process's pages are written by a
+/// second thread while the next are read (below, the hand-over costs more).
+const THREADED_WRITE_KB: u64 = 32 << 10;
 
 /// Registers fixed up so that a system call interrupted by the stop is entered
 /// again when the task resumes. `live` keeps the kernel's own restart block
@@ -213,6 +217,8 @@ pub struct Dumper<'a> {
     /// Named pipes by inode.
     pub fifos: BTreeMap<u64, image::FifoImg>,
     buf: Vec<u8>,
+    /// The writer thread of large processes' pages, kept from one to the next.
+    writer: Option<PageWriter>,
     /// rt_sigreturn offsets found per code mapping (path, inode, offset, size).
     restorers: HashMap<RestorerKey, Option<usize>>,
     /// The offsets an earlier checkpoint of the application found, checked
@@ -366,6 +372,7 @@ impl<'a> Dumper<'a> {
             pipes: BTreeMap::new(),
             fifos: BTreeMap::new(),
             buf: vec![0u8; CHUNK],
+            writer: None,
             restorers: HashMap::new(),
             known_restorers: HashMap::new(),
             open_files: Vec::new(),
@@ -524,7 +531,11 @@ impl<'a> Dumper<'a> {
         }
 
         log::debug!("process {pid}: threads and settings read");
-        let vmas = self.dump_memory(&threads[0], host, &maps)?;
+        let anon_kb = status_field(&status, "RssAnon")
+            .first()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let vmas = self.dump_memory(&threads[0], host, &maps, anon_kb)?;
         log::debug!("process {pid}: memory saved");
         let fds = self.dump_fds(host, pid)?;
         log::debug!("process {pid}: descriptors saved");
@@ -717,9 +728,61 @@ impl<'a> Dumper<'a> {
         let _ = crate::fsutil::write_atomic(file, text.as_bytes(), 0o600);
     }
 
-    fn dump_memory(&mut self, t: &Tracee, host: i32, maps: &[MapLine]) -> Result<(Vec<Vma>, Blob)> {
+    /// The mappings of the process and its pages file; `anon_kb`, its
+    /// anonymous memory, says whether writing beside the reading pays.
+    fn dump_memory(
+        &mut self,
+        t: &Tracee,
+        host: i32,
+        maps: &[MapLine],
+        anon_kb: u64,
+    ) -> Result<(Vec<Vma>, Blob)> {
         let pid = t.label;
-        let mut pages = BlobWriter::create(self.dir, format!("pages-{pid}.img"), pid as u64)?;
+        let name = format!("pages-{pid}.img");
+        let path = self.dir.join(&name);
+        let image_err = |source| CkptError::Image {
+            path: path.clone(),
+            source,
+        };
+        let file = File::create(&path).map_err(image_err)?;
+        let mut writer = if anon_kb < THREADED_WRITE_KB {
+            PageWriter::inline(CHUNK)
+        } else {
+            match self.writer.take() {
+                Some(w) => w,
+                None => {
+                    PageWriter::threaded(CHUNK, super::affinity::stay_here()).map_err(image_err)?
+                }
+            }
+        };
+        writer.open(file).map_err(image_err)?;
+        let saved = self.save_memory(t, host, maps, &mut writer);
+        let closed = writer.close().map_err(image_err);
+        if writer.is_threaded() {
+            self.writer = Some(writer);
+        }
+        let vmas = saved?;
+        let (len, crc, spent) = closed?;
+        self.stats.memwrite_time += spent;
+        let blob = Blob {
+            id: pid as u64,
+            file: name,
+            len,
+            crc,
+        };
+        Ok((vmas, blob))
+    }
+
+    /// The mappings of the process, the content of its private ones given to
+    /// `writer`.
+    fn save_memory(
+        &mut self,
+        t: &Tracee,
+        host: i32,
+        maps: &[MapLine],
+        writer: &mut PageWriter,
+    ) -> Result<Vec<Vma>> {
+        let pid = t.label;
         let pagemap =
             File::open(format!("/proc/{host}/pagemap")).map_err(proc_err(pid, "open pagemap"))?;
         let mut advice = procstate::advice_of(&read_proc(host, pid, "smaps")?);
@@ -785,7 +848,7 @@ impl<'a> Dumper<'a> {
                     self.stats.pages_scanned += (m.end - m.start) / PAGE;
                     self.stats.pages_written += runs.iter().map(|r| r.1).sum::<u64>();
                     for &(addr, n) in &runs {
-                        self.copy_out(t, &mut pages, addr, n * PAGE)?;
+                        self.copy_out(t, writer, addr, n * PAGE)?;
                     }
                 }
                 Backing::SharedAnon { id, .. } if !self.shared.contains_key(id) => {
@@ -807,13 +870,13 @@ impl<'a> Dumper<'a> {
                 advice,
             });
         }
-        Ok((vmas, pages.finish(self.dir)?))
+        Ok(vmas)
     }
 
     fn copy_out(
         &mut self,
         t: &Tracee,
-        out: &mut BlobWriter,
+        writer: &mut PageWriter,
         mut addr: u64,
         mut len: u64,
     ) -> Result<()> {
@@ -821,14 +884,18 @@ impl<'a> Dumper<'a> {
             if self.cancelled() {
                 return Err(CkptError::Cancelled);
             }
-            let n = len.min(self.buf.len() as u64) as usize;
+            let room = writer
+                .room(len as usize)
+                .map_err(|source| CkptError::Image {
+                    path: self.dir.to_path_buf(),
+                    source,
+                })?;
+            let n = room.len();
             let began = std::time::Instant::now();
-            t.read_mem(addr, &mut self.buf[..n])?;
-            let read = std::time::Instant::now();
-            let dir = self.dir;
-            out.write(dir, &self.buf[..n])?;
-            self.stats.memdump_time += (read - began).as_micros() as u64;
-            self.stats.memwrite_time += read.elapsed().as_micros() as u64;
+            let read = t.read_mem(addr, room);
+            writer.filled(n, if read.is_ok() { n } else { 0 });
+            read?;
+            self.stats.memdump_time += began.elapsed().as_micros() as u64;
             addr += n as u64;
             len -= n as u64;
         }

@@ -25,6 +25,7 @@ mod sys;
 mod sysvshm;
 mod thread;
 mod timer;
+mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

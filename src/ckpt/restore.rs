@@ -496,7 +496,7 @@ pub fn restore_tree(
         orphans: BTreeMap::new(),
         dead_sessions: BTreeMap::new(),
         dead_groups,
-        all_dead_sessions: dead_sessions.clone(),
+        all_dead_sessions: dead_sessions,
         zombies: BTreeMap::new(),
         allow_changed_files: opts.allow_changed_files,
         redirected: opts.redirected,
@@ -515,7 +515,7 @@ pub fn restore_tree(
         let led_elsewhere = p.ppid == 1 && p.sid > 1 && p.sid != p.pid && pids.contains(&p.sid);
         if led_elsewhere {
             tree.orphans.entry(p.sid).or_default().push(p);
-        } else if p.ppid == 1 && dead_sessions.contains(&p.sid) {
+        } else if p.ppid == 1 && tree.all_dead_sessions.contains(&p.sid) {
             tree.dead_sessions.entry(p.sid).or_default().push(p);
         } else {
             tree.children.entry(p.ppid).or_default().push(p);
@@ -539,7 +539,12 @@ pub fn restore_tree(
             spawn_session(sid, members, tree, &shared, &mut created, true)?;
         }
         // Every process is in its session and group: the helpers can go.
-        session::end_helpers(dead_sessions.iter().chain(&tree.dead_groups).copied());
+        session::end_helpers(
+            tree.all_dead_sessions
+                .iter()
+                .chain(&tree.dead_groups)
+                .copied(),
+        );
         // The page files are checked while the processes read them (a cold
         // file is read from the disk once, by whichever comes first); nothing
         // runs before this agrees. Started only now: a thread takes a pid of

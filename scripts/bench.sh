@@ -42,6 +42,18 @@ release_bin() {
     echo "${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/xos"
 }
 
+# CRIU 4.x as the baseline of the small-process latency (the same ways as
+# scripts/test.sh finds it); empty when there is none.
+criu_bin() {
+    if [ -n "${XOS_CRIU:-}" ]; then
+        echo "$XOS_CRIU"
+    elif command -v criu >/dev/null && criu --version | grep -q '^Version: [4-9]'; then
+        command -v criu
+    elif [ -x ../shared/peers/criu/install.sh ]; then
+        ../shared/peers/criu/install.sh 2>/dev/null || true
+    fi
+}
+
 bench_ipc() {
     local bin dir own_dir=""
     bin=$(release_bin)
@@ -255,9 +267,9 @@ int main(int argc, char **argv) {
 CEOF
     cc -O2 -pthread -o "$dir/mem" "$dir/mem.c"
     cc -O2 -o "$dir/readnew" "$dir/readnew.c"
-    python3 - "$bin" "$dir" "${XOS_BENCH_SIZE:-1024}" <<'PYEOF'
+    python3 - "$bin" "$dir" "${XOS_BENCH_SIZE:-1024}" "$(criu_bin)" <<'PYEOF'
 import os, subprocess, sys, time
-xos, d, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+xos, d, mib, criu = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 state = os.path.join(d, "state")
 env = dict(os.environ, XOS_STATE_DIR=state, XOS_CGROUP_PARENT=f"xos-bench-{os.getpid()}")
 
@@ -386,31 +398,73 @@ try:
     # above would otherwise be measured too.
     os.sync()
     time.sleep(2)
-    small = start(4)
-    cks, rss, spawn = [], [], []
-    for i in range(10):
-        _, out = run("checkpoint", "-c", "--kill", small)
-        cks.append(stopped_ms(out))
-        v = version_of(out)
-        t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", small, v)
-        rss.append(t * 1000)
-        t, _ = run("--list")
-        spawn.append(t * 1000)
-    print(f"small process (4 MiB), median of 10: checkpoint {median(cks):.1f} ms (target 10 ms), "
-          f"restart {median(rss):.1f} ms (target 30 ms; CRIU takes 10-20 ms and 50-70 ms); "
-          f"starting and ending any xos command from here takes {median(spawn):.1f} ms")
-    run("checkpoint", "-c", "--kill", small)
-    small = start(4, 8)
-    cks, rss = [], []
-    for i in range(10):
-        _, out = run("checkpoint", "-c", "--kill", small)
-        cks.append(stopped_ms(out))
-        t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", small,
-                   version_of(out))
-        rss.append(t * 1000)
-    print(f"small process with 8 threads, median of 10: checkpoint {median(cks):.1f} ms (target 10 ms), "
-          f"restart {median(rss):.1f} ms (target 20 ms)")
-    run("checkpoint", "-c", "--kill", small)
+    # "checkpoint" is the application's stop of a plain checkpoint -c (freeze
+    # to thaw); "with --kill" until it is gone, as a migration needs before
+    # the restart, which is timed as a whole command.
+    def small_case(threads):
+        app = start(4, threads)
+        cks, kills, rss, spawn = [], [], [], []
+        for i in range(10):
+            _, out = run("checkpoint", "-c", app)
+            cks.append(stopped_ms(out))
+            _, out = run("checkpoint", "-c", "--kill", app)
+            kills.append(stopped_ms(out))
+            t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", app,
+                       version_of(out))
+            rss.append(t * 1000)
+            t, _ = run("--list")
+            spawn.append(t * 1000)
+        run("checkpoint", "-c", "--kill", app)
+        return median(cks), median(kills), median(rss), median(spawn)
+    ck, kill, rs, spawn = small_case(1)
+    print(f"small process (4 MiB), median of 10: checkpoint {ck:.1f} ms (target 10 ms), "
+          f"with --kill {kill:.1f} ms, restart {rs:.1f} ms (target 30 ms); starting and ending any xos command from here takes {spawn:.1f} ms")
+    ck, kill, rs, _ = small_case(8)
+    print(f"small process with 8 threads, median of 10: checkpoint {ck:.1f} ms (target 10 ms), "
+          f"with --kill {kill:.1f} ms, restart {rs:.1f} ms (target 20 ms)")
+    if criu:
+        # The same program under CRIU, whole commands timed on both sides:
+        # criu dump (which kills) and criu restore -d, against checkpoint -c
+        # --kill and restart --detach.
+        ready = os.path.join(d, "ready-criu")
+        p = subprocess.Popen([os.path.join(d, "mem"), "4", ready, "8"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        while not os.path.exists(ready):
+            time.sleep(0.01)
+        pid, cd, cr, xd, xr = p.pid, [], [], [], []
+        app = start(4, 8)
+        try:
+            for i in range(10):
+                images = os.path.join(d, f"criu-{i}")
+                os.mkdir(images)
+                t = time.perf_counter()
+                subprocess.run([criu, "dump", "-t", str(pid), "-D", images], check=True,
+                               capture_output=True)
+                cd.append((time.perf_counter() - t) * 1000)
+                if i == 0:
+                    p.wait()
+                while os.path.exists(f"/proc/{pid}"):
+                    time.sleep(0.001)
+                t = time.perf_counter()
+                subprocess.run([criu, "restore", "-d", "-D", images], check=True,
+                               capture_output=True)
+                cr.append((time.perf_counter() - t) * 1000)
+                subprocess.run(["rm", "-rf", images])
+                t, out = run("checkpoint", "-c", "--kill", app)
+                xd.append(t * 1000)
+                t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr",
+                           "/dev/null", app, version_of(out))
+                xr.append(t * 1000)
+        except subprocess.CalledProcessError as e:
+            print(f"  (CRIU baseline skipped: {' '.join(e.cmd[:2])}: {e.stderr.decode().strip()[-200:]})")
+        finally:
+            subprocess.run(["kill", "-9", str(pid)], stderr=subprocess.DEVNULL)
+            run("checkpoint", "-c", "--kill", app)
+        if cd and len(cd) == len(xd):
+            print(f"  same program, whole commands, median of {len(cd)}: checkpoint -c --kill "
+                  f"{median(xd):.1f} ms against criu dump {median(cd):.1f} ms; restart "
+                  f"{median(xr):.1f} ms against criu restore -d {median(cr):.1f} ms")
 finally:
     subprocess.run(["rm", "-rf", state])
     # The applications are gone; their (empty) cgroup parent goes too.

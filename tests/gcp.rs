@@ -658,7 +658,6 @@ fn two_phase_prepare_abort_and_commit() {
     );
 }
 
-/// Starts a unit of `job` that counts into `file` for about `secs` seconds, then ends.
 #[test]
 fn xrestart_right_after_a_killing_xcheckpoint_keeps_running() {
     // The killed unit's supervisor, held stopped, cleans up only after the
@@ -693,6 +692,7 @@ fn xrestart_right_after_a_killing_xcheckpoint_keeps_running() {
     n.ok("xcheckpoint", &["--kill", "job-k"]);
 }
 
+/// Starts a unit of `job` that counts into `file` for about `secs` seconds, then ends.
 fn short_job(n: &Node, job: &str, file: &Path, secs: u32) -> u64 {
     let script = format!(
         "end=$(( $(date +%s) + {secs} )); i=0; while [ $(date +%s) -lt $end ]; do \

@@ -283,6 +283,10 @@ fn periodic(
                 None => println!("job {job}: next checkpoint in {} ms", ms(d.interval)),
             },
             Event::Ended => println!("job {job}: no unit left on this node, periodic checkpointing ends"),
+            Event::EndedDuring(e) => println!(
+                "job {job}: ended during a checkpoint, which failed so ({}); periodic checkpointing ends",
+                common::one_line(e)
+            ),
         }
         let _ = std::io::Write::flush(&mut std::io::stdout());
     };

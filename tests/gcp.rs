@@ -692,6 +692,33 @@ fn xrestart_right_after_a_killing_xcheckpoint_keeps_running() {
     n.ok("xcheckpoint", &["--kill", "job-k"]);
 }
 
+#[test]
+fn a_checkpoint_failed_by_the_job_s_end_is_no_failure_of_the_loop() {
+    // A terminal other than its own makes every checkpoint of the unit fail.
+    let ck = tempfile::tempdir().unwrap();
+    let n = Node {
+        env: Env::new(),
+        ckdir: ck.path(),
+    };
+    // Ends within the grace after its first (failed) checkpoint: the loop
+    // ends with it, successfully.
+    n.env
+        .detach(&["--job", "job-e", "sh", "-c", "exec 3<>/dev/ptmx; sleep 0.4"]);
+    let o = xcheckpoint_bounded(&n, &["--every", "5s", "job-e"]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("job job-e: ended during a checkpoint"),
+        "{}",
+        show(&o)
+    );
+    // Runs on after it: that failure counts.
+    n.env
+        .detach(&["--job", "job-l", "sh", "-c", "exec 3<>/dev/ptmx; sleep 3"]);
+    let o = xcheckpoint_bounded(&n, &["--every", "1s", "job-l"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("xcheckpoint: job job-l: "));
+}
+
 /// Starts a unit of `job` that counts into `file` for about `secs` seconds, then ends.
 fn short_job(n: &Node, job: &str, file: &Path, secs: u32) -> u64 {
     let script = format!(

@@ -85,12 +85,19 @@ pub enum Event<'a> {
     Next(&'a Decision),
     /// The job has no unit left on this node: the loop ends.
     Ended,
+    /// The job ended while it was being checkpointed, which failed so: no
+    /// failure of a running job; the loop ends.
+    EndedDuring(&'a GcpError),
 }
+
+/// How long a failed checkpoint waits for the job's end before it counts.
+const END_GRACE: Duration = Duration::from_secs(1);
 
 /// Checkpoints `job` by `sched` until it has no unit left on this node or
 /// `opts.cancel` is set. A failed checkpoint is reported and the loop goes on
-/// (the units run on, as after any failed checkpoint). Returns the number of
-/// failed checkpoints, or the exit status of a child made by a restart.
+/// (the units run on, as after any failed checkpoint); one that failed as the
+/// job ended does not count. Returns the number of failed checkpoints, or the
+/// exit status of a child made by a restart.
 pub fn run(
     backends: &Backends,
     reg: &Registry,
@@ -133,6 +140,17 @@ pub fn run(
             Ok(JobCheckpointed::ChildExit(c)) => return Ok(Err(c)),
             Err(GcpError::Cancelled) => return Ok(Ok(failures)),
             Err(e) => {
+                // A job ending meanwhile fails its checkpoint (a freezer
+                // cannot freeze a PID namespace's init that waits for its
+                // frozen children to die): once it has ended, that is moot.
+                let gone = Instant::now() + END_GRACE;
+                while !job::units(reg, job)?.is_empty() && Instant::now() < gone {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if job::units(reg, job)?.is_empty() {
+                    report(Event::EndedDuring(&e));
+                    return Ok(Ok(failures));
+                }
                 failures += 1;
                 report(Event::Failed(&e));
             }

@@ -992,6 +992,24 @@ fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
 }
 
 #[test]
+fn the_next_checkpoint_removes_what_a_killed_one_left() {
+    // A killed checkpointer leaves its temporary version, or the temporary
+    // file of a cache it was replacing (fsutil::write_atomic).
+    let env = Env::new();
+    let (id, out) = start(&env, "counter");
+    assert!(wait_until(T, || numbers(&out).len() >= 2));
+    let dir = xos::ckpt::image::app_dir(env.state.path(), id);
+    std::fs::create_dir_all(dir.join(".7.tmp")).unwrap();
+    std::fs::write(dir.join(".7.tmp").join("pages-2.img"), "x").unwrap();
+    std::fs::write(dir.join("..restorers.tmp.4242"), "x").unwrap();
+    checkpoint(&env, id, false);
+    for left in [".7.tmp", "..restorers.tmp.4242"] {
+        assert!(!dir.join(left).exists(), "{left} is still there");
+    }
+    checkpoint_kill(&env, id);
+}
+
+#[test]
 fn a_killed_checkpoint_leaves_a_busy_application_intact() {
     let moments: Vec<u64> = (0..20).map(|i| 5 + i * 40).collect();
     interrupt_checkpoints("busy", &moments);

@@ -235,12 +235,17 @@ fn write_image(
     let version = crate::store::next_version(state, rec.id);
     let app_dir = image::app_dir(state, rec.id);
     fsutil::create_dir_all(&app_dir, 0o700)?;
-    // Under the lock, any temporary version is a leftover of a killed checkpoint.
+    // Under the lock, any temporary version (.N.tmp) or file being replaced
+    // (.NAME.tmp.PID, from fsutil::write_atomic) is a leftover of a killed
+    // checkpoint.
     for ent in std::fs::read_dir(&app_dir).into_iter().flatten().flatten() {
         let name = ent.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            let _ = std::fs::remove_dir_all(ent.path());
+        if name.starts_with('.') && (name.ends_with(".tmp") || name.contains(".tmp.")) {
+            let _ = match ent.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(ent.path()),
+                _ => std::fs::remove_file(ent.path()),
+            };
         }
     }
     let tmp = app_dir.join(format!(".{version}.tmp"));

@@ -148,22 +148,6 @@ pub fn pin_together(tid: Pid) {
     }
 }
 
-/// Indices of `tids` in the order that moves the tracer least: the tasks on
-/// the tracer's CPU first, then the others grouped by CPU.
-pub fn cpu_order(tids: &[Pid]) -> Vec<usize> {
-    let here = last_cpu(nix::unistd::gettid());
-    let mut keyed: Vec<(bool, Option<usize>, usize)> = tids
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| {
-            let cpu = last_cpu(t);
-            (cpu != here, cpu, i)
-        })
-        .collect();
-    keyed.sort();
-    keyed.into_iter().map(|(_, _, i)| i).collect()
-}
-
 /// Field 39 of /proc/TID/stat: the CPU the task last ran on.
 pub fn last_cpu(tid: Pid) -> Option<usize> {
     let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;

@@ -254,17 +254,22 @@ struct Safety {
 /// brk, signal actions and interval timers of a process.
 type ProcessFacts = (u64, Vec<(i32, u64, u64, u64, u64)>, Vec<[i64; 4]>);
 
-/// Runs `f` with calls injected into the stopped thread `t` (every signal
-/// blocked, the safety frame armed when possible) and puts the thread back
-/// exactly as it was, whatever `f` returned.
-fn with_injection<R>(
+/// A stopped thread made ready for injected calls: every signal blocked, the
+/// safety frame armed when possible; what [`disarm`] puts back.
+struct Armed {
+    low: u64,
+    saved: Vec<u8>,
+    scratch: u64,
+}
+
+/// Readies `t` for injected calls (see [`Armed`]).
+fn arm(
     t: &mut Tracee,
     regs0: &libc::user_regs_struct,
     mask0: u64,
     xstate: &[u8],
     safety: Safety,
-    f: impl FnOnce(&Tracee, u64) -> Result<R>,
-) -> Result<R> {
+) -> Result<Armed> {
     let image_regs = restart_fixup(regs0, false);
     let frame = safety.restorer.and_then(|restorer| {
         sigframe::build(&sigframe::State {
@@ -293,17 +298,43 @@ fn with_injection<R>(
         t.write_mem(fr.low, &fr.bytes)?;
         t.safe_rsp = Some(fr.slot);
     }
-    let result = t.set_sigmask(!0).and_then(|()| {
-        let r = f(t, scratch);
-        fault_point("injection");
-        r
-    });
+    let armed = Armed {
+        low,
+        saved,
+        scratch,
+    };
+    if let Err(e) = t.set_sigmask(!0) {
+        let _ = disarm(t, regs0, mask0, armed);
+        return Err(e);
+    }
+    Ok(armed)
+}
+
+/// Puts the thread back exactly as it was before [`arm`].
+fn disarm(t: &mut Tracee, regs0: &libc::user_regs_struct, mask0: u64, a: Armed) -> Result<()> {
     let live = restart_fixup(regs0, true);
     let put_back = t
         .set_regs(live)
         .and_then(|()| t.set_sigmask(mask0))
-        .and_then(|()| t.write_mem(low, &saved));
+        .and_then(|()| t.write_mem(a.low, &a.saved));
     t.safe_rsp = None;
+    put_back
+}
+
+/// Runs `f` with calls injected into the stopped thread `t` (see [`arm`])
+/// and puts the thread back exactly as it was, whatever `f` returned.
+fn with_injection<R>(
+    t: &mut Tracee,
+    regs0: &libc::user_regs_struct,
+    mask0: u64,
+    xstate: &[u8],
+    safety: Safety,
+    f: impl FnOnce(&Tracee, u64) -> Result<R>,
+) -> Result<R> {
+    let armed = arm(t, regs0, mask0, xstate, safety)?;
+    let result = f(t, armed.scratch);
+    fault_point("injection");
+    let put_back = disarm(t, regs0, mask0, armed);
     let r = result?;
     put_back?;
     Ok(r)
@@ -428,29 +459,60 @@ impl<'a> Dumper<'a> {
         log::debug!("process {pid}: threads read");
         let safety = self.safety(&threads[0], &maps)?;
         log::debug!("process {pid}: safety frame found");
-        let mut leader_facts = None;
-        let tids: Vec<_> = threads.iter().map(|t| t.pid).collect();
-        for i in super::affinity::cpu_order(&tids) {
-            let (t, (regs0, xstate, th)) = (&mut threads[i], &mut seen[i]);
-            super::affinity::follow(t.pid);
-            let facts = with_injection(t, regs0, th.sigmask, xstate, safety, |t, scratch| {
-                thread::query(t, regs0, scratch, th)?;
-                if i == 0 {
-                    timer::query(t, regs0, scratch, &mut timers)?;
-                    let facts = process_queries(t, regs0, scratch, &status)?;
-                    let settings = procstate::query(t, regs0, scratch, host, &status)?;
-                    return Ok(Some((facts, settings)));
+        // The leader first, with the process's own queries; then the other
+        // threads, each call in all of them at once.
+        super::affinity::follow(threads[0].pid);
+        let (regs0, xstate, th) = &mut seen[0];
+        let leader_facts = with_injection(
+            &mut threads[0],
+            regs0,
+            th.sigmask,
+            xstate,
+            safety,
+            |t, scratch| {
+                thread::query_together(&mut [(t, &*regs0, scratch, &mut *th)])?;
+                timer::query(t, regs0, scratch, &mut timers)?;
+                let facts = process_queries(t, regs0, scratch, &status)?;
+                let settings = procstate::query(t, regs0, scratch, host, &status)?;
+                Ok((facts, settings))
+            },
+        )?;
+        if self.cancelled() {
+            return Err(CkptError::Cancelled);
+        }
+        let mut armed = Vec::new();
+        let mut queried = Ok(());
+        for (t, (regs0, xstate, th)) in threads.iter_mut().zip(seen.iter()).skip(1) {
+            match arm(t, regs0, th.sigmask, xstate, safety) {
+                Ok(a) => armed.push(a),
+                Err(e) => {
+                    queried = Err(e);
+                    break;
                 }
-                Ok(None)
-            })?;
-            if facts.is_some() {
-                leader_facts = facts;
-            }
-            if self.cancelled() {
-                return Err(CkptError::Cancelled);
             }
         }
-        let ((brk, sigactions, itimers), settings) = leader_facts.expect("the leader was queried");
+        if queried.is_ok() {
+            let mut batch: Vec<thread::Query> = threads
+                .iter()
+                .zip(seen.iter_mut())
+                .skip(1)
+                .zip(&armed)
+                .map(|((t, (regs0, _, th)), a)| (t, &*regs0, a.scratch, th))
+                .collect();
+            queried = thread::query_together(&mut batch);
+            fault_point("injection");
+        }
+        for ((t, (regs0, _, th)), a) in threads.iter_mut().zip(seen.iter()).skip(1).zip(armed) {
+            let put_back = disarm(t, regs0, th.sigmask, a);
+            if queried.is_ok() {
+                queried = put_back;
+            }
+        }
+        queried?;
+        if self.cancelled() {
+            return Err(CkptError::Cancelled);
+        }
+        let ((brk, sigactions, itimers), settings) = leader_facts;
         let shared_pending = thread::queued(&threads[0], true)?;
         for (t, (_, _, th)) in threads.iter().zip(seen.iter_mut()) {
             th.pending = thread::queued(t, false)?;

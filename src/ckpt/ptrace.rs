@@ -230,9 +230,14 @@ impl Tracee {
         Ok(())
     }
 
-    /// Runs system call `nr` with `args` in the task, starting from registers
-    /// `base`, and returns its raw result (a negative errno on failure).
-    pub fn syscall(&self, base: &libc::user_regs_struct, nr: i64, args: [u64; 6]) -> Result<i64> {
+    /// The registers that run system call `nr` with `args` at the gadget,
+    /// from registers `base`.
+    fn call_regs(
+        &self,
+        base: &libc::user_regs_struct,
+        nr: i64,
+        args: [u64; 6],
+    ) -> libc::user_regs_struct {
         let mut r = *base;
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
@@ -246,12 +251,21 @@ impl Tracee {
         if let Some(sp) = self.safe_rsp {
             r.rsp = sp;
         }
+        r
+    }
+
+    /// Runs system call `nr` with `args` in the task, starting from registers
+    /// `base`, and returns its raw result (a negative errno on failure).
+    pub fn syscall(&self, base: &libc::user_regs_struct, nr: i64, args: [u64; 6]) -> Result<i64> {
         let began = std::time::Instant::now();
-        self.set_regs(r)?;
+        self.set_regs(self.call_regs(base, nr, args))?;
         if self.single_step {
             self.run_stepping(nr)?;
         } else {
-            self.run_to_syscall_exit(nr)?;
+            self.resume_syscall()?;
+            self.await_syscall_stop(nr)?;
+            self.resume_syscall()?;
+            self.await_syscall_stop(nr)?;
         }
         let ret = self.regs()?.rax as i64;
         // A call this slow crossed CPUs: the task was woken on another one.
@@ -292,27 +306,25 @@ impl Tracee {
         }
     }
 
-    /// PTRACE_SYSCALL to the syscall-entry and then the syscall-exit stop: the
+    /// PTRACE_SYSCALL: on to the next syscall-entry or syscall-exit stop. The
     /// kernel clears that tracing when the tracer dies, so the task just runs on.
-    fn run_to_syscall_exit(&self, nr: i64) -> Result<()> {
-        let mut entered = false;
-        ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+    fn resume_syscall(&self) -> Result<()> {
+        ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))
+    }
+
+    /// Waits for the syscall stop the task was resumed to (entry or exit).
+    fn await_syscall_stop(&self, nr: i64) -> Result<()> {
         loop {
             match sys::wait_task(self.pid, false).map_err(self.err("wait"))? {
                 // PTRACE_O_TRACESYSGOOD marks syscall stops with bit 7.
-                Waited::Stopped { sig, event: 0 } if sig == libc::SIGTRAP | 0x80 => {
-                    if entered {
-                        return Ok(());
-                    }
-                    entered = true;
-                }
+                Waited::Stopped { sig, event: 0 } if sig == libc::SIGTRAP | 0x80 => return Ok(()),
                 Waited::Ended => return Err(CkptError::TraceeDied { pid: self.label }),
                 other => log::debug!(
                     "process {}: unexpected stop {other:?} while running syscall {nr}",
                     self.label
                 ),
             }
-            ptrace::syscall(self.pid, None).map_err(self.err("run a system call"))?;
+            self.resume_syscall()?;
         }
     }
 
@@ -339,4 +351,67 @@ impl Tracee {
     pub fn detach(&self) -> Result<()> {
         ptrace::detach(self.pid, None).map_err(self.err("detach"))
     }
+}
+
+/// One call for [`syscalls_together`]: the task, its base registers, the
+/// call's number and arguments.
+pub type Call<'a> = (&'a Tracee, &'a libc::user_regs_struct, i64, [u64; 6]);
+
+/// Runs one call in each of several stopped tasks at once: every task is
+/// started, then each is waited for, so that their wake-ups (two per call)
+/// overlap instead of adding up. Returns the raw results in order. Every
+/// task that was started is waited for, even after an error, so that none is
+/// left running an injected call.
+pub fn syscalls_together(calls: &[Call]) -> Result<Vec<i64>> {
+    if calls.len() < 2 || calls.iter().any(|c| c.0.single_step) {
+        return calls
+            .iter()
+            .map(|&(t, base, nr, args)| t.syscall(base, nr, args))
+            .collect();
+    }
+    let began = std::time::Instant::now();
+    let mut first_err = None;
+    let mut running = vec![false; calls.len()];
+    for (i, &(t, base, nr, args)) in calls.iter().enumerate() {
+        match t
+            .set_regs(t.call_regs(base, nr, args))
+            .and_then(|()| t.resume_syscall())
+        {
+            Ok(()) => running[i] = true,
+            Err(e) => {
+                first_err.get_or_insert(e);
+                break;
+            }
+        }
+    }
+    // Entry stops, then exit stops.
+    for pass in 0..2 {
+        for (i, &(t, _, nr, _)) in calls.iter().enumerate() {
+            if !running[i] {
+                continue;
+            }
+            let step = t.await_syscall_stop(nr).and_then(|()| match pass {
+                0 => t.resume_syscall(),
+                _ => Ok(()),
+            });
+            if let Err(e) = step {
+                running[i] = false;
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let out: Vec<i64> = calls
+        .iter()
+        .map(|c| c.0.regs().map(|r| r.rax as i64))
+        .collect::<Result<_>>()?;
+    log::trace!(
+        "{} tasks: syscall {} each, together in {:?}",
+        calls.len(),
+        calls[0].2,
+        began.elapsed()
+    );
+    Ok(out)
 }

@@ -9,7 +9,7 @@
 use std::fs;
 
 use super::image::{self, Thread};
-use super::ptrace::Tracee;
+use super::ptrace::{self, Tracee};
 use super::{sys, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
@@ -90,42 +90,62 @@ pub fn queued(t: &Tracee, shared: bool) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The fields only the thread can tell, by calls injected into it.
-pub fn query(
-    t: &Tracee,
-    base: &libc::user_regs_struct,
-    scratch: u64,
-    th: &mut Thread,
-) -> Result<()> {
+/// One thread to query: the task, its base registers, its scratch space and
+/// the image being filled.
+pub type Query<'a> = (&'a Tracee, &'a libc::user_regs_struct, u64, &'a mut Thread);
+
+/// The fields only the threads can tell, by calls injected into them: each
+/// call runs in every thread at once (see [`ptrace::syscalls_together`]).
+pub fn query_together(threads: &mut [Query]) -> Result<()> {
     let word = |t: &Tracee, at: u64| -> Result<u64> {
         let mut b = [0u8; 8];
         t.read_mem(at, &mut b)?;
         Ok(u64::from_le_bytes(b))
     };
-    t.syscall_ok(
-        base,
+    let run = |threads: &[Query], what: &'static str, nr: i64, args: &dyn Fn(u64) -> [u64; 6]| {
+        let calls: Vec<ptrace::Call> = threads
+            .iter()
+            .map(|(t, base, scratch, _)| (*t, *base, nr, args(*scratch)))
+            .collect();
+        for (r, (t, ..)) in ptrace::syscalls_together(&calls)?.into_iter().zip(threads) {
+            if (-4095..0).contains(&r) {
+                return Err(CkptError::Remote {
+                    pid: t.label,
+                    what,
+                    source: nix::Error::from_raw(-r as i32),
+                });
+            }
+        }
+        Ok(())
+    };
+    let prctl = |op: u64| move |scratch: u64| [op, scratch, 0, 0, 0, 0];
+    run(
+        threads,
         "prctl(PR_GET_TID_ADDRESS)",
         libc::SYS_prctl,
-        [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0],
+        &prctl(PR_GET_TID_ADDRESS),
     )?;
-    th.clear_tid = word(t, scratch)?;
-    t.syscall_ok(
-        base,
+    for (t, _, scratch, th) in threads.iter_mut() {
+        th.clear_tid = word(t, *scratch)?;
+    }
+    run(
+        threads,
         "prctl(PR_GET_PDEATHSIG)",
         libc::SYS_prctl,
-        [PR_GET_PDEATHSIG, scratch, 0, 0, 0, 0],
+        &prctl(PR_GET_PDEATHSIG),
     )?;
-    th.pdeathsig = word(t, scratch)? as u32 as i32;
-    t.syscall_ok(
-        base,
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, scratch, 0, 0, 0, 0],
-    )?;
-    let sp = word(t, scratch)?;
-    let flags = word(t, scratch + 8)? as u32;
-    let size = word(t, scratch + 16)?;
-    th.altstack = (flags & SS_DISABLE == 0).then_some((sp, flags & !SS_ONSTACK, size));
+    for (t, _, scratch, th) in threads.iter_mut() {
+        th.pdeathsig = word(t, *scratch)? as u32 as i32;
+    }
+    run(threads, "sigaltstack", libc::SYS_sigaltstack, &|scratch| {
+        [0, scratch, 0, 0, 0, 0]
+    })?;
+    for (t, _, scratch, th) in threads.iter_mut() {
+        let sp = word(t, *scratch)?;
+        let flags = word(t, *scratch + 8)? as u32;
+        let size = word(t, *scratch + 16)?;
+        th.altstack = (flags & SS_DISABLE == 0).then_some((sp, flags & !SS_ONSTACK, size));
+    }
     Ok(())
 }
 

@@ -960,20 +960,28 @@ fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
             alive(&out)
         );
     }
-    // The same, with the checkpointer killed while calls are injected.
-    let o = env
-        .cmd("checkpoint")
-        .env("XOS_CKPT_FAULT", "injection")
-        .args(["-c", &id.to_string()])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(host),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .expect("the application survives a checkpointer killed while injecting");
-    assert!(wait_until(T, || alive(&out) == (usr1 + 1, 0)));
+    // The same, with the checkpointer killed while calls are injected: into
+    // the leader, or into every other thread at once.
+    for fault in ["injection", "injection-threads"] {
+        let o = env
+            .cmd("checkpoint")
+            .env("XOS_CKPT_FAULT", fault)
+            .args(["-c", &id.to_string()])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(host),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap_or_else(|e| panic!("killed at {fault}: the application is gone: {e}"));
+        usr1 += 1;
+        assert!(
+            wait_until(T, || alive(&out) == (usr1, 0)),
+            "killed at {fault}: the application does not answer: {:?}",
+            alive(&out)
+        );
+    }
     assert_eq!(
         xos::ckpt::image::versions(env.state.path(), id).len(),
         finished,

@@ -500,7 +500,7 @@ impl<'a> Dumper<'a> {
                 .map(|((t, (regs0, _, th)), a)| (t, &*regs0, a.scratch, th))
                 .collect();
             queried = thread::query_together(&mut batch);
-            fault_point("injection");
+            fault_point("injection-threads");
         }
         for ((t, (regs0, _, th)), a) in threads.iter_mut().zip(seen.iter()).skip(1).zip(armed) {
             let put_back = disarm(t, regs0, th.sigmask, a);

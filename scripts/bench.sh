@@ -349,6 +349,12 @@ def version_of(out):
     return out.split("version ")[1].split(" ")[0]
 
 def stopped_ms(out):
+    # With --stats: "freezing time: X ms" and "frozen time: Y ms", to the
+    # microsecond; else the whole milliseconds of the first line.
+    parts = [float(l.split(": ")[1].split(" ")[0]) for l in out.splitlines()
+             if l.startswith(("freezing time: ", "frozen time: "))]
+    if len(parts) == 2:
+        return sum(parts)
     return float(out.split("stopped ")[1].split(" ")[0])
 
 ROUNDS = int(os.environ.get("XOS_BENCH_ROUNDS", "5"))
@@ -421,9 +427,9 @@ try:
         app = start(4, threads)
         cks, kills, rss, spawn = [], [], [], []
         for i in range(10):
-            _, out = run("checkpoint", "-c", app)
+            _, out = run("checkpoint", "-c", "--stats", app)
             cks.append(stopped_ms(out))
-            _, out = run("checkpoint", "-c", "--kill", app)
+            _, out = run("checkpoint", "-c", "--kill", "--stats", app)
             kills.append(stopped_ms(out))
             t, _ = run("restart", "--detach", "--stdout", "/dev/null", "--stderr", "/dev/null", app,
                        version_of(out))

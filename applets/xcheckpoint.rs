@@ -125,7 +125,10 @@ Examples:
   xcheckpoint --backends
 
 SIGINT, SIGTERM and SIGHUP abort cleanly: every unit runs on and no version is
-written. See xrestart(1) to list, restart and delete versions.";
+written. With --every, a failed checkpoint is reported and the loop goes on; it
+exits 1 if any failed while the job ran on (one that failed as the job ended,
+within a second, does not count). See xrestart(1) to list, restart and delete
+versions.";
 
 pub fn command() -> clap::Command {
     Args::command()

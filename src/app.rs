@@ -380,8 +380,8 @@ fn prepare_group(registry: &Registry, spec: &LaunchSpec) -> Result<(u64, Group)>
     // Right after `checkpoint -c --kill`, the supervisor of the killed run
     // may still be cleaning up: it would destroy the group made here (the
     // same path) and remove the new record.
-    if let Ok(ended) = registry.load(id).map(|r| (!r.alive()).then_some(r)) {
-        if let Some(rec) = ended.filter(|r| !registry.wait_cleanup(r, CLEANUP_TIMEOUT)) {
+    if let Ok(rec) = registry.load(id) {
+        if !rec.alive() && !registry.wait_cleanup(&rec, CLEANUP_TIMEOUT) {
             return Err(LaunchError::EndingRun {
                 id,
                 pid: rec.supervisor_pid.unwrap_or_default(),

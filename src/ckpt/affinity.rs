@@ -35,13 +35,14 @@ impl Drop for Following {
     }
 }
 
+/// Runs `f` on this thread's follower, if following has started.
+fn with_follower<R>(f: impl FnOnce(&mut CpuFollower) -> R) -> Option<R> {
+    FOLLOWER.with(|cell| cell.borrow_mut().as_mut().map(f))
+}
+
 /// Moves the calling thread to the CPU of `tid`, if following has started.
 pub fn follow(tid: Pid) {
-    FOLLOWER.with(|f| {
-        if let Some(f) = f.borrow_mut().as_mut() {
-            f.follow(tid);
-        }
-    });
+    with_follower(|f| f.follow(tid));
 }
 
 /// Follows tasks from CPU to CPU; the tracer's own affinity comes back on drop.
@@ -90,14 +91,14 @@ impl Drop for CpuFollower {
     }
 }
 
+/// The CPUs in `set`.
+fn cpus_of(set: &CpuSet) -> impl Iterator<Item = usize> + '_ {
+    (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false))
+}
+
 /// The CPUs `tid` may run on.
 pub fn get(tid: Pid) -> Option<Vec<usize>> {
-    let set = sched_getaffinity(tid).ok()?;
-    Some(
-        (0..CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect(),
-    )
+    Some(cpus_of(&sched_getaffinity(tid).ok()?).collect())
 }
 
 /// Lets `tid` run on `cpus` only.
@@ -116,19 +117,14 @@ pub fn stay_here() -> Vec<usize> {
     let Some(here) = last_cpu(nix::unistd::gettid()) else {
         return Vec::new();
     };
-    FOLLOWER.with(|f| {
-        let mut f = f.borrow_mut();
-        let Some(f) = f.as_mut() else {
-            return Vec::new();
-        };
+    with_follower(|f| {
         f.pin(here);
-        let Some(all) = &f.original else {
-            return Vec::new();
-        };
-        (0..CpuSet::count())
-            .filter(|&c| c != here && all.is_set(c).unwrap_or(false))
-            .collect()
+        f.original
+            .as_ref()
+            .map(|all| cpus_of(all).filter(|&c| c != here).collect())
+            .unwrap_or_default()
     })
+    .unwrap_or_default()
 }
 
 /// Runs the stopped `tid` and the calling thread on one CPU, the caller's:
@@ -140,11 +136,7 @@ pub fn pin_together(tid: Pid) {
         return;
     };
     if set(tid, &[here]).is_ok() {
-        FOLLOWER.with(|f| {
-            if let Some(f) = f.borrow_mut().as_mut() {
-                f.pin(here);
-            }
-        });
+        with_follower(|f| f.pin(here));
     }
 }
 
@@ -171,10 +163,7 @@ mod tests {
             follow(me);
             let now = sched_getaffinity(Pid::from_raw(0)).unwrap();
             assert!(now.is_set(cpu).unwrap());
-            let count = (0..CpuSet::count())
-                .filter(|&c| now.is_set(c).unwrap())
-                .count();
-            assert_eq!(count, 1);
+            assert_eq!(cpus_of(&now).count(), 1);
         }
         let after = sched_getaffinity(Pid::from_raw(0)).unwrap();
         assert_eq!(format!("{after:?}"), format!("{before:?}"));

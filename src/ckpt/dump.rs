@@ -68,6 +68,14 @@ fn read_proc(host: i32, label: i32, file: &str) -> Result<String> {
     fs::read_to_string(format!("/proc/{host}/{file}")).map_err(proc_err(label, "read /proc"))
 }
 
+/// The kB of a `Key:\tN kB` line of /proc/PID/status (0 when absent).
+pub(super) fn status_kb(status: &str, key: &str) -> u64 {
+    status_field(status, key)
+        .first()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Values of a `Key:\tv1\tv2…` line of /proc/PID/status.
 pub(super) fn status_field<'a>(status: &'a str, key: &str) -> Vec<&'a str> {
     status
@@ -593,11 +601,7 @@ impl<'a> Dumper<'a> {
         }
 
         log::debug!("process {pid}: threads and settings read");
-        let anon_kb = status_field(&status, "RssAnon")
-            .first()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let vmas = self.dump_memory(&threads[0], host, &maps, anon_kb)?;
+        let vmas = self.dump_memory(&threads[0], host, &maps, status_kb(&status, "RssAnon"))?;
         log::debug!("process {pid}: memory saved");
         let fds = self.dump_fds(host, pid)?;
         log::debug!("process {pid}: descriptors saved");

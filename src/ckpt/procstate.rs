@@ -146,11 +146,7 @@ fn mlock_future(
     host: i32,
     status: &str,
 ) -> Result<u32> {
-    let locked_kb = super::dump::status_field(status, "VmLck")
-        .first()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    if locked_kb == 0 {
+    if super::dump::status_kb(status, "VmLck") == 0 {
         return Ok(0);
     }
     let page = 4096;

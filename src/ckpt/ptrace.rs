@@ -336,7 +336,11 @@ impl Tracee {
         nr: i64,
         args: [u64; 6],
     ) -> Result<u64> {
-        let r = self.syscall(base, nr, args)?;
+        self.checked(what, self.syscall(base, nr, args)?)
+    }
+
+    /// The raw result `r` of an injected call, a negative errno made an error.
+    pub fn checked(&self, what: &'static str, r: i64) -> Result<u64> {
         if (-4095..0).contains(&r) {
             return Err(CkptError::Remote {
                 pid: self.label,

@@ -102,19 +102,17 @@ pub fn query_together(threads: &mut [Query]) -> Result<()> {
         t.read_mem(at, &mut b)?;
         Ok(u64::from_le_bytes(b))
     };
-    let run = |threads: &[Query], what: &'static str, nr: i64, args: &dyn Fn(u64) -> [u64; 6]| {
+    let run = |threads: &[Query],
+               what: &'static str,
+               nr: i64,
+               args: &dyn Fn(u64) -> [u64; 6]|
+     -> Result<()> {
         let calls: Vec<ptrace::Call> = threads
             .iter()
             .map(|(t, base, scratch, _)| (*t, *base, nr, args(*scratch)))
             .collect();
         for (r, (t, ..)) in ptrace::syscalls_together(&calls)?.into_iter().zip(threads) {
-            if (-4095..0).contains(&r) {
-                return Err(CkptError::Remote {
-                    pid: t.label,
-                    what,
-                    source: nix::Error::from_raw(-r as i32),
-                });
-            }
+            t.checked(what, r)?;
         }
         Ok(())
     };

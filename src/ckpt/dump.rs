@@ -5,13 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::image::{self, Backing, Blob, Caps, Fd, FdKind, Mm, PipeImg, Proc, Thread, Vma};
 use super::ptrace::Tracee;
-use super::writer::PageWriter;
+use super::writer::{Output, PageWriter};
 use super::{files, procstate, sigframe, sys, sysvshm, thread, timer, CkptError};
 
 type Result<T> = std::result::Result<T, CkptError>;
@@ -165,12 +164,11 @@ fn prot_of(perms: &str) -> u32 {
     p
 }
 
-/// A data file being written with its running checksum.
+/// A data file being written with its running checksum (the bookkeeping of
+/// the page writer's, each write's error returned at once).
 struct BlobWriter {
-    file: File,
+    out: Output,
     name: String,
-    len: u64,
-    crc: crc32fast::Hasher,
     id: u64,
 }
 
@@ -181,31 +179,32 @@ impl BlobWriter {
             path: path.clone(),
             source: e,
         })?;
-        Ok(BlobWriter {
-            file,
-            name,
-            len: 0,
-            crc: crc32fast::Hasher::new(),
-            id,
-        })
+        let mut out = Output::default();
+        out.open(file);
+        Ok(BlobWriter { out, name, id })
+    }
+
+    fn image_err(&self, dir: &Path) -> impl FnOnce(std::io::Error) -> CkptError {
+        let path = dir.join(&self.name);
+        move |source| CkptError::Image { path, source }
     }
 
     fn write(&mut self, dir: &Path, b: &[u8]) -> Result<()> {
-        self.crc.update(b);
-        self.len += b.len() as u64;
-        self.file.write_all(b).map_err(|e| CkptError::Image {
-            path: dir.join(&self.name),
-            source: e,
-        })
+        self.out.write(b);
+        match self.out.take_error() {
+            Some(e) => Err(self.image_err(dir)(e)),
+            None => Ok(()),
+        }
     }
 
     /// The data is synced later, once the application runs again.
-    fn finish(self, _dir: &Path) -> Result<Blob> {
+    fn finish(mut self, dir: &Path) -> Result<Blob> {
+        let (len, crc, _) = self.out.close().map_err(self.image_err(dir))?;
         Ok(Blob {
             id: self.id,
             file: self.name,
-            len: self.len,
-            crc: self.crc.finalize(),
+            len,
+            crc,
         })
     }
 }

@@ -171,7 +171,7 @@ impl Thread {
 /// A file being written, its length and checksum so far, the time spent, and
 /// the first error.
 #[derive(Default)]
-struct Output {
+pub struct Output {
     file: Option<File>,
     crc: crc32fast::Hasher,
     len: u64,
@@ -180,14 +180,14 @@ struct Output {
 }
 
 impl Output {
-    fn open(&mut self, file: File) {
+    pub fn open(&mut self, file: File) {
         *self = Output {
             file: Some(file),
             ..Output::default()
         };
     }
 
-    fn write(&mut self, b: &[u8]) {
+    pub fn write(&mut self, b: &[u8]) {
         let began = Instant::now();
         if self.failed.is_none() {
             self.crc.update(b);
@@ -201,7 +201,12 @@ impl Output {
         self.spent += began.elapsed().as_micros() as u64;
     }
 
-    fn close(&mut self) -> Written {
+    /// The first write error, taken: writing goes on after it.
+    pub fn take_error(&mut self) -> Option<std::io::Error> {
+        self.failed.take()
+    }
+
+    pub fn close(&mut self) -> Written {
         let done = std::mem::take(self);
         match done.failed {
             Some(e) => Err(e),

@@ -934,6 +934,20 @@ fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
     // A checkpoint may end before the signal reaches it: then its version is
     // complete and stays.
     let mut finished = 0;
+    // After `what`, the application's handler counts its `usr1`-th SIGUSR1
+    // and finds its memory intact.
+    let answers = |usr1: i64, what: &str| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(host),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap_or_else(|e| panic!("{what}: the application is gone: {e}"));
+        assert!(
+            wait_until(T, || alive(&out) == (usr1, 0)),
+            "{what}: the application does not answer: {:?}",
+            alive(&out)
+        );
+    };
     for (i, ms) in moments.iter().enumerate() {
         let mut c = env.cmd("checkpoint");
         let child = c
@@ -948,17 +962,8 @@ fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
         if child.wait_with_output().unwrap().status.success() {
             finished += 1;
         }
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(host),
-            nix::sys::signal::Signal::SIGUSR1,
-        )
-        .unwrap_or_else(|e| panic!("{sig} after {ms} ms: the application is gone: {e}"));
         usr1 += 1;
-        assert!(
-            wait_until(T, || alive(&out) == (usr1, 0)),
-            "{sig} after {ms} ms: the application does not answer: {:?}",
-            alive(&out)
-        );
+        answers(usr1, &format!("{sig} after {ms} ms"));
     }
     // The same, with the checkpointer killed while calls are injected: into
     // the leader, or into every other thread at once.
@@ -970,17 +975,8 @@ fn interrupt_checkpoints(mode: &str, moments: &[u64]) {
             .output()
             .unwrap();
         assert!(!o.status.success());
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(host),
-            nix::sys::signal::Signal::SIGUSR1,
-        )
-        .unwrap_or_else(|e| panic!("killed at {fault}: the application is gone: {e}"));
         usr1 += 1;
-        assert!(
-            wait_until(T, || alive(&out) == (usr1, 0)),
-            "killed at {fault}: the application does not answer: {:?}",
-            alive(&out)
-        );
+        answers(usr1, &format!("killed at {fault}"));
     }
     assert_eq!(
         xos::ckpt::image::versions(env.state.path(), id).len(),
